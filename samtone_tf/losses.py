@@ -1,0 +1,318 @@
+"""The SamToNe loss: in-batch softmax with same-tower negatives, on embeddings.
+
+Pure TensorFlow on embeddings; knows nothing of towers or data. Under a
+`tf.distribute` strategy with more than one replica, each replica scores its
+LOCAL rows against the batch GATHERED from all replicas, so the loss and its
+gradients equal the single-device loss over the concatenated batch.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+SAME_TOWER_OPTIONS = ("none", "query", "document", "both")
+
+# Keys of `y_true` (ids) and `y_pred` (embeddings) understood by SamToNeLoss.
+QUERY_ID_KEYS = ("query_ids", "query_id")
+DOCUMENT_ID_KEYS = ("document_ids", "document_id")
+
+
+def samtone_loss(
+    query,
+    document,
+    hard_negatives=None,
+    *,
+    temperature=0.05,
+    same_tower="query",
+    bidirectional=False,
+    query_ids=None,
+    document_ids=None,
+):
+    """Per-example SamToNe loss.
+
+    For row i with positive document p_i and similarity s (the dot product of
+    the embeddings as given; towers L2-normalise them):
+
+        query->document:  -log e^{s(q_i,p_i)/t} / (sum_j e^{s(q_i,p_j)/t}
+                             + sum_k e^{s(q_i,h_k)/t} + [sum_{j!=i} e^{s(q_i,q_j)/t}])
+        document->query:  -log e^{s(p_i,q_i)/t} / (sum_j e^{s(p_i,q_j)/t}
+                             + [sum_{j!=i} e^{s(p_i,p_j)/t}])
+
+    The bracketed same-tower terms are present for `same_tower` "query"
+    (query side), "document" (document side) or "both". j runs over the GLOBAL
+    batch (all replicas) and k over every hard negative of the global batch.
+
+    Args:
+      query: float [B, D] query embeddings.
+      document: float [B, D] embeddings of each query's positive document.
+      hard_negatives: optional float [B, H, D] extra negative documents.
+      temperature: positive float or scalar tensor (e.g. a learnable one).
+      same_tower: "none" (standard in-batch softmax), "query", "document" or
+        "both".
+      bidirectional: add the document->query softmax; the per-example loss is
+        then the sum of the two directions. Required by "document"/"both".
+      query_ids: optional [B] int or string ids. Rows j != i sharing row i's
+        query id or document id are removed from all four term groups of row i
+        (q->p, p->q, q->q, p->p): they are not negatives of each other.
+      document_ids: optional [B] int or string ids, as `query_ids`.
+
+    Returns:
+      float32 [B] per-example loss for the local rows.
+
+    Raises:
+      ValueError: naming the argument, for an unknown `same_tower`, a
+        document-side option without `bidirectional`, a non-positive
+        temperature, or mismatched ranks, batch sizes or dimensions.
+    """
+    _check_options(same_tower, bidirectional, temperature)
+    query = _as_float32(query)
+    document = _as_float32(document)
+    if hard_negatives is not None:
+        hard_negatives = _as_float32(hard_negatives)
+    _check_shapes(query, document, hard_negatives, query_ids, document_ids)
+    id_keys = _id_keys(query_ids, document_ids)
+    temperature = tf.cast(temperature, tf.float32)
+
+    local_batch = tf.shape(query)[0]
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        # Gradients flow back through all_gather: each replica receives the sum,
+        # over replicas, of the gradients with respect to its own rows.
+        # tf.identity places the value on this replica's device: all_gather takes its
+        # destination from the tensor's device, and a function input has none.
+        gather = lambda x: context.all_gather(tf.identity(x), axis=0)  # noqa: E731
+        all_queries, all_documents = gather(query), gather(document)
+        all_hard = None if hard_negatives is None else gather(hard_negatives)
+        all_id_keys = [gather(keys) for keys in id_keys]
+        offset = tf.cast(context.replica_id_in_sync_group, tf.int32) * local_batch
+    else:
+        all_queries, all_documents, all_hard = query, document, hard_negatives
+        all_id_keys = id_keys
+        offset = tf.constant(0, tf.int32)
+
+    global_batch = tf.shape(all_queries)[0]
+    positive_column = offset + tf.range(local_batch)  # [B]
+    is_positive = tf.equal(
+        positive_column[:, None], tf.range(global_batch)[None, :]
+    )  # [B, G]
+    is_excluded = _shared_id_mask(id_keys, all_id_keys, is_positive)  # [B, G]
+
+    # s(q_i, p_i) = s(p_i, q_i): one positive logit serves both directions.
+    positive_logit = tf.reduce_sum(query * document, axis=1) / temperature
+    query_document = tf.matmul(query, all_documents, transpose_b=True) / temperature
+    columns = [_drop(query_document, is_excluded)]
+    if all_hard is not None:
+        flat_hard = tf.reshape(all_hard, [-1, tf.shape(all_hard)[-1]])
+        columns.append(tf.matmul(query, flat_hard, transpose_b=True) / temperature)
+    if same_tower in ("query", "both"):
+        query_query = tf.matmul(query, all_queries, transpose_b=True) / temperature
+        columns.append(_drop(query_query, is_excluded | is_positive))
+    loss = tf.reduce_logsumexp(tf.concat(columns, axis=1), axis=1) - positive_logit
+
+    if bidirectional:
+        document_query = tf.matmul(document, all_queries, transpose_b=True) / temperature
+        columns = [_drop(document_query, is_excluded)]
+        if same_tower in ("document", "both"):
+            document_document = (
+                tf.matmul(document, all_documents, transpose_b=True) / temperature
+            )
+            columns.append(_drop(document_document, is_excluded | is_positive))
+        loss += tf.reduce_logsumexp(tf.concat(columns, axis=1), axis=1) - positive_logit
+    return loss
+
+
+@keras.saving.register_keras_serializable(package="samtone_tf")
+class SamToNeLoss(keras.losses.Loss):
+    """Keras loss wrapping `samtone_loss`.
+
+    `y_pred` is a dict with "query" [B, D], "document" [B, D], optionally
+    "hard_negatives" [B, H, D] and "temperature" (a scalar that overrides the
+    configured one, e.g. a model's learnable temperature). `y_true` is None or
+    a dict with "query_ids"/"query_id" and/or "document_ids"/"document_id" [B].
+
+    Keras 3's `compile()` hands a single loss each output of a dict separately;
+    SamToNe needs all of them at once, so compile it on a model derived from
+    `samtone_tf.SamToNeModel` (e.g. `samtone_tf.towers.DualEncoder`), which
+    passes the whole output dict. The reduction divides by the number of
+    replicas, as Keras losses do, so "sum_over_batch_size" averages over the
+    GLOBAL batch once gradients are summed across replicas.
+    """
+
+    def __init__(
+        self,
+        temperature=0.05,
+        same_tower="query",
+        bidirectional=False,
+        reduction="sum_over_batch_size",
+        name="samtone_loss",
+        dtype=None,
+    ):
+        _check_options(same_tower, bidirectional, temperature)
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.temperature = float(temperature)
+        self.same_tower = same_tower
+        self.bidirectional = bool(bidirectional)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # Keras's Loss.__call__ casts y_true to float, which would break string ids.
+        with tf.name_scope(self.name):
+            losses = self.call(y_true, y_pred)
+            return _reduce(losses, sample_weight, self.reduction)
+
+    def call(self, y_true, y_pred):
+        if not isinstance(y_pred, dict) or "query" not in y_pred or "document" not in y_pred:
+            raise ValueError(
+                "SamToNeLoss: y_pred must be a dict with 'query' and 'document' "
+                f"embeddings (and optionally 'hard_negatives'); got {type(y_pred).__name__}"
+                + (f" with keys {sorted(y_pred)}" if isinstance(y_pred, dict) else "")
+            )
+        ids = y_true if isinstance(y_true, dict) else {}
+        if y_true is not None and not isinstance(y_true, dict):
+            raise ValueError(
+                "SamToNeLoss: y_true must be None or a dict of ids "
+                f"({QUERY_ID_KEYS[0]!r}, {DOCUMENT_ID_KEYS[0]!r}); got {type(y_true).__name__}"
+            )
+        return samtone_loss(
+            y_pred["query"],
+            y_pred["document"],
+            y_pred.get("hard_negatives"),
+            temperature=y_pred.get("temperature", self.temperature),
+            same_tower=self.same_tower,
+            bidirectional=self.bidirectional,
+            query_ids=_first_present(ids, QUERY_ID_KEYS),
+            document_ids=_first_present(ids, DOCUMENT_ID_KEYS),
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            temperature=self.temperature,
+            same_tower=self.same_tower,
+            bidirectional=self.bidirectional,
+        )
+        return config
+
+
+# --- helpers -----------------------------------------------------------------
+
+
+def _check_options(same_tower, bidirectional, temperature):
+    if same_tower not in SAME_TOWER_OPTIONS:
+        raise ValueError(
+            f"same_tower must be one of {SAME_TOWER_OPTIONS}; got {same_tower!r}"
+        )
+    if same_tower in ("document", "both") and not bidirectional:
+        raise ValueError(
+            f"same_tower={same_tower!r} adds documents to the document->query softmax, "
+            "which exists only with bidirectional=True"
+        )
+    static = temperature if isinstance(temperature, (int, float)) else tf.get_static_value(temperature)
+    if static is not None and not float(static) > 0.0:
+        raise ValueError(f"temperature must be positive; got {float(static)}")
+
+
+def _as_float32(x):
+    x = tf.convert_to_tensor(x)
+    if not x.dtype.is_floating:
+        raise ValueError(f"embeddings must be floating point; got {x.dtype.name}")
+    return tf.cast(x, tf.float32)
+
+
+def _check_shapes(query, document, hard_negatives, query_ids, document_ids):
+    if query.shape.rank != 2:
+        raise ValueError(f"query must have rank 2 [B, D]; got shape {query.shape}")
+    if document.shape.rank != 2:
+        raise ValueError(f"document must have rank 2 [B, D]; got shape {document.shape}")
+    batch, dim = query.shape
+    if not _compatible(document.shape[0], batch):
+        raise ValueError(
+            f"document batch {document.shape[0]} does not match query batch {batch}"
+        )
+    if not _compatible(document.shape[1], dim):
+        raise ValueError(
+            f"document dimension {document.shape[1]} does not match query dimension {dim}"
+        )
+    if hard_negatives is not None:
+        if hard_negatives.shape.rank != 3:
+            raise ValueError(
+                f"hard_negatives must have rank 3 [B, H, D]; got shape {hard_negatives.shape}"
+            )
+        if not _compatible(hard_negatives.shape[0], batch):
+            raise ValueError(
+                f"hard_negatives batch {hard_negatives.shape[0]} does not match query batch {batch}"
+            )
+        if not _compatible(hard_negatives.shape[2], dim):
+            raise ValueError(
+                f"hard_negatives dimension {hard_negatives.shape[2]} does not match "
+                f"query dimension {dim}"
+            )
+    for name, ids in (("query_ids", query_ids), ("document_ids", document_ids)):
+        if ids is None:
+            continue
+        shape = tf.convert_to_tensor(ids).shape
+        if shape.rank != 1:
+            raise ValueError(f"{name} must have rank 1 [B]; got shape {shape}")
+        if not _compatible(shape[0], batch):
+            raise ValueError(f"{name} length {shape[0]} does not match query batch {batch}")
+
+
+def _compatible(a, b):
+    return a is None or b is None or a == b
+
+
+def _id_keys(query_ids, document_ids):
+    """Ids as int64 keys that can be gathered across replicas (strings are hashed)."""
+    keys = []
+    for name, ids in (("query_ids", query_ids), ("document_ids", document_ids)):
+        if ids is None:
+            continue
+        ids = tf.convert_to_tensor(ids)
+        if ids.dtype == tf.string:
+            # 64-bit fingerprints: a collision inside one batch is ~B^2 / 2^64.
+            ids = tf.strings.to_hash_bucket_fast(ids, 2**63 - 1)
+        elif not ids.dtype.is_integer:
+            raise ValueError(f"{name} must be integers or strings; got {ids.dtype.name}")
+        keys.append(tf.cast(ids, tf.int64))
+    return keys
+
+
+def _shared_id_mask(local_keys, global_keys, is_positive):
+    """[B, G] True where global row j != i shares a query or document id with row i."""
+    shared = tf.zeros_like(is_positive)
+    for local, everyone in zip(local_keys, global_keys):
+        shared |= tf.equal(local[:, None], everyone[None, :])
+    return shared & tf.logical_not(is_positive)
+
+
+def _drop(logits, mask):
+    """Removes masked entries from a softmax by setting their logits to -inf."""
+    return tf.where(mask, tf.constant(float("-inf"), logits.dtype), logits)
+
+
+def _first_present(mapping, keys):
+    for key in keys:
+        if key in mapping:
+            return mapping[key]
+    return None
+
+
+def _reduce(losses, sample_weight, reduction):
+    """Keras's loss reduction, including its division by the number of replicas."""
+    if sample_weight is not None:
+        sample_weight = tf.cast(tf.reshape(sample_weight, [-1]), losses.dtype)
+        losses = losses * sample_weight
+    if reduction in (None, "none"):
+        return losses
+    total = tf.reduce_sum(losses)
+    if reduction in ("sum_over_batch_size", "mean"):
+        total /= tf.cast(tf.size(losses), losses.dtype)
+    elif reduction == "mean_with_sample_weight":
+        if sample_weight is not None:
+            total = tf.math.divide_no_nan(total, tf.reduce_sum(sample_weight))
+        else:
+            total /= tf.cast(tf.size(losses), losses.dtype)
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if replicas > 1:
+        total *= 1.0 / replicas
+    return total
