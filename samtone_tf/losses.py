@@ -76,7 +76,8 @@ def samtone_loss(
 
     local_batch = tf.shape(query)[0]
     context = tf.distribute.get_replica_context()
-    if context is not None and context.num_replicas_in_sync > 1:
+    distributed = context is not None and context.num_replicas_in_sync > 1
+    if distributed:
         # Gradients flow back through all_gather: each replica receives the sum,
         # over replicas, of the gradients with respect to its own rows.
         # tf.identity places the value on this replica's device: all_gather takes its
@@ -106,17 +107,18 @@ def samtone_loss(
         flat_hard = tf.reshape(all_hard, [-1, tf.shape(all_hard)[-1]])
         columns.append(tf.matmul(query, flat_hard, transpose_b=True) / temperature)
     if same_tower in ("query", "both"):
-        query_query = tf.matmul(query, all_queries, transpose_b=True) / temperature
+        query_query = _similarity(query, all_queries, distributed) / temperature
         columns.append(_drop(query_query, is_excluded | is_positive))
     loss = tf.reduce_logsumexp(tf.concat(columns, axis=1), axis=1) - positive_logit
 
     if bidirectional:
-        document_query = tf.matmul(document, all_queries, transpose_b=True) / temperature
+        if distributed:
+            document_query = tf.matmul(document, all_queries, transpose_b=True) / temperature
+        else:  # one device: s(p_i, q_j) = s(q_j, p_i), no second product
+            document_query = tf.transpose(query_document)
         columns = [_drop(document_query, is_excluded)]
         if same_tower in ("document", "both"):
-            document_document = (
-                tf.matmul(document, all_documents, transpose_b=True) / temperature
-            )
+            document_document = _similarity(document, all_documents, distributed) / temperature
             columns.append(_drop(document_document, is_excluded | is_positive))
         loss += tf.reduce_logsumexp(tf.concat(columns, axis=1), axis=1) - positive_logit
     return loss
@@ -283,6 +285,24 @@ def _shared_id_mask(local_keys, global_keys, is_positive):
     for local, everyone in zip(local_keys, global_keys):
         shared |= tf.equal(local[:, None], everyone[None, :])
     return shared & tf.logical_not(is_positive)
+
+
+def _similarity(anchors, keys, distributed):
+    """anchors @ keys^T; on one device keys IS anchors, and the symmetric product
+    gets a backward pass of one matmul instead of two."""
+    if distributed:
+        return tf.matmul(anchors, keys, transpose_b=True)
+    return _self_similarity(anchors)
+
+
+@tf.custom_gradient
+def _self_similarity(x):
+    """x @ x^T [B, B]; gradient (G + G^T) @ x."""
+
+    def grad(upstream):
+        return tf.matmul(upstream + tf.transpose(upstream), x)
+
+    return tf.matmul(x, x, transpose_b=True), grad
 
 
 def _drop(logits, mask):

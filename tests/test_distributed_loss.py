@@ -65,8 +65,9 @@ def test_mirrored_losses_and_gradients_equal_single_device(replicas):
 
 def test_mirrored_gradients_reach_every_replicas_embeddings():
     rng = np.random.default_rng(7)
-    q = rng.normal(size=(GLOBAL_BATCH, DIM)).astype(np.float32)
-    p = rng.normal(size=(GLOBAL_BATCH, DIM)).astype(np.float32)
+    # Unit rows, as towers produce: gradients of order 1/temperature.
+    q, p = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in rng.normal(size=(2, GLOBAL_BATCH, DIM)))
+    q, p = q.astype(np.float32), p.astype(np.float32)
     qv, pv = tf.Variable(q), tf.Variable(p)
     with tf.GradientTape() as tape:
         total = tf.reduce_sum(samtone_loss(qv, pv, **OPTIONS))
