@@ -31,3 +31,56 @@ def mirrored_strategy(replicas):
     _strategies_made += 1
     tf.distribute.MirroredStrategy._collective_key_base = 10_000 * _strategies_made
     return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
+
+
+# --- shared data and checkpoints ---------------------------------------------------
+
+import pytest  # noqa: E402
+
+from samtone_tf.locations import REPOSITORY_ROOT  # noqa: E402
+
+FIXTURES = REPOSITORY_ROOT / "tests" / "fixtures"
+
+
+def _shared(kind, what):
+    """The shared directory of `kind`; in CI its absence fails the test, elsewhere skips it."""
+    from samtone_tf.locations import shared_dir
+
+    try:
+        return shared_dir(kind)
+    except FileNotFoundError as error:
+        if os.environ.get("CI"):
+            pytest.fail(f"{what} is required in CI: {error}")
+        pytest.skip(f"{what} not available: {error}")
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    return _shared("data", "the shared benchmark data")
+
+
+@pytest.fixture(scope="session")
+def default_checkpoint():
+    models = _shared("models", "the shared pretrained checkpoints")
+    path = models / "all-MiniLM-L6-v2"
+    if not path.is_dir():
+        pytest.fail(f"{path} is missing")
+    return path
+
+
+TINY_VOCABULARY = (
+    ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    + list(".,!?'-")
+    + list("abcdefghijklmnopqrstuvwxyz")
+    + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
+    + "the cat dog sat on mat who what where when is was of and to in".split()
+    + ["##ed", "##ing"]
+)
+
+
+@pytest.fixture
+def tiny_vocabulary(tmp_path):
+    """A small WordPiece vocabulary file written by the test."""
+    path = tmp_path / "vocab.txt"
+    path.write_text("".join(token + "\n" for token in TINY_VOCABULARY))
+    return path

@@ -1,0 +1,307 @@
+"""Local Hugging Face BERT-family checkpoints into keras_hub backbones, offline.
+
+A checkpoint directory holds `config.json`, `vocab.txt` and `model.safetensors`
+or `pytorch_model.bin` (read here without PyTorch), and optionally the
+sentence-transformers files (`sentence_bert_config.json`, `modules.json`,
+`1_Pooling/config.json`) that say how it pools, normalises and truncates.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras_hub
+import ml_dtypes
+import numpy as np
+from keras_hub.src.utils.transformers import convert_bert
+
+from samtone_tf.locations import models_dir
+from samtone_tf.text import WordPieceTokenizer
+
+DEFAULT_CHECKPOINT = "all-MiniLM-L6-v2"
+SUPPORTED_MODEL_TYPES = ("bert",)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a checkpoint directory says about its model (no weights loaded)."""
+
+    path: Path
+    backbone_config: dict  # keras_hub.models.BertBackbone keyword arguments
+    vocabulary_path: Path
+    lowercase: bool
+    max_length: int
+    pooling: str  # "mean" or "cls"
+    normalize: bool
+    weights_path: Path
+
+
+def resolve_checkpoint(name_or_path=None, models_directory=None):
+    """The checkpoint directory: a path to one, or a name under the models directory.
+
+    With no argument, the default checkpoint (all-MiniLM-L6-v2) in the models
+    directory (flag, then $SAMTONE_MODELS, then ../shared/models).
+    """
+    name_or_path = name_or_path or DEFAULT_CHECKPOINT
+    direct = Path(name_or_path)
+    if (direct / "config.json").is_file():
+        return direct
+    candidate = models_dir(models_directory) / name_or_path
+    if (candidate / "config.json").is_file():
+        return candidate
+    raise FileNotFoundError(
+        f"no checkpoint {name_or_path!r}: neither {direct} nor {candidate} holds a config.json"
+    )
+
+
+def read_checkpoint(name_or_path=None, models_directory=None):
+    """Reads the configuration files of a checkpoint directory into a `Checkpoint`."""
+    path = resolve_checkpoint(name_or_path, models_directory)
+    config = _read_json(path / "config.json")
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"{path / 'config.json'}: model_type {model_type!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+        )
+    for key in ("vocab_size", "num_hidden_layers", "num_attention_heads", "hidden_size",
+                "intermediate_size", "max_position_embeddings"):
+        if key not in config:
+            raise ValueError(f"{path / 'config.json'}: missing {key!r}")
+    backbone_config = convert_bert.convert_backbone_config(config)
+    backbone_config["num_segments"] = config.get("type_vocab_size", 2)
+    backbone_config["dropout"] = config.get("hidden_dropout_prob", 0.1)
+
+    vocabulary_path = path / "vocab.txt"
+    if not vocabulary_path.is_file():
+        raise FileNotFoundError(f"{path}: no vocab.txt (a WordPiece vocabulary is required)")
+    tokenizer_config = _read_json(path / "tokenizer_config.json", default={})
+    lowercase = bool(tokenizer_config.get("do_lower_case", True))
+
+    max_length = config["max_position_embeddings"]
+    sentence_config = _read_json(path / "sentence_bert_config.json", default={})
+    if "max_seq_length" in sentence_config:
+        max_length = min(max_length, int(sentence_config["max_seq_length"]))
+
+    pooling_config = _read_json(path / "1_Pooling" / "config.json", default={})
+    pooling = "cls" if pooling_config.get("pooling_mode_cls_token") else "mean"
+    modules = _read_json(path / "modules.json", default=[])
+    normalize = any("Normalize" in module.get("type", "") for module in modules)
+
+    return Checkpoint(
+        path=path,
+        backbone_config=backbone_config,
+        vocabulary_path=vocabulary_path,
+        lowercase=lowercase,
+        max_length=max_length,
+        pooling=pooling,
+        normalize=normalize,
+        weights_path=_weights_file(path),
+    )
+
+
+def load_backbone(checkpoint, dropout=None):
+    """A keras_hub BertBackbone holding the checkpoint's weights."""
+    config = dict(checkpoint.backbone_config)
+    if dropout is not None:
+        config["dropout"] = dropout
+    backbone = keras_hub.models.BertBackbone(**config)
+    weights = load_weights(checkpoint.weights_path)
+    # The pooler is unused by sentence encoders and absent from some checkpoints.
+    loader = _DictLoader(weights, optional=("pooler.",))
+    convert_bert.convert_weights(backbone, loader, config)
+    return backbone
+
+
+def load_tokenizer(checkpoint, max_length=None, pad_to_max_length=False):
+    """Our in-graph WordPieceTokenizer with the checkpoint's vocabulary and casing."""
+    return WordPieceTokenizer(
+        str(checkpoint.vocabulary_path),
+        max_length=max_length or checkpoint.max_length,
+        lowercase=checkpoint.lowercase,
+        pad_to_max_length=pad_to_max_length,
+    )
+
+
+def load_weights(path):
+    """{name: np.ndarray} from a .safetensors file or a PyTorch zip checkpoint (no PyTorch needed)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        return load_file(str(path))
+    return read_pytorch_state_dict(path)
+
+
+# --- PyTorch checkpoints without PyTorch ---------------------------------------
+
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+def read_pytorch_state_dict(path):
+    """Reads a `torch.save` zip checkpoint (PyTorch >= 1.6) into NumPy arrays.
+
+    Only tensors, parameters and ordered dicts are rebuilt; any other class in the
+    pickle is refused, so loading runs no code from the file.
+    """
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path}: not a zip-format PyTorch checkpoint (saved by PyTorch < 1.6?); "
+            "convert it to model.safetensors"
+        )
+    with zipfile.ZipFile(path) as archive:
+        pickles = [name for name in archive.namelist() if name.endswith("data.pkl")]
+        if len(pickles) != 1:
+            raise ValueError(f"{path}: expected one data.pkl in the archive, found {len(pickles)}")
+        prefix = pickles[0][: -len("data.pkl")]
+        with archive.open(pickles[0]) as f:
+            state = _TorchFreeUnpickler(f, archive, prefix, path).load()
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: the checkpoint holds a {type(state).__name__}, not a state dict")
+    return {name: value for name, value in state.items() if isinstance(value, np.ndarray)}
+
+
+class _StorageType:
+    def __init__(self, name):
+        self.dtype = _STORAGE_DTYPES[name]
+
+
+def _rebuild_tensor(storage, offset, size, stride, *unused):
+    itemsize = storage.dtype.itemsize
+    view = np.lib.stride_tricks.as_strided(
+        storage[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
+    )
+    return np.array(view)
+
+
+def _rebuild_parameter(data, *unused):
+    return data
+
+
+class _TorchFreeUnpickler(pickle.Unpickler):
+    def __init__(self, file, archive, prefix, path):
+        super().__init__(file)
+        self._archive, self._prefix, self._path = archive, prefix, path
+
+    def find_class(self, module, name):
+        if module == "torch._utils" and name == "_rebuild_tensor_v2":
+            return _rebuild_tensor
+        if module == "torch._utils" and name == "_rebuild_parameter":
+            return _rebuild_parameter
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        if module == "collections" and name == "OrderedDict":
+            return collections.OrderedDict
+        raise pickle.UnpicklingError(f"{self._path}: refusing to load {module}.{name}")
+
+    def persistent_load(self, pid):
+        kind, storage_type, key, _location, _numel = pid
+        if kind != "storage":
+            raise pickle.UnpicklingError(f"{self._path}: unknown persistent id {kind!r}")
+        data = self._archive.read(f"{self._prefix}data/{key}")
+        return np.frombuffer(data, dtype=storage_type.dtype)
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+class _DictLoader:
+    """The loader interface keras_hub's converters use, over a {name: array} dict.
+
+    Hugging Face names may carry a model prefix ("bert."); names are matched
+    exactly first, then by suffix.
+    """
+
+    def __init__(self, weights, optional=()):
+        self.weights = weights
+        self.optional = optional
+
+    def get_tensor(self, key):
+        if key in self.weights:
+            return self.weights[key]
+        matches = [name for name in self.weights if name.endswith("." + key)]
+        if len(matches) == 1:
+            return self.weights[matches[0]]
+        raise KeyError(f"checkpoint has no weight {key!r}" + (f" (ambiguous: {matches})" if matches else ""))
+
+    def port_weight(self, keras_variable, hf_weight_key, hook_fn=None):
+        try:
+            value = self.get_tensor(hf_weight_key)
+        except KeyError:
+            if hf_weight_key.startswith(self.optional):
+                return
+            raise
+        value = np.asarray(value, dtype=np.float32)
+        if hook_fn:
+            value = hook_fn(value, list(keras_variable.shape))
+        if tuple(value.shape) != tuple(keras_variable.shape):
+            raise ValueError(
+                f"weight {hf_weight_key!r} has shape {value.shape}, the model expects "
+                f"{tuple(keras_variable.shape)}"
+            )
+        keras_variable.assign(value)
+
+
+def _weights_file(path):
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (path / name).is_file():
+            return path / name
+    raise FileNotFoundError(f"{path}: neither model.safetensors nor pytorch_model.bin")
+
+
+def _read_json(path, default=None):
+    if not path.is_file():
+        if default is not None:
+            return default
+        raise FileNotFoundError(f"{path}: missing")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{error.lineno}: invalid JSON: {error.msg}") from None
+
+
+def dual_encoder_from_checkpoint(
+    name_or_path=None,
+    architecture="ade",
+    models_directory=None,
+    query_max_length=None,
+    document_max_length=None,
+    **dual_encoder_options,
+):
+    """A `DualEncoder` whose towers start from a local pretrained checkpoint.
+
+    Pooling and casing follow the checkpoint (sentence-transformers files when
+    present); max lengths default to the checkpoint's. Other keyword arguments go
+    to `DualEncoder` (projection_dim, learnable_temperature, ...).
+    """
+    from samtone_tf.towers import DualEncoder
+
+    checkpoint = read_checkpoint(name_or_path, models_directory)
+    dual_encoder_options.setdefault("pooling", checkpoint.pooling)
+    return DualEncoder(
+        load_backbone(checkpoint),
+        str(checkpoint.vocabulary_path),
+        architecture=architecture,
+        query_max_length=query_max_length or checkpoint.max_length,
+        document_max_length=document_max_length or checkpoint.max_length,
+        lowercase=checkpoint.lowercase,
+        **dual_encoder_options,
+    )
