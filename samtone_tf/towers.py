@@ -243,13 +243,13 @@ class DualEncoder(SamToNeModel):
 
     # -- inference --------------------------------------------------------------
 
-    def encode_queries(self, texts, batch_size=64, verbose=True):
+    def encode_queries(self, texts, batch_size=64, verbose=True, jit_compile=False):
         """Query embeddings of `texts` (a list of str) -> np.ndarray [N, D]."""
-        return encode_texts(self.query_tower, texts, batch_size, verbose, "queries")
+        return encode_texts(self.query_tower, texts, batch_size, verbose, "queries", jit_compile)
 
-    def encode_documents(self, texts, batch_size=64, verbose=True):
+    def encode_documents(self, texts, batch_size=64, verbose=True, jit_compile=False):
         """Document embeddings of `texts` (a list of str) -> np.ndarray [N, D]."""
-        return encode_texts(self.document_tower, texts, batch_size, verbose, "documents")
+        return encode_texts(self.document_tower, texts, batch_size, verbose, "documents", jit_compile)
 
     # -- saving ------------------------------------------------------------------
 
@@ -302,16 +302,18 @@ def share_token_embedding(backbone, source):
     target_layer._tracker.lock()
 
 
-def encode_texts(tower, texts, batch_size=64, verbose=True, what="texts"):
+def encode_texts(tower, texts, batch_size=64, verbose=True, what="texts", jit_compile=False):
     """Embeds a list of strings with a tower in batches -> np.ndarray [N, D].
 
     Texts are encoded longest first so that each batch pads little; the result
-    is in the input order.
+    is in the input order. With `jit_compile`, the network (not the tokenizer,
+    whose ops XLA cannot compile) runs under XLA, with sequence lengths rounded
+    up to a multiple of 32 so that few shapes get compiled.
     """
     texts = [str(t) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     out = np.zeros((len(texts), tower.output_dim), np.float32)
-    encode = _compiled_encoder(tower)
+    encode = _compiled_encoder(tower, jit_compile)
     progress = keras.utils.Progbar(len(texts), unit_name=what, verbose=1 if verbose else 0)
     for start in range(0, len(texts), batch_size):
         rows = order[start : start + batch_size]
@@ -321,18 +323,35 @@ def encode_texts(tower, texts, batch_size=64, verbose=True, what="texts"):
 
 
 _INFERENCE_FUNCTIONS = weakref.WeakKeyDictionary()
+_LENGTH_BUCKET = 32
 
 
-def _compiled_encoder(tower):
-    """One traced inference function per tower, kept outside the layer's tracked state."""
-    encoder = _INFERENCE_FUNCTIONS.get(tower)
-    if encoder is None:
-        encoder = tf.function(
-            lambda texts: tower(texts, training=False),
-            input_signature=[tf.TensorSpec([None], tf.string)],
-        )
-        _INFERENCE_FUNCTIONS[tower] = encoder
-    return encoder
+def _compiled_encoder(tower, jit_compile=False):
+    """One traced inference function per tower and mode, kept outside the layer's tracked state."""
+    functions = _INFERENCE_FUNCTIONS.setdefault(tower, {})
+    if jit_compile not in functions:
+        if not jit_compile:
+            functions[False] = tf.function(
+                lambda texts: tower(texts, training=False),
+                input_signature=[tf.TensorSpec([None], tf.string)],
+            )
+        else:
+            tokenize = tf.function(tower.tokenizer, input_signature=[tf.TensorSpec([None], tf.string)])
+            network = tf.function(
+                lambda ids, mask: tower.encode_tokens(ids, mask, training=False), jit_compile=True
+            )
+            pad_id = tower.tokenizer.pad_id
+
+            def encode(texts):
+                tokens = tokenize(texts)
+                ids, mask = tokens["token_ids"], tokens["padding_mask"]
+                length = ids.shape[1]
+                padded = min(-(-length // _LENGTH_BUCKET) * _LENGTH_BUCKET, tower.tokenizer.max_length)
+                extra = [[0, 0], [0, max(padded - length, 0)]]
+                return network(tf.pad(ids, extra, constant_values=pad_id), tf.pad(mask, extra))
+
+            functions[True] = encode
+    return functions[jit_compile]
 
 
 def _freeze_unused_pooler(backbone):

@@ -1,0 +1,104 @@
+"""Line-by-line reading of UTF-8 text files (JSONL, TSV) with file:line errors."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from pathlib import Path
+
+from samtone_tf.data.errors import DataError
+
+
+def open_text(path):
+    """Opens a text file as bytes (gzip if the name ends in .gz); lines are decoded one by one."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, "file not found")
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def read_lines(path):
+    """Yields (line_number, text) for every line, without its line ending.
+
+    Non-UTF-8 bytes are reported with the line and byte offset.
+    """
+    with open_text(path) as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    path, number, f"invalid UTF-8 at byte {error.start} of the line ({raw[error.start:error.start + 4]!r})"
+                ) from None
+            yield number, text.rstrip("\r\n")
+
+
+def read_jsonl(path):
+    """Yields (line_number, object) for every non-blank line of a JSON Lines file."""
+    for number, text in read_lines(path):
+        if not text.strip():
+            continue
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataError(path, number, f"invalid JSON: {error.msg} (column {error.colno})") from None
+        if not isinstance(value, dict):
+            raise DataError(path, number, f"expected a JSON object, got {type(value).__name__}")
+        yield number, value
+
+
+def read_tsv(path, expected_fields=None, header=None):
+    """Yields (line_number, fields) for every non-blank line of a tab-separated file.
+
+    `header`: None (no header), or the tuple of column names the first line must
+    hold (it is checked and skipped). Quotes are not special (QUOTE_NONE):
+    text fields hold quote characters.
+    """
+    lines = read_lines(path)
+    if header is not None:
+        first = next(lines, None)
+        if first is None:
+            raise DataError(path, 1, f"empty file; expected the header {' '.join(header)!r}")
+        number, text = first
+        found = tuple(text.split("\t"))
+        if found != tuple(header):
+            raise DataError(path, number, f"expected the header {'<TAB>'.join(header)!r}, found {text!r}")
+    for number, text in lines:
+        if not text.strip():
+            continue
+        fields = next(csv.reader([text], delimiter="\t", quoting=csv.QUOTE_NONE))
+        if expected_fields is not None and len(fields) != expected_fields:
+            raise DataError(path, number, f"expected {expected_fields} tab-separated fields, found {len(fields)}")
+        yield number, fields
+
+
+def read_tsv_with_header(path):
+    """Yields (line_number, {column: value}) for a TSV file whose first line names the columns."""
+    lines = read_lines(path)
+    first = next(lines, None)
+    if first is None:
+        raise DataError(path, 1, "empty file; expected a header line")
+    _, header_text = first
+    columns = header_text.split("\t")
+    for number, text in lines:
+        if not text.strip():
+            continue
+        fields = next(csv.reader([text], delimiter="\t", quoting=csv.QUOTE_NONE))
+        if len(fields) != len(columns):
+            raise DataError(path, number, f"expected {len(columns)} tab-separated fields, found {len(fields)}")
+        yield number, dict(zip(columns, fields))
+
+
+def require(path, number, record, key, kind=str, allow_empty=False):
+    """record[key], checked: present, of `kind`, and (for text) not empty."""
+    if key not in record:
+        raise DataError(path, number, f"missing field {key!r}")
+    value = record[key]
+    if kind is str and isinstance(value, (int,)) and not isinstance(value, bool) and key.endswith("id"):
+        value = str(value)  # numeric ids are common in JSONL exports
+    if not isinstance(value, kind):
+        raise DataError(path, number, f"field {key!r} must be {kind.__name__}, got {type(value).__name__}")
+    if kind is str and not allow_empty and not value.strip():
+        raise DataError(path, number, f"field {key!r} is empty")
+    return value
