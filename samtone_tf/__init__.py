@@ -6,6 +6,8 @@ import os
 # but TF 2.20 enables them by default only on some CPUs. A user's own setting wins;
 # it takes effect only if TensorFlow was not imported before samtone_tf.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# TensorFlow's C++ start-up chatter (CUDA probing, CPU features) hides our progress output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 

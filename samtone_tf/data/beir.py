@@ -117,3 +117,35 @@ def _drop_unknown(qrels, queries, corpus):
         if known:
             kept[query_id] = known
     return kept, dropped
+
+
+def write_beir(data, directory):
+    """Writes `RetrievalData` as a BEIR directory (corpus.jsonl, queries.jsonl,
+    qrels/<split>.tsv), atomically: into a temporary sibling, then renamed."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    directory = Path(directory)
+    if directory.exists():
+        raise FileExistsError(f"{directory} exists")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        with open(staging / "corpus.jsonl", "w", encoding="utf-8") as f:
+            for doc_id, (title, text) in data.corpus.items():
+                f.write(json.dumps({"_id": doc_id, "title": title, "text": text}, ensure_ascii=False) + "\n")
+        with open(staging / "queries.jsonl", "w", encoding="utf-8") as f:
+            for query_id, text in data.queries.items():
+                f.write(json.dumps({"_id": query_id, "text": text}, ensure_ascii=False) + "\n")
+        (staging / "qrels").mkdir()
+        with open(staging / "qrels" / f"{data.split}.tsv", "w", encoding="utf-8") as f:
+            f.write("\t".join(QRELS_HEADER) + "\n")
+            for query_id, judged in data.qrels.items():
+                for doc_id, grade in judged.items():
+                    f.write(f"{query_id}\t{doc_id}\t{grade}\n")
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -56,6 +56,12 @@ def training_dataset(
     if replicas % pipelines:
         raise ValueError(f"{replicas} replicas cannot be split evenly over {pipelines} input pipelines")
     global_batch = per_replica_batch * replicas
+    if hard_negatives and isinstance(pairs, Sequence):
+        lacking = next((p for p in pairs if not p.hard_negatives), None)
+        if lacking is not None:
+            raise ValueError(
+                f"hard_negatives={hard_negatives} but the pair of query {lacking.query_id!r} has none"
+            )
     local_rows = global_batch // pipelines
     start = pipeline * local_rows
 

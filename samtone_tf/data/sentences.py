@@ -4,6 +4,13 @@ for abbreviations, decimals, quotes and brackets), with character spans."""
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+SEGMENTER_VERSION = "pysbd-0.3.4-en-1"  # part of the cache key: change it when segmentation changes
 
 
 @functools.lru_cache(maxsize=1)
@@ -44,3 +51,34 @@ def sentence_at(spans, offset):
         if offset < end:
             return index
     return len(spans) - 1
+
+
+def cache_dir():
+    """Where derived data is cached: $SAMTONE_CACHE, else ~/.cache/samtone_tf."""
+    return Path(os.environ.get("SAMTONE_CACHE") or Path.home() / ".cache" / "samtone_tf")
+
+
+def cached_sentence_spans(paragraphs, source_path):
+    """sentence_spans of every paragraph, cached on disk by the source file's content.
+
+    Segmenting SQuAD train takes minutes; the cache file is named by a hash of the
+    source bytes and the segmenter version, and written atomically.
+    """
+    digest = hashlib.sha256(Path(source_path).read_bytes()).hexdigest()[:24]
+    path = cache_dir() / f"sentences-{SEGMENTER_VERSION}-{digest}.json"
+    if path.is_file():
+        try:
+            spans = json.loads(path.read_text())
+            if len(spans) == len(paragraphs):
+                return [[tuple(span) for span in spans_of] for spans_of in spans]
+        except (OSError, ValueError):
+            pass  # a damaged cache is recomputed
+    spans = [sentence_spans(paragraph) for paragraph in paragraphs]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+            json.dump(spans, f)
+        os.replace(f.name, path)
+    except OSError:
+        pass  # caching is an optimisation only
+    return spans

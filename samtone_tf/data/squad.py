@@ -15,7 +15,7 @@ from pathlib import Path
 
 from samtone_tf.data.errors import DataError
 from samtone_tf.data.records import RetrievalData, TrainingPair
-from samtone_tf.data.sentences import sentence_at, sentence_spans
+from samtone_tf.data.sentences import cached_sentence_spans, sentence_at
 
 
 @dataclass(frozen=True)
@@ -108,9 +108,8 @@ class ReqaBuilder:
         self.contexts = {}  # candidate id -> paragraph of its first occurrence
         self._ids_by_text = {}
 
-    def candidates_of(self, paragraph):
-        """(candidate ids, spans) of a paragraph's sentences."""
-        spans = sentence_spans(paragraph.context)
+    def candidates_of(self, paragraph, spans):
+        """Candidate ids of a paragraph's sentences, given their spans."""
         ids = []
         for index, (start, end) in enumerate(spans):
             sentence = paragraph.context[start:end]
@@ -121,15 +120,22 @@ class ReqaBuilder:
                 self.sentences[candidate_id] = sentence
                 self.contexts[candidate_id] = paragraph.context
             ids.append(candidate_id)
-        return ids, spans
+        return ids
+
+
+def _segmented(path):
+    """(builder, [(paragraph, candidate ids, spans)]) for a SQuAD file."""
+    paragraphs = read_squad(path)
+    all_spans = cached_sentence_spans([p.context for p in paragraphs], path)
+    builder = ReqaBuilder()
+    return builder, [(p, builder.candidates_of(p, spans), spans) for p, spans in zip(paragraphs, all_spans)]
 
 
 def reqa_evaluation(path, name="reqa:squad", split="dev"):
     """A SQuAD file as a ReQA evaluation set: answerable questions retrieve sentences."""
-    builder = ReqaBuilder()
+    builder, segmented = _segmented(path)
     queries, qrels = {}, {}
-    for paragraph in read_squad(path):
-        ids, spans = builder.candidates_of(paragraph)
+    for paragraph, ids, spans in segmented:
         for question in paragraph.questions:
             if not question.answer_starts:
                 continue  # unanswerable (SQuAD 2.0): no sentence to retrieve
@@ -141,10 +147,9 @@ def reqa_evaluation(path, name="reqa:squad", split="dev"):
 
 def reqa_training_pairs(path):
     """Training pairs (question, sentence of its first answer) from a SQuAD file."""
-    builder = ReqaBuilder()
+    builder, segmented = _segmented(path)
     pairs = []
-    for paragraph in read_squad(path):
-        ids, spans = builder.candidates_of(paragraph)
+    for paragraph, ids, spans in segmented:
         for question in paragraph.questions:
             if not question.answer_starts:
                 continue
