@@ -135,3 +135,31 @@ def test_dataset_names_are_checked():
     with pytest.raises(ValueError, match="needs an argument"):
         parse_name("beir")
     assert parse_name("wikiqa") == ("wikiqa", "")
+
+
+def test_msmarco_official_layout_is_streamed(tmp_path, shared_data):
+    from samtone_tf.data.msmarco import iter_triples, msmarco_training_pairs, read_msmarco
+    from samtone_tf.data.records import StreamedPairs
+
+    # Real MS MARCO passages (from the DL19 pool) written in the official collection layout.
+    pool = load_evaluation("beir:trec-dl-2019-pool", "test", shared_data)
+    passages = list(pool.corpus.items())[:50]
+    (tmp_path / "collection.tsv").write_text("".join(f"{pid}\t{text}\n" for pid, (_, text) in passages))
+    queries = list(pool.queries.items())[:3]
+    for split in ("train", "dev"):
+        (tmp_path / f"queries.{split}.tsv").write_text("".join(f"{q}\t{t}\n" for q, t in queries))
+        (tmp_path / f"qrels.{split}.tsv").write_text(
+            "".join(f"{q}\t0\t{passages[i][0]}\t1\n" for i, (q, _) in enumerate(queries))
+            + f"{queries[0][0]} 0 not-in-collection 1\n"
+        )
+    data = read_msmarco(tmp_path, "dev")
+    assert data.counts() == dict(documents=50, queries=3, judgements=3)
+    assert "1 judgements name unknown ids" in data.notes[0]
+    pairs = msmarco_training_pairs(tmp_path)
+    assert [(p.query_id, p.document_id) for p in pairs] == [(q, passages[i][0]) for i, (q, _) in enumerate(queries)]
+    # With a triples file the pairs are streamed: re-read on each pass, never held whole.
+    (tmp_path / "triples.train.small.tsv").write_text("q one\tpositive one\tnegative one\n")
+    streamed = msmarco_training_pairs(tmp_path)
+    assert isinstance(streamed, StreamedPairs)
+    assert [p.hard_negatives for p in streamed] == [("negative one",)] == [p.hard_negatives for p in streamed]
+    assert next(iter_triples(tmp_path / "triples.train.small.tsv")).query_id.startswith("q")
