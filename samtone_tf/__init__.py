@@ -12,6 +12,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 __version__ = "0.1.0"
 
 from samtone_tf.losses import SamToNeLoss, samtone_loss  # noqa: E402
-from samtone_tf.model_base import SamToNeModel  # noqa: E402
+from samtone_tf.model_base import SamToNeLossMixin, SamToNeModel  # noqa: E402
 
-__all__ = ["SamToNeLoss", "SamToNeModel", "samtone_loss", "__version__"]
+__all__ = ["SamToNeLoss", "SamToNeLossMixin", "SamToNeModel", "samtone_loss", "__version__"]

@@ -134,9 +134,9 @@ class SamToNeLoss(keras.losses.Loss):
     a dict with "query_ids"/"query_id" and/or "document_ids"/"document_id" [B].
 
     Keras 3's `compile()` hands a single loss each output of a dict separately;
-    SamToNe needs all of them at once, so compile it on a model derived from
-    `samtone_tf.SamToNeModel` (e.g. `samtone_tf.towers.DualEncoder`), which
-    passes the whole output dict. The reduction divides by the number of
+    SamToNe needs all of them at once, so compile it on a `samtone_tf.SamToNeModel`
+    (functional) or a model class mixing in `samtone_tf.SamToNeLossMixin` (as
+    `samtone_tf.towers.DualEncoder` does), which pass the whole output dict. The reduction divides by the number of
     replicas, as Keras losses do, so "sum_over_batch_size" averages over the
     GLOBAL batch once gradients are summed across replicas.
     """

@@ -2,8 +2,8 @@
 
 Keras 3's `compile(loss=L)` with a dict-valued model output applies L to each
 output separately. A contrastive loss needs query and document embeddings
-together, so models trained with `SamToNeLoss` derive from `SamToNeModel`
-(functional construction `SamToNeModel(inputs, outputs)` works too).
+together: build models trained with `SamToNeLoss` as `SamToNeModel(inputs, outputs)`,
+or mix `SamToNeLossMixin` into a keras.Model subclass.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import tensorflow as tf
 from samtone_tf.losses import SamToNeLoss
 
 
-class SamToNeModel(keras.Model):
-    """keras.Model that passes `(y, y_pred)` whole to a compiled `SamToNeLoss`.
+class SamToNeLossMixin:
+    """Mixed into a keras.Model: passes `(y, y_pred)` whole to a compiled `SamToNeLoss`.
 
     Any other compiled loss is handled by Keras as usual. Losses added with
     `add_loss` (e.g. regularisers) are summed in, scaled for distribution like
-    Keras does.
+    Keras does. (A mixin rather than a base model because Keras rewrites the
+    bases of a Model subclass the first time it is built functionally.)
     """
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -47,3 +48,10 @@ class SamToNeModel(keras.Model):
                 break
             iterator = None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+
+class SamToNeModel(SamToNeLossMixin, keras.Model):
+    """A keras.Model whose compiled `SamToNeLoss` receives the whole output dict.
+
+    Build it functionally, `SamToNeModel(inputs, outputs)`, or subclass it.
+    """

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from samtone_tf.model_base import SamToNeModel
+from samtone_tf.model_base import SamToNeLossMixin
 from samtone_tf.text import WordPieceTokenizer
 
 ARCHITECTURES = ("sde", "ade", "ade_spl", "ade_ste", "ade_fte")
@@ -98,7 +98,7 @@ class EncoderTower(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="samtone_tf")
-class DualEncoder(SamToNeModel):
+class DualEncoder(SamToNeLossMixin, keras.Model):
     """Query and document towers on raw strings, trained with `SamToNeLoss`.
 
     `call({"query": [B], "document": [B], optional "hard_negatives": [B, H]})`
