@@ -14,6 +14,7 @@ what its architecture shares (Dong et al., EMNLP 2022):
 from __future__ import annotations
 
 import math
+import sys
 import weakref
 
 import keras
@@ -305,21 +306,38 @@ def share_token_embedding(backbone, source):
 def encode_texts(tower, texts, batch_size=64, verbose=True, what="texts", jit_compile=False):
     """Embeds a list of strings with a tower in batches -> np.ndarray [N, D].
 
-    Texts are encoded longest first so that each batch pads little; the result
-    is in the input order. With `jit_compile`, the network (not the tokenizer,
-    whose ops XLA cannot compile) runs under XLA, with sequence lengths rounded
-    up to a multiple of 32 so that few shapes get compiled.
+    With `jit_compile`, the network (not the tokenizer, whose ops XLA cannot
+    compile) runs under XLA, with sequence lengths rounded up to a multiple of 32
+    so that few shapes get compiled.
+    """
+    return encode_in_batches(_compiled_encoder(tower, jit_compile), texts, batch_size, verbose, what)
+
+
+def encode_in_batches(encode_batch, texts, batch_size=64, verbose=True, what="texts"):
+    """Applies `encode_batch` (tf.string [b] -> [b, D]) to `texts` in batches -> np.ndarray [N, D].
+
+    Texts are encoded longest first so that each batch pads little; the rows come
+    back in the input order.
     """
     texts = [str(t) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    out = np.zeros((len(texts), tower.output_dim), np.float32)
-    encode = _compiled_encoder(tower, jit_compile)
-    progress = keras.utils.Progbar(len(texts), unit_name=what, verbose=1 if verbose else 0)
+    progress = keras.utils.Progbar(len(texts), unit_name=what, verbose=progress_verbosity(verbose))
+    out = None
     for start in range(0, len(texts), batch_size):
         rows = order[start : start + batch_size]
-        out[rows] = encode(tf.constant([texts[i] for i in rows])).numpy()
+        embeddings = np.asarray(encode_batch(tf.constant([texts[i] for i in rows])))
+        if out is None:
+            out = np.zeros((len(texts), embeddings.shape[1]), np.float32)
+        out[rows] = embeddings
         progress.add(len(rows))
-    return out
+    return out if out is not None else np.zeros((0, 0), np.float32)
+
+
+def progress_verbosity(verbose):
+    """Keras Progbar verbosity: a live bar on a terminal, one final line in logs, or silence."""
+    if not verbose:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
 
 
 _INFERENCE_FUNCTIONS = weakref.WeakKeyDictionary()

@@ -107,3 +107,11 @@ def test_distributed_dataset_feeds_each_replica_its_slice():
     np.testing.assert_array_equal(np.concatenate(local), expected)
     with pytest.raises(ValueError, match="not divisible"):
         distributed_training_dataset(strategy, pairs, 7)
+
+
+def test_skipping_batches_resumes_the_same_sequence():
+    pairs = make_pairs(40)
+    full = take(training_dataset(pairs, 4, seed=3, hard_negatives=1), 8)
+    resumed = take(training_dataset(pairs, 4, seed=3, skip_batches=5), 3)
+    for got, want in zip(resumed, full[5:]):
+        np.testing.assert_array_equal(got["query"], want["query"])

@@ -163,3 +163,18 @@ def test_msmarco_official_layout_is_streamed(tmp_path, shared_data):
     assert isinstance(streamed, StreamedPairs)
     assert [p.hard_negatives for p in streamed] == [("negative one",)] == [p.hard_negatives for p in streamed]
     assert next(iter_triples(tmp_path / "triples.train.small.tsv")).query_id.startswith("q")
+
+
+def test_reqa_prefix_of_training_pairs_matches_the_full_read(shared_data, tmp_path):
+    import json
+
+    from samtone_tf.data.squad import reqa_training_pairs
+
+    # A real 3-article SQuAD training file: the prefix read must equal the start of the full read.
+    train = json.loads((shared_data / "squad" / "train-v1.1.reconstructed.json").read_text())
+    train["data"] = train["data"][:3]
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(train))
+    full = reqa_training_pairs(path)
+    assert reqa_training_pairs(path, max_pairs=200) == full[:200]
+    assert len(load_training_pairs(f"reqa:{path}", max_pairs=7)) == 7

@@ -15,6 +15,7 @@ MODULES = {
     "tensorflow-hub": "tensorflow_hub",
     "tensorflow-datasets": "tensorflow_datasets",
     "protobuf": "google.protobuf",
+    "pytrec-eval-terrier": "pytrec_eval",
 }
 
 

@@ -16,6 +16,7 @@ $SAMTONE_DATA, then ../shared/data).
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from samtone_tf.data import beir, flagembedding, msmarco, multireqa, squad, wikiqa
@@ -63,12 +64,22 @@ def load_evaluation(name, split=None, data_directory=None):
     raise ValueError(f"{name}: {kind} datasets are for training only")
 
 
-def load_training_pairs(name, split="train", data_directory=None):
-    """Training pairs of `name` -> list of TrainingPair, or StreamedPairs for large files."""
+def load_training_pairs(name, split="train", data_directory=None, max_pairs=None):
+    """Training pairs of `name` -> list of TrainingPair, or StreamedPairs for large files.
+
+    `max_pairs` keeps the first pairs in file order (ReQA then reads only what it needs).
+    """
+    pairs = _training_pairs(name, split, data_directory, max_pairs)
+    if max_pairs is None:
+        return pairs
+    return list(itertools.islice(pairs, max_pairs))
+
+
+def _training_pairs(name, split, data_directory, max_pairs):
     kind, argument = parse_name(name)
     root = _root(data_directory)
     if kind == "reqa":
-        return squad.reqa_training_pairs(_squad_file(root, argument, split))
+        return squad.reqa_training_pairs(_squad_file(root, argument, split), max_pairs=max_pairs)
     if kind == "wikiqa":
         return wikiqa.wikiqa_training_pairs(_wikiqa_file(root, argument, split))
     if kind == "beir":

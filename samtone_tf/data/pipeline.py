@@ -11,6 +11,7 @@ query id or a document id.
 from __future__ import annotations
 
 import collections
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,6 +30,7 @@ def training_dataset(
     shuffle_buffer=100_000,
     input_context=None,
     repeat=True,
+    skip_batches=0,
 ):
     """A tf.data.Dataset of per-replica batches of dicts of tf.string:
 
@@ -47,6 +49,8 @@ def training_dataset(
         `strategy.distribute_datasets_from_function`); None for one pipeline and
         one replica.
       repeat: cycle through the pairs forever (else one pass).
+      skip_batches: start after this many global batches (resuming a run at that
+        step sees exactly the batches an uninterrupted run would).
     """
     if per_replica_batch < 1:
         raise ValueError(f"per_replica_batch must be positive; got {per_replica_batch}")
@@ -67,7 +71,8 @@ def training_dataset(
 
     def rows():
         rng = np.random.default_rng([seed, pipeline, 7919])  # for sampling hard negatives
-        for batch in global_batches(pairs, global_batch, seed, unique_ids, shuffle_buffer, repeat):
+        batches = global_batches(pairs, global_batch, seed, unique_ids, shuffle_buffer, repeat)
+        for batch in itertools.islice(batches, skip_batches, None):
             for pair in batch[start : start + local_rows]:
                 yield _row(pair, hard_negatives, rng)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from samtone_tf.data.errors import DataError
 from samtone_tf.data.records import RetrievalData, TrainingPair
-from samtone_tf.data.sentences import cached_sentence_spans, sentence_at
+from samtone_tf.data.sentences import cached_sentence_spans, sentence_at, sentence_spans
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,18 @@ def _segmented(path):
     return builder, [(p, builder.candidates_of(p, spans), spans) for p, spans in zip(paragraphs, all_spans)]
 
 
+def _segmented_lazily(path):
+    """As `_segmented`, segmenting paragraph by paragraph (no cache): for reading a prefix."""
+    builder = ReqaBuilder()
+
+    def paragraphs():
+        for paragraph in read_squad(path):
+            spans = sentence_spans(paragraph.context)
+            yield paragraph, builder.candidates_of(paragraph, spans), spans
+
+    return builder, paragraphs()
+
+
 def reqa_evaluation(path, name="reqa:squad", split="dev"):
     """A SQuAD file as a ReQA evaluation set: answerable questions retrieve sentences."""
     builder, segmented = _segmented(path)
@@ -145,13 +157,19 @@ def reqa_evaluation(path, name="reqa:squad", split="dev"):
     return RetrievalData(name, split, corpus, queries, qrels, contexts=builder.contexts)
 
 
-def reqa_training_pairs(path):
-    """Training pairs (question, sentence of its first answer) from a SQuAD file."""
-    builder, segmented = _segmented(path)
+def reqa_training_pairs(path, max_pairs=None):
+    """Training pairs (question, sentence of its first answer) from a SQuAD file.
+
+    With `max_pairs`, the first pairs in file order, segmenting only the paragraphs
+    they need (segmenting all of SQuAD train takes minutes the first time).
+    """
+    builder, segmented = _segmented_lazily(path) if max_pairs else _segmented(path)
     pairs = []
     for paragraph, ids, spans in segmented:
+        if max_pairs and len(pairs) >= max_pairs:
+            break
         for question in paragraph.questions:
-            if not question.answer_starts:
+            if not question.answer_starts or (max_pairs and len(pairs) >= max_pairs):
                 continue
             candidate_id = ids[sentence_at(spans, question.answer_starts[0])]
             pairs.append(

@@ -1,0 +1,134 @@
+"""python -m samtone_tf.evaluate: retrieval metrics of a trained or exported dual encoder.
+
+    python -m samtone_tf.evaluate --model runs/default --dataset beir:scifact --split test
+
+--model is a training model_dir (model.keras or checkpoints), a .keras file, or an
+export directory (query_encoder/N and document_encoder/N SavedModels; the newest
+version unless --version). Corpus and queries are encoded with progress bars, searched
+exactly (TensorFlow) or with ScaNN, and scored: P@1, MRR@10, nDCG@10, Recall@10,
+Recall@100. A table is printed and a JSON file written (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import samtone_tf  # noqa: I001  (first: it sets TensorFlow's environment before TensorFlow loads)
+import keras
+import numpy as np
+import tensorflow as tf
+
+from samtone_tf.data.datasets import load_evaluation
+from samtone_tf.index import ExactIndex, ScannIndex
+from samtone_tf.retrieval import DEFAULT_MEASURES, evaluate_encoder
+from samtone_tf.towers import encode_in_batches
+
+# BEIR's convention for sets where a query's own id also names a document.
+IGNORE_IDENTICAL_IDS = ("arguana", "quora")
+
+
+class ExportedEncoder:
+    """encode_queries / encode_documents over an export's two SavedModels."""
+
+    def __init__(self, export_dir, version=None):
+        import tensorflow_text  # noqa: F401  (registers the tokenizer's ops)
+
+        export_dir = Path(export_dir)
+        self.paths = {}
+        for name in ("query_encoder", "document_encoder"):
+            versions = sorted(int(p.name) for p in (export_dir / name).glob("*") if p.name.isdigit())
+            if not versions:
+                raise FileNotFoundError(f"{export_dir / name}: no version directory")
+            chosen = version or versions[-1]
+            if chosen not in versions:
+                raise FileNotFoundError(f"{export_dir / name}: no version {chosen} (have {versions})")
+            self.paths[name] = export_dir / name / str(chosen)
+        self._query = tf.saved_model.load(str(self.paths["query_encoder"])).signatures["serving_default"]
+        self._document = tf.saved_model.load(str(self.paths["document_encoder"])).signatures["serving_default"]
+
+    def encode_queries(self, texts, batch_size=64, verbose=True):
+        return encode_in_batches(lambda t: self._query(text=t)["embedding"], texts, batch_size, verbose, "queries")
+
+    def encode_documents(self, texts, batch_size=64, verbose=True):
+        return encode_in_batches(lambda t: self._document(text=t)["embedding"], texts, batch_size, verbose,
+                                 "documents")
+
+
+def load_encoder(path, version=None):
+    """An encoder from a training model_dir, a .keras file or an export directory."""
+    path = Path(path)
+    if (path / "query_encoder").is_dir():
+        return ExportedEncoder(path, version)
+    if path.suffix == ".keras" and path.is_file():
+        import samtone_tf.towers  # noqa: F401  (registers the classes the archive names)
+
+        return keras.saving.load_model(path)
+    if path.is_dir():
+        from samtone_tf.export import load_trained_model
+
+        return load_trained_model(path)
+    raise FileNotFoundError(f"{path}: not a model_dir, a .keras file or an export directory")
+
+
+def evaluate(model_path, dataset, split=None, index="exact", k=100, batch_size=64, data_dir=None,
+             version=None, verbose=True, ignore_identical_ids=None):
+    """The metrics JSON (as a dict) of the model at `model_path` on `dataset`."""
+    encoder = load_encoder(model_path, version)
+    data = load_evaluation(dataset, split, data_dir)
+    if ignore_identical_ids is None:
+        ignore_identical_ids = any(name in dataset for name in IGNORE_IDENTICAL_IDS)
+    factory = ExactIndex if index == "exact" else (lambda e, ids: ScannIndex(e, ids, k=k))
+    result = evaluate_encoder(encoder, data, DEFAULT_MEASURES, k=k, batch_size=batch_size, verbose=verbose,
+                              index_factory=factory, ignore_identical_ids=ignore_identical_ids)
+    return {
+        "model": str(model_path), "dataset": dataset, "split": data.split, "index": index, "k": k,
+        "ignore_identical_ids": ignore_identical_ids,
+        "metrics": {m: result[m] for m in DEFAULT_MEASURES},
+        "queries": result["queries"], "documents": result["documents"], "seconds": result["seconds"],
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m samtone_tf.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="model_dir, .keras file or export directory")
+    parser.add_argument("--dataset", required=True, help="e.g. beir:scifact, reqa:squad, wikiqa (see "
+                                                         "python -m samtone_tf.data --help)")
+    parser.add_argument("--split", default=None, help="default: the dataset's evaluation split")
+    parser.add_argument("--index", default="exact", choices=("exact", "scann"))
+    parser.add_argument("--k", type=int, default=100, help="documents retrieved per query")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--version", type=int, default=None, help="export version (default: newest)")
+    parser.add_argument("--out", default=None,
+                        help="metrics JSON path (default: <model>/evaluation/<dataset>-<split>.json)")
+    args = parser.parse_args(argv)
+    try:
+        result = evaluate(args.model, args.dataset, args.split, args.index, args.k, args.batch_size,
+                          args.data_dir, args.version)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"\n{result['dataset']} ({result['split']}): {result['queries']} queries, {result['documents']} "
+          f"documents, {result['index']} search, model {result['model']}")
+    for measure, value in result["metrics"].items():
+        print(f"  {measure:<11}{value:.4f}")
+    model_path = Path(args.model)
+    base = model_path.parent if model_path.suffix == ".keras" else model_path
+    out = Path(args.out) if args.out else (
+        base / "evaluation" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.dataset)}-{result['split']}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.tmp")
+    staging.write_text(json.dumps(result, indent=1))
+    os.replace(staging, out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

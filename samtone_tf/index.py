@@ -1,0 +1,209 @@
+"""Nearest-neighbour search over corpus embeddings: exact (TensorFlow) and ScaNN.
+
+Both indexes answer `search(query_embeddings [Q, D], k) -> (doc_ids [Q, k], scores [Q, k])`
+by dot product (cosine for the towers' L2-normalised embeddings).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+class ExactIndex:
+    """Brute-force search: batched matrix products and top-k, corpus streamed in blocks.
+
+    The corpus embeddings are held as a NumPy array (which may be a np.memmap of a file
+    larger than memory); each search multiplies a batch of queries with one block of
+    the corpus at a time and merges the running top-k, so memory stays at
+    query_batch x block_size scores.
+    """
+
+    def __init__(self, embeddings, doc_ids, block_size=65_536, query_batch=1_024):
+        embeddings = np.asarray(embeddings) if not isinstance(embeddings, np.memmap) else embeddings
+        if embeddings.ndim != 2:
+            raise ValueError(f"embeddings must be [N, D]; got shape {embeddings.shape}")
+        if len(doc_ids) != embeddings.shape[0]:
+            raise ValueError(f"{len(doc_ids)} doc_ids for {embeddings.shape[0]} embeddings")
+        self.embeddings = embeddings
+        self.doc_ids = np.asarray(doc_ids, dtype=object)
+        self.block_size = int(block_size)
+        self.query_batch = int(query_batch)
+
+    @property
+    def dimension(self):
+        return self.embeddings.shape[1]
+
+    def __len__(self):
+        return self.embeddings.shape[0]
+
+    def search(self, query_embeddings, k=10):
+        """-> (doc_ids: object array [Q, k'], scores: float32 [Q, k']), k' = min(k, corpus size),
+        best first; equal scores keep corpus order."""
+        queries = np.asarray(query_embeddings, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dimension:
+            raise ValueError(f"query embeddings must be [Q, {self.dimension}]; got shape {queries.shape}")
+        k = min(int(k), len(self))
+        all_scores, all_rows = [], []
+        for start in range(0, len(queries), self.query_batch):
+            batch = tf.constant(queries[start : start + self.query_batch])
+            best_scores = best_rows = None
+            for offset in range(0, len(self), self.block_size):
+                block = tf.constant(np.asarray(self.embeddings[offset : offset + self.block_size], np.float32))
+                scores, rows = _block_top_k(batch, block, tf.constant(min(k, block.shape[0])))
+                rows += offset
+                if best_scores is None:
+                    best_scores, best_rows = scores, rows
+                else:
+                    best_scores, best_rows = _merge(best_scores, best_rows, scores, rows, k)
+            all_scores.append(best_scores.numpy())
+            all_rows.append(best_rows.numpy())
+        rows = np.concatenate(all_rows) if all_rows else np.zeros((0, k), np.int64)
+        scores = np.concatenate(all_scores) if all_scores else np.zeros((0, k), np.float32)
+        return self.doc_ids[rows], scores
+
+
+@tf.function(reduce_retracing=True)
+def _block_top_k(queries, block, k):
+    scores = tf.matmul(queries, block, transpose_b=True)
+    values, indices = tf.math.top_k(scores, k=k, sorted=True)
+    return values, tf.cast(indices, tf.int64)
+
+
+@tf.function(reduce_retracing=True)
+def _merge(scores_a, rows_a, scores_b, rows_b, k):
+    scores = tf.concat([scores_a, scores_b], axis=1)
+    rows = tf.concat([rows_a, rows_b], axis=1)
+    values, positions = tf.math.top_k(scores, k=k, sorted=True)
+    return values, tf.gather(rows, positions, batch_dims=1)
+
+
+SCANN_BRUTE_FORCE_BELOW = 20_000  # smaller corpora are searched exactly (in ScaNN's brute-force mode)
+
+
+def scann_defaults(size, dimension):
+    """ScaNN settings from the corpus size: about sqrt(N) leaves, ~5-10% of them searched,
+    asymmetric hashing with 2 dimensions per block, exact re-ordering of the top candidates."""
+    if size < SCANN_BRUTE_FORCE_BELOW:
+        return dict(mode="brute_force")
+    leaves = int(min(max(size ** 0.5, 100), 4000))
+    return dict(
+        mode="tree_ah",
+        num_leaves=leaves,
+        num_leaves_to_search=max(10, leaves // 10),
+        training_sample_size=min(size, max(100_000, 30 * leaves)),
+        dimensions_per_block=2,
+        anisotropic_quantization_threshold=0.2,
+        reorder=250,
+    )
+
+
+def _configure(builder, settings):
+    if settings["mode"] == "brute_force":
+        return builder.score_brute_force()
+    return (
+        builder.tree(num_leaves=settings["num_leaves"], num_leaves_to_search=settings["num_leaves_to_search"],
+                     training_sample_size=settings["training_sample_size"])
+        .score_ah(settings["dimensions_per_block"],
+                  anisotropic_quantization_threshold=settings["anisotropic_quantization_threshold"])
+        .reorder(settings["reorder"])
+    )
+
+
+class ScannIndex:
+    """Approximate search with ScaNN (Guo et al., 2020) by dot product.
+
+    Settings default to `scann_defaults(N, D)`; pass `settings` to override any.
+    `save(dir)` writes the searcher, the document ids and a manifest (atomically);
+    `ScannIndex.load(dir)` answers identically.
+    """
+
+    MANIFEST = "manifest.json"
+    DOC_IDS = "doc_ids.json"
+
+    def __init__(self, embeddings, doc_ids, k=100, settings=None, _searcher=None):
+        import scann
+
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.ndim != 2:
+            raise ValueError(f"embeddings must be [N, D]; got shape {embeddings.shape}")
+        if len(doc_ids) != embeddings.shape[0]:
+            raise ValueError(f"{len(doc_ids)} doc_ids for {embeddings.shape[0]} embeddings")
+        self.doc_ids = np.asarray(doc_ids, dtype=object)
+        self.dimension = embeddings.shape[1]
+        self.k = int(k)
+        self.settings = dict(scann_defaults(*embeddings.shape), **(settings or {}))
+        if _searcher is None:
+            builder = scann.scann_ops_pybind.builder(embeddings, self.k, "dot_product")
+            _searcher = _configure(builder, self.settings).build()
+        self.searcher = _searcher
+
+    def __len__(self):
+        return len(self.doc_ids)
+
+    def search(self, query_embeddings, k=10):
+        """-> (doc_ids: object array [Q, k'], scores: float32 [Q, k']), best first."""
+        queries = np.asarray(query_embeddings, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dimension:
+            raise ValueError(f"query embeddings must be [Q, {self.dimension}]; got shape {queries.shape}")
+        k = min(int(k), len(self))
+        extra = {}
+        if self.settings["mode"] != "brute_force":
+            extra["pre_reorder_num_neighbors"] = max(self.settings["reorder"], k)
+        rows, scores = self.searcher.search_batched(queries, final_num_neighbors=k, **extra)
+        return self.doc_ids[np.asarray(rows, dtype=np.int64)], np.asarray(scores, dtype=np.float32)
+
+    def save(self, directory):
+        """Writes the index to `directory` (which must not exist) via a temporary sibling."""
+        import json
+        import os
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        directory = Path(directory)
+        if directory.exists():
+            raise FileExistsError(f"{directory} exists")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            (staging / "scann").mkdir()
+            self.searcher.serialize(str(staging / "scann"), relative_path=True)
+            (staging / self.DOC_IDS).write_text(json.dumps([str(d) for d in self.doc_ids]), encoding="utf-8")
+            manifest = dict(kind="scann", distance="dot_product", size=len(self), dimension=self.dimension,
+                            k=self.k, settings=self.settings, doc_ids=self.DOC_IDS, searcher="scann")
+            (staging / self.MANIFEST).write_text(json.dumps(manifest, indent=1))
+            os.replace(staging, directory)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(cls, directory):
+        import json
+        from pathlib import Path
+
+        import scann
+
+        directory = Path(directory)
+        manifest = json.loads((directory / cls.MANIFEST).read_text())
+        doc_ids = json.loads((directory / manifest["doc_ids"]).read_text(encoding="utf-8"))
+        searcher = scann.scann_ops_pybind.load_searcher(str(directory / manifest["searcher"]))
+        index = cls.__new__(cls)
+        index.doc_ids = np.asarray(doc_ids, dtype=object)
+        index.dimension = manifest["dimension"]
+        index.k = manifest["k"]
+        index.settings = manifest["settings"]
+        index.searcher = searcher
+        if len(index.doc_ids) != manifest["size"]:
+            raise ValueError(f"{directory}: {len(index.doc_ids)} doc ids for an index of {manifest['size']}")
+        return index
+
+    def tensorflow_searcher(self, embeddings):
+        """The same configuration built with ScaNN's TensorFlow ops (`scann.scann_ops`): a
+        searcher whose `serialize_to_module()` can live inside a SavedModel, for servers
+        built with the ScaNN ops."""
+        import scann
+
+        builder = scann.scann_ops.builder(np.asarray(embeddings, np.float32), self.k, "dot_product")
+        return _configure(builder, self.settings).build()

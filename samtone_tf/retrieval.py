@@ -1,0 +1,50 @@
+"""Evaluate an encoder on a retrieval set: encode queries and corpus, search, score.
+
+The encoder is anything with `encode_queries(texts)` and `encode_documents(texts)`
+returning [N, D] arrays: a `DualEncoder`, or an exported model loaded back.
+"""
+
+from __future__ import annotations
+
+import time
+
+from samtone_tf import metrics
+from samtone_tf.index import ExactIndex
+
+DEFAULT_MEASURES = ("P@1", "MRR@10", "nDCG@10", "Recall@10", "Recall@100")
+
+
+def run_retrieval(encoder, data, k=100, batch_size=64, verbose=True, index_factory=ExactIndex,
+                  ignore_identical_ids=False):
+    """{query_id: {doc_id: score}}: the top k documents of every query of `data`."""
+    doc_ids = list(data.corpus)
+    documents = encoder.encode_documents([data.document_text(d) for d in doc_ids], batch_size=batch_size,
+                                         verbose=verbose)
+    query_ids = list(data.queries)
+    queries = encoder.encode_queries([data.queries[q] for q in query_ids], batch_size=batch_size,
+                                     verbose=verbose)
+    index = index_factory(documents, doc_ids)
+    extra = 1 if ignore_identical_ids else 0
+    found_ids, found_scores = index.search(queries, k + extra)
+    run = {}
+    for query_id, ids, scores in zip(query_ids, found_ids, found_scores):
+        ranked = [(d, float(s)) for d, s in zip(ids, scores) if not (ignore_identical_ids and d == query_id)]
+        run[query_id] = dict(ranked[:k])
+    return run
+
+
+def evaluate_encoder(encoder, data, measures=DEFAULT_MEASURES, k=100, batch_size=64, verbose=True,
+                     index_factory=ExactIndex, ignore_identical_ids=False):
+    """{measure: value} of `encoder` on `data`, plus the query and document counts and seconds taken."""
+    start = time.perf_counter()
+    run = run_retrieval(encoder, data, k=max(k, _largest_cutoff(measures)), batch_size=batch_size,
+                        verbose=verbose, index_factory=index_factory, ignore_identical_ids=ignore_identical_ids)
+    result = metrics.evaluate(run, data.qrels, measures)
+    result.update(queries=len(data.queries), documents=len(data.corpus),
+                  seconds=round(time.perf_counter() - start, 2))
+    return result
+
+
+def _largest_cutoff(measures):
+    cuts = [int(m.partition("@")[2]) for m in measures if m.partition("@")[2].isdigit()]
+    return max(cuts, default=1)

@@ -1,0 +1,184 @@
+"""python -m samtone_tf.train on a tiny model: outputs, resume after SIGKILL, NaN stop, strategies."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from samtone_tf.train import build_parser, negatives_per_query, resolve_config
+from tests.conftest import REPOSITORY_ROOT
+
+SQUAD_SAMPLE = "reqa:squad2-dev-sample/dev-v2.0-sample.json"
+
+
+def command(model_dir, *extra):
+    return [sys.executable, "-m", "samtone_tf.train", "--model", "tiny", "--model_dir", str(model_dir),
+            "--eval_datasets", "", "--log_every", "2", *extra]
+
+
+def run(args, timeout=600, env=None):
+    result = subprocess.run(args, capture_output=True, text=True, cwd=REPOSITORY_ROOT, timeout=timeout,
+                            env=env or os.environ.copy())
+    return result
+
+
+def metrics(model_dir):
+    return [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def checkpoint_weights(model_dir):
+    reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
+    names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("model/"))
+    return {n: reader.get_tensor(n) for n in names}
+
+
+def test_help_documents_every_option_with_its_default():
+    text = build_parser().format_help()
+    for option in ("--dataset", "--model", "--architecture", "--same_tower", "--bidirectional", "--temperature",
+                   "--learnable_temperature", "--hard_negatives", "--batch_size", "--steps", "--optimizer",
+                   "--learning_rate", "--warmup_steps", "--query_max_length", "--document_max_length", "--seed",
+                   "--strategy", "--cpu_replicas", "--tpu", "--model_dir", "--checkpoint_every", "--eval_every"):
+        assert option in text
+    assert "(default: reqa:squad)" in text and "(default: 32)" in text
+
+
+def test_resolved_configuration_and_negatives():
+    config = resolve_config(build_parser().parse_args(["--batch_size", "64", "--steps", "50",
+                                                       "--hard_negatives", "2"]))
+    assert config["warmup_steps"] == 5 and config["max_train_pairs"] == 3200
+    assert negatives_per_query(config) == (63, 63, 128)
+    config = resolve_config(build_parser().parse_args(["--same_tower", "none"]))
+    assert negatives_per_query(config)[1] == 0
+
+
+def test_tiny_run_writes_config_checkpoints_logs_metrics_and_model(tmp_path):
+    model_dir = tmp_path / "run"
+    result = run(command(model_dir, "--steps", "6", "--batch_size", "8", "--checkpoint_every", "3",
+                         "--eval_datasets", SQUAD_SAMPLE, "--eval_every", "3", "--learnable_temperature",
+                         "--architecture", "ade_spl"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "each query sees 14 negatives (7 documents + 7 other queries + 0 hard negatives)" in result.stdout
+    assert "SQuAD held-out articles" in result.stdout and "P@1" in result.stdout
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["architecture"] == "ade_spl" and config["steps"] == 6
+    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-6")
+    assert list((model_dir / "logs").glob("events.out.tfevents.*"))
+    records = metrics(model_dir)
+    assert [r["phase"] for r in records if "phase" in r] == ["before", "during", "after"]
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [2, 4, 6]
+    assert all(k in steps[0] for k in ("learning_rate", "temperature", "steps_per_second", "examples_per_second"))
+    model = keras.saving.load_model(model_dir / "model.keras")
+    assert model.architecture == "ade_spl" and model.learnable_temperature
+
+
+def test_run_killed_with_sigkill_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    args = ["--steps", "30", "--batch_size", "32", "--checkpoint_every", "5", "--document_max_length", "64",
+            "--no-export"]
+    uninterrupted = tmp_path / "uninterrupted"
+    assert run(command(uninterrupted, *args)).returncode == 0
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(command(interrupted, *args), cwd=REPOSITORY_ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    index = interrupted / "checkpoints" / "checkpoint"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if index.is_file() and "ckpt-10" in index.read_text():
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = tf.train.latest_checkpoint(str(interrupted / "checkpoints"))
+    assert killed_at and not killed_at.endswith("ckpt-30")
+
+    resumed = run(command(interrupted, *args))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {killed_at} at step {killed_at.rsplit('-', 1)[1]}" in resumed.stdout
+    assert tf.train.latest_checkpoint(str(interrupted / "checkpoints")).endswith("ckpt-30")
+    assert "step 30/30" in resumed.stdout
+    # Same data order, optimizer state and schedule position: the same final weights.
+    want, got = checkpoint_weights(uninterrupted), checkpoint_weights(interrupted)
+    assert want.keys() == got.keys()
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], atol=1e-5, err_msg=name)
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
+    model_dir = tmp_path / "nan"
+    # A learning rate of 1e37 blows the weights up within a step or two.
+    result = run(command(model_dir, "--steps", "40", "--batch_size", "8", "--checkpoint_every", "1",
+                         "--learning_rate", "1e37", "--warmup_steps", "1", "--weight_decay", "0", "--no-export"))
+    assert result.returncode == 3, (result.stdout[-2000:], result.stderr[-2000:])
+    assert "the loss became nan" in result.stderr or "the weights became non-finite" in result.stderr
+    assert "is kept" in result.stderr
+    stopped_at = int(result.stderr.split("at step ")[1].split(" ")[0].rstrip(";"))
+    assert stopped_at < 40
+    last = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    if last is not None:  # every checkpoint written holds finite weights
+        assert int(last.rsplit("-", 1)[1]) < stopped_at
+        assert all(np.all(np.isfinite(v)) for v in checkpoint_weights(model_dir).values())
+        assert f"The last good checkpoint is {last}" in result.stderr
+
+
+def test_global_batch_must_divide_over_replicas(tmp_path):
+    result = run(command(tmp_path / "bad", "--strategy", "mirrored", "--cpu_replicas", "2", "--batch_size", "7",
+                         "--steps", "1"))
+    assert result.returncode == 2
+    assert "--batch_size 7 is not divisible by 2 replicas" in result.stderr
+
+
+def test_mirrored_run_over_two_cpu_replicas(tmp_path):
+    result = run(command(tmp_path / "mirrored", "--strategy", "mirrored", "--cpu_replicas", "2",
+                         "--batch_size", "8", "--steps", "4", "--same_tower", "both", "--bidirectional",
+                         "--no-export"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 replica(s); global batch 8 = 2 x 4; each query sees 14 negatives" in result.stdout
+    assert "step 4/4" in result.stdout
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_run_with_two_local_workers(tmp_path):
+    model_dir = tmp_path / "multi"
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    processes = []
+    for index in range(2):
+        env = os.environ.copy()
+        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        env["TMPDIR"] = str(tmp_path / f"tmp{index}")
+        os.makedirs(env["TMPDIR"])
+        processes.append(subprocess.Popen(
+            command(model_dir, "--strategy", "multi_worker", "--batch_size", "8", "--steps", "4",
+                    "--checkpoint_every", "2"),
+            cwd=REPOSITORY_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for process, (out, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-3000:]
+    chief_out, worker_out = outputs[0][0], outputs[1][0]
+    assert "2 replica(s); global batch 8 = 2 x 4" in chief_out and "step 4/4" in chief_out
+    assert worker_out.strip() == ""  # only the chief reports
+    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-4")
+    assert sorted(p.name for p in model_dir.iterdir()) == ["checkpoints", "config.json", "export", "logs",
+                                                          "metrics.jsonl", "model.keras"]
+    assert len(list((model_dir / "logs").glob("events.out.tfevents.*"))) == 1
+    # The other worker's scratch checkpoints are gone.
+    assert not list((tmp_path / "tmp1").glob("samtone-*"))
