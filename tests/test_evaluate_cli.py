@@ -1,0 +1,48 @@
+"""python -m samtone_tf.evaluate on a training model_dir and on its export: the same metrics."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from samtone_tf.export import export
+from samtone_tf.towers import tiny_dual_encoder
+from tests.conftest import REPOSITORY_ROOT, TINY_VOCABULARY
+
+MEASURES = ("P@1", "MRR@10", "nDCG@10", "Recall@10", "Recall@100")
+
+
+def evaluate(model, out, *extra):
+    result = subprocess.run(
+        [sys.executable, "-m", "samtone_tf.evaluate", "--model", str(model), "--dataset", "beir:medline",
+         "--out", str(out), *extra], cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout, json.loads(out.read_text())
+
+
+def test_model_dir_and_export_evaluate_alike(tmp_path, shared_data):
+    model = tiny_dual_encoder(TINY_VOCABULARY, "ade")
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    model.save(model_dir / "model.keras")
+    export(model, tmp_path / "export", verbose=False)
+
+    printed, from_model = evaluate(model_dir, tmp_path / "model.json")
+    assert "beir:medline (test): 30 queries, 1033 documents, exact search" in printed
+    assert all(f"  {m}" in printed for m in MEASURES)
+    _, from_export = evaluate(tmp_path / "export", tmp_path / "export.json")
+    assert from_model["dataset"] == "beir:medline" and from_model["model"] == str(model_dir)
+    for measure in MEASURES:
+        assert from_export["metrics"][measure] == pytest.approx(from_model["metrics"][measure], abs=1e-6)
+    _, with_scann = evaluate(model_dir, tmp_path / "scann.json", "--index", "scann")
+    assert with_scann["index"] == "scann"
+    assert with_scann["metrics"]["nDCG@10"] == pytest.approx(from_model["metrics"]["nDCG@10"], abs=1e-6)
+
+
+def test_missing_model_is_one_clear_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "samtone_tf.evaluate", "--model", str(tmp_path / "none"),
+                             "--dataset", "wikiqa"], cwd=REPOSITORY_ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2
+    assert "not a model_dir, a .keras file or an export directory" in result.stderr
