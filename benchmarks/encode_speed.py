@@ -24,6 +24,7 @@ import samtone_tf  # noqa: E402,F401  (first: it sets TensorFlow's CPU options)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from samtone_tf.atomic import atomic_write_text  # noqa: E402
 from samtone_tf.locations import data_dir, models_dir  # noqa: E402
 from samtone_tf.pretrained import dual_encoder_from_checkpoint  # noqa: E402
 
@@ -91,9 +92,7 @@ def main(argv=None):
         print(f"| {row['encoder']} | {row['documents_per_second']:.1f} | {row['ratio']:.2f} | "
               f"{row['min_cosine_to_peer']:.6f} |")
     if args.json:
-        with open(args.json + ".tmp", "w") as f:
-            json.dump(dict(vars(args), mean_tokens=float(lengths.mean()), rows=rows), f, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        atomic_write_text(args.json, json.dumps(dict(vars(args), mean_tokens=float(lengths.mean()), rows=rows), indent=1))
 
 
 if __name__ == "__main__":

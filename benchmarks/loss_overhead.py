@@ -21,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
+from samtone_tf.atomic import atomic_write_text  # noqa: E402
 from samtone_tf.losses import samtone_loss  # noqa: E402
 
 CONFIGS = [
@@ -94,9 +95,7 @@ def main(argv=None):
         print(f"| {row['batch']} | {row['same_tower']} | {row['bidirectional']} | "
               f"{row['ms']:.2f} | {row['ratio']:.2f} |")
     if args.json:
-        with open(args.json + ".tmp", "w") as f:
-            json.dump(dict(dim=args.dim, repeats=args.repeats, jit_compile=args.jit_compile, rows=rows), f, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        atomic_write_text(args.json, json.dumps(dict(dim=args.dim, repeats=args.repeats, jit_compile=args.jit_compile, rows=rows), indent=1))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from samtone_tf.atomic import atomic_write_text
 from samtone_tf.data.datasets import load_evaluation
 from samtone_tf.index import ExactIndex, ScannIndex
 from samtone_tf.retrieval import DEFAULT_MEASURES, evaluate_encoder
@@ -122,10 +122,7 @@ def main(argv=None):
     base = model_path.parent if model_path.suffix == ".keras" else model_path
     out = Path(args.out) if args.out else (
         base / "evaluation" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.dataset)}-{result['split']}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.tmp")
-    staging.write_text(json.dumps(result, indent=1))
-    os.replace(staging, out)
+    atomic_write_text(out, json.dumps(result, indent=1))
     print(f"wrote {out}")
     return 0
 

@@ -22,11 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import samtone_tf  # noqa: I001  (first: it sets TensorFlow's environment before TensorFlow loads)
@@ -34,6 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from samtone_tf.atomic import atomic_directory, atomic_write_text
 from samtone_tf.index import ScannIndex
 
 ENCODERS = ("query_encoder", "document_encoder")
@@ -78,24 +76,9 @@ class RetrieverModule(tf.Module):
 def write_version(base, version, write, overwrite=False):
     """Writes base/<version>/ atomically with `write(staging_dir)`; refuses to replace an
     existing version unless `overwrite`."""
-    base = Path(base)
-    target = base / str(version)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
-    base.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".incomplete-{version}-", dir=base))
-    try:
+    target = Path(base) / str(version)
+    with atomic_directory(target, overwrite=overwrite) as staging:
         write(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    replaced = None
-    if target.exists():
-        replaced = base / f".replaced-{version}-{uuid.uuid4().hex}"
-        os.rename(target, replaced)
-    os.rename(staging, target)
-    if replaced is not None:
-        shutil.rmtree(replaced, ignore_errors=True)
     return target
 
 
@@ -198,37 +181,16 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
             "outputs": {"doc_ids": f"string [None, {min(k, len(doc_ids))}]",
                         "scores": f"float32 [None, {min(k, len(doc_ids))}]"}}
         manifest["corpus"] = {"name": corpus.name, "documents": len(doc_ids), "index": "index"}
-    _write_text(out / "models.config", serving_config(out, list(manifest["models"])))
-    _write_text(out / "manifest.json", json.dumps(manifest, indent=1))
+    atomic_write_text(out / "models.config", serving_config(out, list(manifest["models"])))
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
     return manifest
 
 
 def _write_index(directory, embeddings, doc_ids, k, overwrite):
-    if directory.exists():
-        if not overwrite:
-            raise FileExistsError(f"{directory} exists; pass --overwrite to replace it")
-    staging = directory.with_name(f".incomplete-index-{uuid.uuid4().hex}")
-    try:
+    with atomic_directory(directory, overwrite=overwrite) as staging:
         index = ScannIndex(embeddings, doc_ids, k=k)
-        index.save(staging)
-        module = index.tensorflow_searcher(embeddings).serialize_to_module()
-        tf.saved_model.save(module, str(staging / "scann_tf"))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if directory.exists():
-        replaced = directory.with_name(f".replaced-index-{uuid.uuid4().hex}")
-        os.rename(directory, replaced)
-        os.rename(staging, directory)
-        shutil.rmtree(replaced, ignore_errors=True)
-    else:
-        os.rename(staging, directory)
-
-
-def _write_text(path, text):
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(text)
-    os.replace(staging, path)
+        index.write_files(staging)
+        tf.saved_model.save(index.tensorflow_searcher(embeddings).serialize_to_module(), str(staging / "scann_tf"))
 
 
 def _last_evaluation(model_dir):

@@ -92,6 +92,7 @@ def scann_defaults(size, dimension):
         num_leaves=leaves,
         num_leaves_to_search=max(10, leaves // 10),
         training_sample_size=min(size, max(100_000, 30 * leaves)),
+        spherical=True,  # the towers' embeddings are unit vectors: spherical k-means suits them
         dimensions_per_block=2,
         anisotropic_quantization_threshold=0.2,
         reorder=250,
@@ -103,7 +104,8 @@ def _configure(builder, settings):
         return builder.score_brute_force()
     return (
         builder.tree(num_leaves=settings["num_leaves"], num_leaves_to_search=settings["num_leaves_to_search"],
-                     training_sample_size=settings["training_sample_size"])
+                     training_sample_size=settings["training_sample_size"],
+                     spherical=settings.get("spherical", False))
         .score_ah(settings["dimensions_per_block"],
                   anisotropic_quantization_threshold=settings["anisotropic_quantization_threshold"])
         .reorder(settings["reorder"])
@@ -155,28 +157,23 @@ class ScannIndex:
 
     def save(self, directory):
         """Writes the index to `directory` (which must not exist) via a temporary sibling."""
+        from samtone_tf.atomic import atomic_directory
+
+        with atomic_directory(directory) as staging:
+            self.write_files(staging)
+
+    def write_files(self, directory):
+        """Writes the searcher, the document ids and the manifest into an existing directory."""
         import json
-        import os
-        import shutil
-        import tempfile
         from pathlib import Path
 
         directory = Path(directory)
-        if directory.exists():
-            raise FileExistsError(f"{directory} exists")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
-            (staging / "scann").mkdir()
-            self.searcher.serialize(str(staging / "scann"), relative_path=True)
-            (staging / self.DOC_IDS).write_text(json.dumps([str(d) for d in self.doc_ids]), encoding="utf-8")
-            manifest = dict(kind="scann", distance="dot_product", size=len(self), dimension=self.dimension,
-                            k=self.k, settings=self.settings, doc_ids=self.DOC_IDS, searcher="scann")
-            (staging / self.MANIFEST).write_text(json.dumps(manifest, indent=1))
-            os.replace(staging, directory)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        (directory / "scann").mkdir()
+        self.searcher.serialize(str(directory / "scann"), relative_path=True)
+        (directory / self.DOC_IDS).write_text(json.dumps([str(d) for d in self.doc_ids]), encoding="utf-8")
+        manifest = dict(kind="scann", distance="dot_product", size=len(self), dimension=self.dimension,
+                        k=self.k, settings=self.settings, doc_ids=self.DOC_IDS, searcher="scann")
+        (directory / self.MANIFEST).write_text(json.dumps(manifest, indent=1))
 
     @classmethod
     def load(cls, directory):

@@ -29,6 +29,7 @@ import keras_hub
 import tensorflow as tf
 
 from samtone_tf import distributed
+from samtone_tf.atomic import atomic_write_text
 from samtone_tf.data.datasets import load_evaluation, load_training_pairs
 from samtone_tf.data.pipeline import distributed_training_dataset
 from samtone_tf.export import export
@@ -183,7 +184,7 @@ def train(config):
     start_step = int(optimizer.iterations.numpy())
     if chief:
         model_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(model_dir / "config.json", config)
+        atomic_write_text(model_dir / "config.json", json.dumps(config, indent=1, sort_keys=True))
     if restored:
         log(f"resumed from {restored} at step {start_step}")
 
@@ -404,12 +405,6 @@ def _checkpoint_dir(model_dir, chief, task):
 def _save_model(model, path):
     staging = path.with_name(f".{path.name}.tmp.keras")
     model.save(staging)
-    os.replace(staging, path)
-
-
-def _write_json(path, value):
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(value, indent=1, sort_keys=True))
     os.replace(staging, path)
 
 

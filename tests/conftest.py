@@ -84,3 +84,16 @@ def tiny_vocabulary(tmp_path):
     path = tmp_path / "vocab.txt"
     path.write_text("".join(token + "\n" for token in TINY_VOCABULARY))
     return path
+
+
+def free_ports(count):
+    """`count` TCP ports free on 127.0.0.1 (for local multi-worker clusters)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

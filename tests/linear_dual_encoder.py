@@ -53,3 +53,34 @@ def single_device_reference(batch):
         mean = tf.reduce_mean(losses)
     grads = tape.gradient(mean, [wq, wp])
     return losses.numpy(), [g.numpy() for g in grads]
+
+
+
+def distributed_step(strategy):
+    """Under `strategy`: the replicas' per-example losses and the all-reduced gradients of the
+    mean loss over the global batch (each replica takes its slice of `make_batch()`)."""
+    replicas = strategy.num_replicas_in_sync
+    local = GLOBAL_BATCH // replicas
+    batch = make_batch()
+    with strategy.scope():
+        wq, wp = (tf.Variable(w) for w in make_weights())
+
+    def slice_for(context):
+        start = context.replica_id_in_sync_group * local
+        return {k: v[start : start + local] for k, v in batch.items()}
+
+    parts = strategy.experimental_distribute_values_from_function(slice_for)
+
+    @tf.function
+    def step(inputs):
+        def replica_fn(part):
+            with tf.GradientTape() as tape:
+                losses = linear_dual_encoder_loss(part, wq, wp)
+                scaled = tf.reduce_sum(losses) / GLOBAL_BATCH
+            grads = tape.gradient(scaled, [wq, wp])
+            context = tf.distribute.get_replica_context()
+            return losses, context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+
+        return strategy.run(replica_fn, args=(inputs,))
+
+    return step(parts)

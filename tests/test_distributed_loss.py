@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +12,13 @@ import pytest
 import tensorflow as tf
 
 from samtone_tf import SamToNeLoss, SamToNeModel, samtone_loss
-from tests.conftest import mirrored_strategy
+from tests.conftest import free_ports, mirrored_strategy
 from tests.linear_dual_encoder import (
     DIM,
     GLOBAL_BATCH,
     INPUT_DIM,
     OPTIONS,
-    linear_dual_encoder_loss,
+    distributed_step,
     make_batch,
     make_weights,
     single_device_reference,
@@ -27,35 +26,14 @@ from tests.linear_dual_encoder import (
 
 REPO = Path(__file__).resolve().parents[1]
 
+
 @pytest.mark.parametrize("replicas", [2, 4])
 def test_mirrored_losses_and_gradients_equal_single_device(replicas):
     batch = make_batch()
     expected_losses, expected_grads = single_device_reference(batch)
 
     strategy = mirrored_strategy(replicas)
-    local = GLOBAL_BATCH // replicas
-    with strategy.scope():
-        wq, wp = (tf.Variable(w) for w in make_weights())
-
-    def slice_for(context):
-        start = context.replica_id_in_sync_group * local
-        return {k: v[start : start + local] for k, v in batch.items()}
-
-    per_replica = strategy.experimental_distribute_values_from_function(slice_for)
-
-    @tf.function
-    def step(inputs):
-        def replica_fn(part):
-            with tf.GradientTape() as tape:
-                losses = linear_dual_encoder_loss(part, wq, wp)
-                scaled = tf.reduce_sum(losses) / GLOBAL_BATCH
-            grads = tape.gradient(scaled, [wq, wp])
-            context = tf.distribute.get_replica_context()
-            return losses, context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-
-        return strategy.run(replica_fn, args=(inputs,))
-
-    losses, grads = step(per_replica)
+    losses, grads = distributed_step(strategy)
     got_losses = np.concatenate([x.numpy() for x in strategy.experimental_local_results(losses)])
     np.testing.assert_allclose(got_losses, expected_losses, atol=1e-5)
     for got, want in zip(grads, expected_grads):
@@ -140,16 +118,6 @@ def test_keras_fit_under_mirrored_strategy_reports_the_single_device_loss():
     np.testing.assert_allclose(mirrored_loss, single_loss, atol=1e-5)
     for got, want in zip(mirrored_weights, single_weights):
         np.testing.assert_allclose(got, want, atol=1e-5)
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def test_multi_worker_loss_equals_single_device(tmp_path):

@@ -83,11 +83,12 @@ def test_scann_on_real_corpus_embeddings(shared_data, default_checkpoint):
     queries = model.encode_queries(list(data.queries.values()), verbose=False)
     truth, _ = ExactIndex(corpus, doc_ids).search(queries, 10)
     # Cranfield is small (searched exactly by default) and narrow (aeronautics only): its real
-    # embeddings partition poorly, so searching 8 of 40 leaves finds only ~0.82 of the top 10.
-    # Searching half the leaves, the quantised scoring and re-ordering keep recall high.
+    # embeddings partition poorly, so searching 8 of 40 leaves finds only ~0.86 of the top 10.
+    # Searching 12 of 20 (spherical k-means, ScaNN's k-means is not seeded: recall varies
+    # by ~0.01 between builds), the quantised scoring and re-ordering keep recall near 0.98.
     assert ScannIndex(corpus, doc_ids, k=10).settings["mode"] == "brute_force"
-    settings = dict(mode="tree_ah", num_leaves=20, num_leaves_to_search=10, training_sample_size=len(doc_ids),
-                    dimensions_per_block=2, anisotropic_quantization_threshold=0.2, reorder=250)
+    settings = dict(mode="tree_ah", num_leaves=20, num_leaves_to_search=12, training_sample_size=len(doc_ids),
+                    spherical=True, dimensions_per_block=2, anisotropic_quantization_threshold=0.2, reorder=250)
     found, _ = ScannIndex(corpus, doc_ids, k=10, settings=settings).search(queries, 10)
     assert recall_at(found, truth) >= 0.95
 

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from samtone_tf.train import build_parser, negatives_per_query, resolve_config
-from tests.conftest import REPOSITORY_ROOT
+from tests.conftest import REPOSITORY_ROOT, free_ports
 
 SQUAD_SAMPLE = "reqa:squad2-dev-sample/dev-v2.0-sample.json"
 
@@ -144,16 +143,6 @@ def test_mirrored_run_over_two_cpu_replicas(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 replica(s); global batch 8 = 2 x 4; each query sees 14 negatives" in result.stdout
     assert "step 4/4" in result.stdout
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def test_multi_worker_run_with_two_local_workers(tmp_path):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
 
+from samtone_tf.atomic import atomic_write_text
 from samtone_tf.data import beir, datasets, msmarco
 from samtone_tf.data.errors import DataError
 from samtone_tf.data.records import StreamedPairs
@@ -98,9 +98,7 @@ def main(argv=None):
     for split, row in result.items():
         print(" | ".join(str(row.get(c, split if c == "split" else "")) for c in columns))
     if args.json:
-        with open(args.json + ".tmp", "w") as f:
-            json.dump({"dataset": args.dataset, "splits": result}, f, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        atomic_write_text(args.json, json.dumps({"dataset": args.dataset, "splits": result}, indent=1))
     return 0
 
 

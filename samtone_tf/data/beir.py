@@ -123,16 +123,10 @@ def write_beir(data, directory):
     """Writes `RetrievalData` as a BEIR directory (corpus.jsonl, queries.jsonl,
     qrels/<split>.tsv), atomically: into a temporary sibling, then renamed."""
     import json
-    import os
-    import shutil
-    import tempfile
 
-    directory = Path(directory)
-    if directory.exists():
-        raise FileExistsError(f"{directory} exists")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    from samtone_tf.atomic import atomic_directory
+
+    with atomic_directory(directory) as staging:
         with open(staging / "corpus.jsonl", "w", encoding="utf-8") as f:
             for doc_id, (title, text) in data.corpus.items():
                 f.write(json.dumps({"_id": doc_id, "title": title, "text": text}, ensure_ascii=False) + "\n")
@@ -145,7 +139,3 @@ def write_beir(data, directory):
             for query_id, judged in data.qrels.items():
                 for doc_id, grade in judged.items():
                     f.write(f"{query_id}\t{doc_id}\t{grade}\n")
-        os.replace(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

@@ -7,8 +7,9 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from samtone_tf.atomic import atomic_write_text
 
 SEGMENTER_VERSION = "pysbd-0.3.4-en-1"  # part of the cache key: change it when segmentation changes
 
@@ -75,10 +76,7 @@ def cached_sentence_spans(paragraphs, source_path):
             pass  # a damaged cache is recomputed
     spans = [sentence_spans(paragraph) for paragraph in paragraphs]
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-            json.dump(spans, f)
-        os.replace(f.name, path)
+        atomic_write_text(path, json.dumps(spans))
     except OSError:
         pass  # caching is an optimisation only
     return spans
