@@ -143,8 +143,12 @@ class ScannIndex:
     def __len__(self):
         return len(self.doc_ids)
 
-    def search(self, query_embeddings, k=10):
-        """-> (doc_ids: object array [Q, k'], scores: float32 [Q, k']), best first."""
+    def search(self, query_embeddings, k=10, leaves_to_search=None, parallel=True):
+        """-> (doc_ids: object array [Q, k'], scores: float32 [Q, k']), best first.
+
+        `leaves_to_search` overrides the built setting for this search (recall/speed
+        trade-off without rebuilding); `parallel` searches query batches on all cores.
+        """
         queries = np.asarray(query_embeddings, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dimension:
             raise ValueError(f"query embeddings must be [Q, {self.dimension}]; got shape {queries.shape}")
@@ -152,7 +156,10 @@ class ScannIndex:
         extra = {}
         if self.settings["mode"] != "brute_force":
             extra["pre_reorder_num_neighbors"] = max(self.settings["reorder"], k)
-        rows, scores = self.searcher.search_batched(queries, final_num_neighbors=k, **extra)
+            if leaves_to_search:
+                extra["leaves_to_search"] = int(leaves_to_search)
+        search = self.searcher.search_batched_parallel if parallel else self.searcher.search_batched
+        rows, scores = search(queries, final_num_neighbors=k, **extra)
         return self.doc_ids[np.asarray(rows, dtype=np.int64)], np.asarray(scores, dtype=np.float32)
 
     def save(self, directory):

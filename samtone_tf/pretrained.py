@@ -105,11 +105,19 @@ def read_checkpoint(name_or_path=None, models_directory=None):
     )
 
 
-def load_backbone(checkpoint, dropout=None):
-    """A keras_hub BertBackbone holding the checkpoint's weights."""
+def load_backbone(checkpoint, dropout=None, num_layers=None):
+    """A keras_hub BertBackbone holding the checkpoint's weights.
+
+    `num_layers` keeps only the first layers of the checkpoint (a smaller, faster
+    encoder that still starts from pretrained weights).
+    """
     config = dict(checkpoint.backbone_config)
     if dropout is not None:
         config["dropout"] = dropout
+    if num_layers is not None:
+        if not 1 <= num_layers <= config["num_layers"]:
+            raise ValueError(f"num_layers must be between 1 and {config['num_layers']}; got {num_layers}")
+        config["num_layers"] = num_layers
     backbone = keras_hub.models.BertBackbone(**config)
     weights = load_weights(checkpoint.weights_path)
     # The pooler is unused by sentence encoders and absent from some checkpoints.
@@ -284,20 +292,22 @@ def dual_encoder_from_checkpoint(
     models_directory=None,
     query_max_length=None,
     document_max_length=None,
+    num_layers=None,
     **dual_encoder_options,
 ):
     """A `DualEncoder` whose towers start from a local pretrained checkpoint.
 
     Pooling and casing follow the checkpoint (sentence-transformers files when
-    present); max lengths default to the checkpoint's. Other keyword arguments go
-    to `DualEncoder` (projection_dim, learnable_temperature, ...).
+    present); max lengths default to the checkpoint's; `num_layers` keeps the first
+    layers only. Other keyword arguments go to `DualEncoder` (projection_dim,
+    learnable_temperature, ...).
     """
     from samtone_tf.towers import DualEncoder
 
     checkpoint = read_checkpoint(name_or_path, models_directory)
     dual_encoder_options.setdefault("pooling", checkpoint.pooling)
     return DualEncoder(
-        load_backbone(checkpoint),
+        load_backbone(checkpoint, num_layers=num_layers),
         str(checkpoint.vocabulary_path),
         architecture=architecture,
         query_max_length=query_max_length or checkpoint.max_length,

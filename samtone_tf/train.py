@@ -74,6 +74,8 @@ def build_parser():
     model.add_argument("--vocabulary", default=None,
                        help="WordPiece vocabulary for 'tiny' and 'config:' models (default: the default "
                             "checkpoint's vocab.txt)")
+    model.add_argument("--num_layers", type=int, default=None,
+                       help="keep only the first N transformer layers of the checkpoint (default: all)")
     model.add_argument("--architecture", default="sde", choices=("sde", "ade", "ade_spl", "ade_ste", "ade_fte"))
     model.add_argument("--projection_dim", type=int, default=None,
                        help="projection after pooling (ade_spl defaults it to the backbone width)")
@@ -327,7 +329,8 @@ def build_model(config):
         backbone = keras_hub.models.Backbone.from_preset(preset)
         vocabulary = keras_hub.models.BertTokenizer.from_preset(preset).vocabulary
         return DualEncoder(backbone, vocabulary, **options)
-    return dual_encoder_from_checkpoint(name, models_directory=config["models_dir"], **options)
+    return dual_encoder_from_checkpoint(name, models_directory=config["models_dir"],
+                                        num_layers=config.get("num_layers"), **options)
 
 
 def make_optimizer(config, schedule):

@@ -16,6 +16,7 @@ MODULES = {
     "tensorflow-datasets": "tensorflow_datasets",
     "protobuf": "google.protobuf",
     "pytrec-eval-terrier": "pytrec_eval",
+    "scikit-learn": "sklearn",
 }
 
 

@@ -114,3 +114,14 @@ def test_unsupported_or_broken_checkpoints_get_clear_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(dict(config, hidden_size=64, intermediate_size=64)))
     with pytest.raises(ValueError, match="has shape"):
         load_backbone(read_checkpoint(tmp_path))
+
+
+def test_first_layers_of_a_checkpoint(default_checkpoint):
+    checkpoint = read_checkpoint(default_checkpoint)
+    full, sliced = load_backbone(checkpoint), load_backbone(checkpoint, num_layers=2)
+    assert sliced.num_layers == 2
+    for name in ("token_embedding", "transformer_layer_0", "transformer_layer_1"):
+        for a, b in zip(full.get_layer(name).weights, sliced.get_layer(name).weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    with pytest.raises(ValueError, match="num_layers must be between 1 and 6"):
+        load_backbone(checkpoint, num_layers=7)

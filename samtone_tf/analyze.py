@@ -1,0 +1,170 @@
+"""python -m samtone_tf.analyze: how a model's two towers share the embedding space.
+
+    python -m samtone_tf.analyze --model runs/default --dataset wikiqa --out analysis/
+
+As in the SamToNe paper's analysis, for a sample of the dataset's queries and of
+their relevant documents:
+
+- t-SNE of query and document embeddings of both towers in one picture
+  (tsne.png): with the standard loss the two towers' embeddings tend to occupy
+  separate regions; same-tower negatives pull them together;
+- the histogram of top-1 cosine similarities (top1_similarity.png): for each query,
+  its nearest document, and its nearest other query;
+- the ratio of the mean query-query to the mean query-document cosine similarity.
+
+Writes the PNG files and analysis.json (the numbers) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment)
+import numpy as np
+
+from samtone_tf.atomic import atomic_write_text
+
+
+def sample(data, max_queries, seed):
+    """Up to `max_queries` judged queries and their relevant documents."""
+    rng = np.random.default_rng(seed)
+    query_ids = [q for q in data.queries if any(g > 0 for g in data.qrels[q].values())]
+    if len(query_ids) > max_queries:
+        query_ids = [query_ids[i] for i in sorted(rng.choice(len(query_ids), max_queries, replace=False))]
+    doc_ids = list(dict.fromkeys(d for q in query_ids for d, g in data.qrels[q].items() if g > 0))
+    return query_ids, doc_ids
+
+
+def similarity_statistics(queries, documents):
+    """Numbers of the analysis from L2-normalised query [Q, D] and document [N, D] embeddings."""
+    query_document = queries @ documents.T
+    query_query = queries @ queries.T
+    np.fill_diagonal(query_query, np.nan)
+    mean_qq = float(np.nanmean(query_query))
+    mean_qd = float(np.mean(query_document))
+    return {
+        "queries": len(queries),
+        "documents": len(documents),
+        "mean_query_query_similarity": mean_qq,
+        "mean_query_document_similarity": mean_qd,
+        "query_query_to_query_document_ratio": mean_qq / mean_qd if mean_qd else float("nan"),
+        "mean_top1_query_document_similarity": float(np.mean(np.max(query_document, axis=1))),
+        "mean_top1_query_query_similarity": float(np.mean(np.nanmax(query_query, axis=1))),
+        "centroid_cosine": float(_cosine(queries.mean(axis=0), documents.mean(axis=0))),
+    }
+
+
+def _cosine(a, b):
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def tsne_points(queries, documents, seed):
+    from sklearn.manifold import TSNE
+
+    points = np.concatenate([queries, documents])
+    perplexity = float(min(30, max(5, (len(points) - 1) // 3)))
+    return TSNE(n_components=2, metric="cosine", init="pca", perplexity=perplexity,
+                random_state=seed).fit_transform(points)
+
+
+def plot_tsne(points, query_count, title, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 6))
+    axes.scatter(points[query_count:, 0], points[query_count:, 1], s=6, alpha=0.6, c="tab:orange",
+                 label="documents (document tower)")
+    axes.scatter(points[:query_count, 0], points[:query_count, 1], s=6, alpha=0.6, c="tab:blue",
+                 label="queries (query tower)")
+    axes.set_title(title, fontsize=10)
+    axes.set_xticks([])
+    axes.set_yticks([])
+    axes.legend(loc="upper right", fontsize=8, markerscale=3)
+    figure.tight_layout()
+    _save_figure(figure, path)
+
+
+def plot_top1(queries, documents, title, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    query_query = queries @ queries.T
+    np.fill_diagonal(query_query, -np.inf)
+    figure, axes = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(-0.2, 1.0, 61)
+    axes.hist(np.max(queries @ documents.T, axis=1), bins=bins, alpha=0.6, label="query → nearest document")
+    axes.hist(np.max(query_query, axis=1), bins=bins, alpha=0.6, label="query → nearest other query")
+    axes.set_xlabel("top-1 cosine similarity")
+    axes.set_ylabel("queries")
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    _save_figure(figure, path)
+
+
+def _save_figure(figure, path):
+    import matplotlib.pyplot as plt
+
+    staging = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    figure.savefig(staging, dpi=110)
+    plt.close(figure)
+    staging.replace(path)
+
+
+def analyze(model_path, dataset, out, split=None, max_queries=500, seed=0, data_dir=None, title=None):
+    """Runs the analysis and writes tsne.png, top1_similarity.png and analysis.json to `out`."""
+    from samtone_tf.data.datasets import load_evaluation
+    from samtone_tf.evaluate import load_encoder
+
+    encoder = load_encoder(model_path)
+    data = load_evaluation(dataset, split, data_dir)
+    query_ids, doc_ids = sample(data, max_queries, seed)
+    queries = encoder.encode_queries([data.queries[q] for q in query_ids], verbose=False)
+    documents = encoder.encode_documents([data.document_text(d) for d in doc_ids], verbose=False)
+    numbers = similarity_statistics(queries, documents)
+    numbers.update(model=str(model_path), dataset=dataset, split=data.split)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    title = title or f"{Path(model_path).name} on {dataset}"
+    plot_tsne(tsne_points(queries, documents, seed), len(queries), f"t-SNE, {title}", out / "tsne.png")
+    plot_top1(queries, documents, f"Top-1 similarities, {title}", out / "top1_similarity.png")
+    atomic_write_text(out / "analysis.json", json.dumps(numbers, indent=1))
+    return numbers
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m samtone_tf.analyze", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="model_dir, .keras file or export directory")
+    parser.add_argument("--dataset", required=True, help="e.g. wikiqa, beir:scifact, reqa:squad")
+    parser.add_argument("--split", default=None)
+    parser.add_argument("--out", default=None, help="default: <model>/analysis/<dataset>")
+    parser.add_argument("--max_queries", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--title", default=None, help="plot title (default: model and dataset names)")
+    args = parser.parse_args(argv)
+    model = Path(args.model)
+    base = model.parent if model.suffix == ".keras" else model
+    out = Path(args.out) if args.out else base / "analysis" / args.dataset.replace(":", "_").replace("/", "_")
+    try:
+        numbers = analyze(model, args.dataset, out, args.split, args.max_queries, args.seed, args.data_dir,
+                          args.title)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for key, value in numbers.items():
+        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    print(f"wrote {out / 'tsne.png'}, {out / 'top1_similarity.png'}, {out / 'analysis.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
