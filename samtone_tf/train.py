@@ -182,7 +182,10 @@ def train(config):
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     manager = tf.train.CheckpointManager(checkpoint, _checkpoint_dir(model_dir, chief, distributed.task()),
                                          max_to_keep=3)
-    restored = manager.restore_or_initialize()
+    # Every worker resumes from the chief's checkpoints, so all start at the same step.
+    restored = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    if restored:
+        checkpoint.restore(restored)
     start_step = int(optimizer.iterations.numpy())
     if chief:
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -276,6 +279,7 @@ def make_train_step(strategy, model, optimizer, config):
     global_batch = config["batch_size"]
     loss_options = dict(same_tower=config["same_tower"], bidirectional=config["bidirectional"])
 
+    @tf.autograph.experimental.do_not_convert  # plain TensorFlow: no Python control flow on tensors
     def replica_step(batch):
         inputs = {"query": batch["query"], "document": batch["document"]}
         if "hard_negatives" in batch:
