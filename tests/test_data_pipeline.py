@@ -115,3 +115,14 @@ def test_skipping_batches_resumes_the_same_sequence():
     resumed = take(training_dataset(pairs, 4, seed=3, skip_batches=5), 3)
     for got, want in zip(resumed, full[5:]):
         np.testing.assert_array_equal(got["query"], want["query"])
+
+
+def test_too_few_distinct_ids_for_a_batch_is_an_error_not_a_hang():
+    pairs = [TrainingPair(f"q{i}", "q", f"d{i % 3}", "d") for i in range(20)]  # only 3 documents
+    with pytest.raises(ValueError, match="cannot fill a global batch of 4 pairs with distinct"):
+        next(global_batches(pairs, 4, seed=0, unique_ids=True))
+    assert len(next(global_batches(pairs, 4, seed=0, unique_ids=False))) == 4
+    with pytest.raises(ValueError, match="the training data has only 3"):
+        training_dataset(pairs, 4)
+    # Fewer pairs than a batch, without unique ids: batches span epochs.
+    assert len(next(global_batches(pairs[:3], 8, seed=0, unique_ids=False))) == 8

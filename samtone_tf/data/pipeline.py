@@ -60,6 +60,13 @@ def training_dataset(
     if replicas % pipelines:
         raise ValueError(f"{replicas} replicas cannot be split evenly over {pipelines} input pipelines")
     global_batch = per_replica_batch * replicas
+    if unique_ids and isinstance(pairs, Sequence):
+        distinct = min(len({p.query_id for p in pairs}), len({p.document_id for p in pairs}))
+        if distinct < global_batch:
+            raise ValueError(
+                f"cannot fill a global batch of {global_batch} pairs with distinct query and document ids: "
+                f"the training data has only {distinct}; use a smaller batch or turn unique ids off"
+            )
     if hard_negatives and isinstance(pairs, Sequence):
         lacking = next((p for p in pairs if not p.hard_negatives), None)
         if lacking is not None:
@@ -109,7 +116,7 @@ def global_batches(pairs, global_batch, seed, unique_ids=True, shuffle_buffer=10
     while True:
         rng = np.random.default_rng([seed, epoch])
         batch, queries, documents = [], set(), set()
-        seen = 0
+        seen = yielded = 0
         for pair in _chain_waiting(waiting, _shuffled(pairs, rng, shuffle_buffer)):
             seen += 1
             if unique_ids and (pair.query_id in queries or pair.document_id in documents):
@@ -120,9 +127,16 @@ def global_batches(pairs, global_batch, seed, unique_ids=True, shuffle_buffer=10
             documents.add(pair.document_id)
             if len(batch) == global_batch:
                 yield batch
+                yielded += 1
                 batch, queries, documents = [], set(), set()
         if seen == 0:
             raise ValueError("no training pairs")
+        if unique_ids and not yielded:
+            # A whole pass over the data could not fill one batch with distinct ids.
+            raise ValueError(
+                f"cannot fill a global batch of {global_batch} pairs with distinct query and document ids: "
+                f"the training data has fewer; use a smaller batch or turn unique ids off"
+            )
         waiting.extendleft(reversed(batch))  # an unfinished batch opens the next epoch
         epoch += 1
         if not repeat:
