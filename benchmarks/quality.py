@@ -167,6 +167,8 @@ def main(argv=None):
     parser.add_argument("--squad_pairs", type=int, default=3000, help="SQuAD pairs in the training mixture")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES))
+    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES),
+                        help="loss variants to train (labels as in the tables)")
     parser.add_argument("--eval_batch_size", type=int, default=256)
     parser.add_argument("--save_models", default=None,
                         help="save seed 0's models (model.keras) under this directory, for analyze.py")
@@ -178,7 +180,10 @@ def main(argv=None):
     if args.report:
         print(report(store, args))
         return 0
-    settings = {k: v for k, v in vars(args).items() if k not in ("results", "report", "save_models")}
+    # Which runs to do (seeds, architectures, losses) may change between invocations of one results file;
+    # what a run means may not.
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("results", "report", "save_models", "seeds", "architectures", "losses")}
     if store.get("settings", settings) != settings:
         sys.exit(f"{path} holds results of other settings: {store['settings']}; use another --results")
     store["settings"] = settings
@@ -203,7 +208,7 @@ def main(argv=None):
 
     for seed in args.seeds:
         for architecture in args.architectures:
-            for loss in LOSSES:
+            for loss in args.losses:
                 key = f"{architecture}|{loss}|{seed}"
                 if key in store:
                     continue
