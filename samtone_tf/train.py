@@ -192,6 +192,8 @@ def train(config):
         atomic_write_text(model_dir / "config.json", json.dumps(config, indent=1, sort_keys=True))
     if restored:
         log(f"resumed from {restored} at step {start_step}")
+        if chief:
+            _forget_records_after(model_dir / "metrics.jsonl", start_step)
 
     writer = tf.summary.create_file_writer(str(model_dir / "logs")) if chief else tf.summary.create_noop_writer()
     metrics_log = model_dir / "metrics.jsonl"
@@ -418,6 +420,16 @@ def _save_model(model, path):
 def _append_jsonl(path, record):
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def _forget_records_after(path, step):
+    """Drops the records a killed run wrote after its last checkpoint (`step`), which the resumed run writes
+    again, so that metrics.jsonl holds each step once."""
+    if not path.is_file():
+        return
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    kept = [r for r in records if r["step"] <= step and r.get("phase") != "after"]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _first_evaluation(path):

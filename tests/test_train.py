@@ -78,6 +78,14 @@ def test_tiny_run_writes_config_checkpoints_logs_metrics_and_model(tmp_path):
     model = keras.saving.load_model(model_dir / "model.keras")
     assert model.architecture == "ade_spl" and model.learnable_temperature
 
+    # The same command again resumes at the end: it evaluates again, and metrics.jsonl keeps one "after".
+    again = run(command(model_dir, "--steps", "6", "--batch_size", "8", "--checkpoint_every", "3",
+                        "--eval_datasets", SQUAD_SAMPLE, "--eval_every", "3", "--learnable_temperature",
+                        "--architecture", "ade_spl"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already trained to step 6 of 6" in again.stdout
+    assert [(r["step"], r.get("phase")) for r in metrics(model_dir)] == [(r["step"], r.get("phase")) for r in records]
+
 
 def test_run_killed_with_sigkill_resumes_and_matches_an_uninterrupted_run(tmp_path):
     args = ["--steps", "30", "--batch_size", "32", "--checkpoint_every", "5", "--document_max_length", "64",
@@ -105,6 +113,8 @@ def test_run_killed_with_sigkill_resumes_and_matches_an_uninterrupted_run(tmp_pa
     assert f"resumed from {killed_at} at step {killed_at.rsplit('-', 1)[1]}" in resumed.stdout
     assert tf.train.latest_checkpoint(str(interrupted / "checkpoints")).endswith("ckpt-30")
     assert "step 30/30" in resumed.stdout
+    # metrics.jsonl holds every logged step once, as the uninterrupted run's does.
+    assert [r["step"] for r in metrics(interrupted)] == [r["step"] for r in metrics(uninterrupted)]
     # Same data order, optimizer state and schedule position: the same final weights.
     want, got = checkpoint_weights(uninterrupted), checkpoint_weights(interrupted)
     assert want.keys() == got.keys()
