@@ -139,13 +139,23 @@ def report(store, args):
             if base and loss in averages and len(base) > 1 and len(averages[loss]) > 1:
                 gain = statistics.fmean(averages[loss]) - statistics.fmean(base)
                 spread = max(statistics.stdev(base), statistics.stdev(averages[loss]))
+                # A seed fixes initialisation of new layers and the data order for both losses: pair by seed.
+                paired = [summary(store[f"{architecture}|{loss}|{seed}"]["results"])
+                          - summary(store[f"{architecture}|standard|{seed}"]["results"])
+                          for seed in _seeds(store)
+                          if f"{architecture}|{loss}|{seed}" in store and f"{architecture}|standard|{seed}" in store]
                 verdicts.append(f"- {architecture}: {loss} − standard = {gain:+.4f} on the average "
                                 f"(largest standard deviation {spread:.4f}): "
                                 + ("beyond one standard deviation" if gain > spread else
-                                   "better, within one standard deviation" if gain > 0 else "not better"))
-    seeds = sorted({int(k.rsplit("|", 1)[1]) for k in store if k.count("|") == 2})
-    text = "\n".join(lines) + "\n\nMean ± standard deviation over seeds " + ", ".join(map(str, seeds)) + ".\n\n"
+                                   "better, within one standard deviation" if gain > 0 else "not better")
+                                + f"; paired by seed: {', '.join(f'{d:+.4f}' for d in paired)}")
+    text = ("\n".join(lines) + "\n\nMean ± standard deviation over the seeds run (" + ", ".join(map(str, _seeds(store)))
+            + "); a single number is one run (seed 0).\n\n")
     return text + "\n".join(verdicts) + "\n"
+
+
+def _seeds(store):
+    return sorted({int(k.rsplit("|", 1)[1]) for k in store if k.count("|") == 2})
 
 
 def _mean_std(values):
