@@ -59,20 +59,20 @@ LOSSES = {  # label -> (same_tower, bidirectional)
     "SamToNe both+bi": ("both", True),
 }
 ARCHITECTURES = ("sde", "ade", "ade_spl")
-TRAINING_SOURCES = [  # (prefix, dataset, split, at most this many pairs)
-    ("squad", "reqa:squad", "train", None),
-    ("wikiqa", "wikiqa", "train", None),
-    ("scifact", "beir:scifact", "train", None),
-    ("marco", "msmarco:msmarco/train-triples-sample", "train", None),
-    ("nq", "flagembedding:flagembedding-samples/nq.jsonl", "train", None),
-    ("marcofe", "flagembedding:flagembedding-samples/msmarco.jsonl", "train", None),
+TRAINING_SOURCES = [  # (id prefix, dataset, split)
+    ("squad", "reqa:squad", "train"),
+    ("wikiqa", "wikiqa", "train"),
+    ("scifact", "beir:scifact", "train"),
+    ("marco", "msmarco:msmarco/train-triples-sample", "train"),
+    ("nq", "flagembedding:flagembedding-samples/nq.jsonl", "train"),
+    ("marcofe", "flagembedding:flagembedding-samples/msmarco.jsonl", "train"),
 ]
 
 
 def training_mixture(squad_pairs):
     """Every training pair available, ids prefixed by source; SQuAD capped at `squad_pairs`."""
     pairs = []
-    for prefix, name, split, _ in TRAINING_SOURCES:
+    for prefix, name, split in TRAINING_SOURCES:
         limit = squad_pairs if prefix == "squad" else None
         for pair in load_training_pairs(name, split, max_pairs=limit):
             pairs.append(TrainingPair(f"{prefix}:{pair.query_id}", pair.query, f"{prefix}:{pair.document_id}",

@@ -40,21 +40,28 @@ def sample(data, max_queries, seed):
 
 def similarity_statistics(queries, documents):
     """Numbers of the analysis from L2-normalised query [Q, D] and document [N, D] embeddings."""
-    query_document = queries @ documents.T
     query_query = queries @ queries.T
     np.fill_diagonal(query_query, np.nan)
     mean_qq = float(np.nanmean(query_query))
-    mean_qd = float(np.mean(query_document))
+    mean_qd = float(np.mean(queries @ documents.T))
+    top1_document, top1_query = top1_similarities(queries, documents)
     return {
         "queries": len(queries),
         "documents": len(documents),
         "mean_query_query_similarity": mean_qq,
         "mean_query_document_similarity": mean_qd,
         "query_query_to_query_document_ratio": mean_qq / mean_qd if mean_qd else float("nan"),
-        "mean_top1_query_document_similarity": float(np.mean(np.max(query_document, axis=1))),
-        "mean_top1_query_query_similarity": float(np.mean(np.nanmax(query_query, axis=1))),
+        "mean_top1_query_document_similarity": float(np.mean(top1_document)),
+        "mean_top1_query_query_similarity": float(np.mean(top1_query)),
         "centroid_cosine": float(_cosine(queries.mean(axis=0), documents.mean(axis=0))),
     }
+
+
+def top1_similarities(queries, documents):
+    """For each query [Q]: the cosine of its nearest document, and of its nearest other query."""
+    query_query = queries @ queries.T
+    np.fill_diagonal(query_query, -np.inf)
+    return np.max(queries @ documents.T, axis=1), np.max(query_query, axis=1)
 
 
 def _cosine(a, b):
@@ -89,18 +96,16 @@ def plot_tsne(points, query_count, title, path):
     _save_figure(figure, path)
 
 
-def plot_top1(queries, documents, title, path):
+def plot_top1(top1_document, top1_query, title, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    query_query = queries @ queries.T
-    np.fill_diagonal(query_query, -np.inf)
     figure, axes = plt.subplots(figsize=(6, 4))
     bins = np.linspace(-0.2, 1.0, 61)
-    axes.hist(np.max(queries @ documents.T, axis=1), bins=bins, alpha=0.6, label="query → nearest document")
-    axes.hist(np.max(query_query, axis=1), bins=bins, alpha=0.6, label="query → nearest other query")
+    axes.hist(top1_document, bins=bins, alpha=0.6, label="query → nearest document")
+    axes.hist(top1_query, bins=bins, alpha=0.6, label="query → nearest other query")
     axes.set_xlabel("top-1 cosine similarity")
     axes.set_ylabel("queries")
     axes.set_title(title, fontsize=10)
@@ -134,7 +139,7 @@ def analyze(model_path, dataset, out, split=None, max_queries=500, seed=0, data_
     out.mkdir(parents=True, exist_ok=True)
     title = title or f"{Path(model_path).name} on {dataset}"
     plot_tsne(tsne_points(queries, documents, seed), len(queries), f"t-SNE, {title}", out / "tsne.png")
-    plot_top1(queries, documents, f"Top-1 similarities, {title}", out / "top1_similarity.png")
+    plot_top1(*top1_similarities(queries, documents), f"Top-1 similarities, {title}", out / "top1_similarity.png")
     atomic_write_text(out / "analysis.json", json.dumps(numbers, indent=1))
     return numbers
 
