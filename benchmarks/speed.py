@@ -198,8 +198,8 @@ def search_speed(args, results):
 
 
 def encoding_speed(args, results):
-    from samtone_tf.evaluate import ExportedEncoder
-    from samtone_tf.export import export
+    from samtone_tf.serving import ExportedEncoder
+    from samtone_tf.serving import export
 
     data = load_evaluation("beir:scifact")
     texts = [data.document_text(d) for d in list(data.corpus)[: args.encode_documents]]

@@ -23,6 +23,8 @@ def atomic_directory(target, overwrite=False, prefix=".incomplete-"):
         raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{prefix}{target.name}-", dir=target.parent))
+    # mkdtemp makes the directory private (0700); a server running as another user must read it.
+    os.chmod(staging, readable_mode(directory=True))
     try:
         yield staging
     except BaseException:
@@ -35,6 +37,13 @@ def atomic_directory(target, overwrite=False, prefix=".incomplete-"):
     os.rename(staging, target)
     if replaced is not None:
         shutil.rmtree(replaced, ignore_errors=True)
+
+
+def readable_mode(directory):
+    """The mode the process's umask gives a new directory (or file), as mkdir (or open) would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
 
 
 def atomic_write_text(path, text):

@@ -17,62 +17,16 @@ import re
 import sys
 from pathlib import Path
 
-import samtone_tf  # noqa: I001  (first: it sets TensorFlow's environment before TensorFlow loads)
-import keras
-import numpy as np
-import tensorflow as tf
+import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment before TensorFlow loads)
 
 from samtone_tf.atomic import atomic_write_text
 from samtone_tf.data.datasets import load_evaluation
 from samtone_tf.index import ExactIndex, ScannIndex
+from samtone_tf.models import load_encoder
 from samtone_tf.retrieval import DEFAULT_MEASURES, evaluate_encoder
-from samtone_tf.towers import encode_in_batches
 
 # BEIR's convention for sets where a query's own id also names a document.
 IGNORE_IDENTICAL_IDS = ("arguana", "quora")
-
-
-class ExportedEncoder:
-    """encode_queries / encode_documents over an export's two SavedModels."""
-
-    def __init__(self, export_dir, version=None):
-        import tensorflow_text  # noqa: F401  (registers the tokenizer's ops)
-
-        export_dir = Path(export_dir)
-        self.paths = {}
-        for name in ("query_encoder", "document_encoder"):
-            versions = sorted(int(p.name) for p in (export_dir / name).glob("*") if p.name.isdigit())
-            if not versions:
-                raise FileNotFoundError(f"{export_dir / name}: no version directory")
-            chosen = version or versions[-1]
-            if chosen not in versions:
-                raise FileNotFoundError(f"{export_dir / name}: no version {chosen} (have {versions})")
-            self.paths[name] = export_dir / name / str(chosen)
-        self._query = tf.saved_model.load(str(self.paths["query_encoder"])).signatures["serving_default"]
-        self._document = tf.saved_model.load(str(self.paths["document_encoder"])).signatures["serving_default"]
-
-    def encode_queries(self, texts, batch_size=64, verbose=True):
-        return encode_in_batches(lambda t: self._query(text=t)["embedding"], texts, batch_size, verbose, "queries")
-
-    def encode_documents(self, texts, batch_size=64, verbose=True):
-        return encode_in_batches(lambda t: self._document(text=t)["embedding"], texts, batch_size, verbose,
-                                 "documents")
-
-
-def load_encoder(path, version=None):
-    """An encoder from a training model_dir, a .keras file or an export directory."""
-    path = Path(path)
-    if (path / "query_encoder").is_dir():
-        return ExportedEncoder(path, version)
-    if path.suffix == ".keras" and path.is_file():
-        import samtone_tf.towers  # noqa: F401  (registers the classes the archive names)
-
-        return keras.saving.load_model(path)
-    if path.is_dir():
-        from samtone_tf.export import load_trained_model
-
-        return load_trained_model(path)
-    raise FileNotFoundError(f"{path}: not a model_dir, a .keras file or an export directory")
 
 
 def evaluate(model_path, dataset, split=None, index="exact", k=100, batch_size=64, data_dir=None,

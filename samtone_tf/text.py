@@ -142,6 +142,11 @@ class WordPieceTokenizer(keras.layers.Layer):
         )
 
     @property
+    def lookup_table(self):
+        """The vocabulary's tf.lookup table (a resource a SavedModel must track)."""
+        return self._table
+
+    @property
     def vocabulary_size(self):
         return len(self.vocabulary)
 

@@ -25,18 +25,16 @@ from pathlib import Path
 
 import samtone_tf  # noqa: I001  (first: it sets TensorFlow's environment before TensorFlow loads)
 import keras
-import keras_hub
 import tensorflow as tf
 
 from samtone_tf import distributed
 from samtone_tf.atomic import atomic_write_text
 from samtone_tf.data.datasets import load_evaluation, load_training_pairs
 from samtone_tf.data.pipeline import distributed_training_dataset
-from samtone_tf.export import export
+from samtone_tf.models import build_model
+from samtone_tf.serving import export
 from samtone_tf.losses import samtone_loss
-from samtone_tf.pretrained import dual_encoder_from_checkpoint, read_checkpoint
 from samtone_tf.retrieval import evaluate_encoder
-from samtone_tf.towers import DualEncoder, tiny_dual_encoder
 
 DEFAULT_EVALUATION = ("reqa:squad2-dev-sample/dev-v2.0-sample.json", "wikiqa")
 EVALUATION_LABELS = {
@@ -310,33 +308,6 @@ def make_train_step(strategy, model, optimizer, config):
 def all_finite(model):
     """Whether every weight of the model is finite (checked before each checkpoint)."""
     return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in model.weights if "float" in str(v.dtype))
-
-
-def build_model(config):
-    """The DualEncoder the configuration asks for."""
-    options = dict(
-        architecture=config["architecture"], projection_dim=config["projection_dim"],
-        query_max_length=config["query_max_length"], document_max_length=config["document_max_length"],
-        learnable_temperature=config["learnable_temperature"], temperature=config["temperature"],
-    )
-    if config["pooling"]:
-        options["pooling"] = config["pooling"]
-    name = config["model"]
-    if name == "tiny" or name.startswith("config:"):
-        vocabulary = config["vocabulary"] or str(read_checkpoint(None, config["models_dir"]).vocabulary_path)
-        if name == "tiny":
-            return tiny_dual_encoder(vocabulary, seed=config["seed"], **options)
-        spec = name[len("config:"):]
-        arguments = json.loads(Path(spec).read_text() if Path(spec).is_file() else spec)
-        backbone = keras_hub.models.BertBackbone(**arguments)
-        return DualEncoder(backbone, vocabulary, **options)
-    if name.startswith("preset:"):
-        preset = name[len("preset:"):]
-        backbone = keras_hub.models.Backbone.from_preset(preset)
-        vocabulary = keras_hub.models.BertTokenizer.from_preset(preset).vocabulary
-        return DualEncoder(backbone, vocabulary, **options)
-    return dual_encoder_from_checkpoint(name, models_directory=config["models_dir"],
-                                        num_layers=config.get("num_layers"), **options)
 
 
 def make_optimizer(config, schedule):

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from samtone_tf.export import export
+from samtone_tf.serving import export
 from samtone_tf.towers import tiny_dual_encoder
 from tests.conftest import REPOSITORY_ROOT, TINY_VOCABULARY
 

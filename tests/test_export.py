@@ -13,8 +13,8 @@ import tensorflow as tf
 
 from samtone_tf.data.datasets import load_evaluation
 from samtone_tf.data.records import RetrievalData
-from samtone_tf.evaluate import ExportedEncoder
-from samtone_tf.export import export, saved_model_op_types
+from samtone_tf.serving import ExportedEncoder
+from samtone_tf.serving import export, saved_model_op_types
 from samtone_tf.index import ExactIndex
 from samtone_tf.retrieval import evaluate_encoder
 from samtone_tf.towers import tiny_dual_encoder
@@ -111,7 +111,7 @@ def test_op_types_each_saved_model_needs(exported):
         assert TF_TEXT_OPS <= ops, name
         assert not [op for op in ops if "scann" in op.lower()], name  # stock TF Serving can serve it
     assert {"TopKV2", "MatMul"} <= saved_model_op_types(out / "retriever" / "1")
-    assert [op for op in saved_model_op_types(out / "index" / "scann_tf") if "Scann" in op]
+    assert [op for op in saved_model_op_types(out / "index" / "1" / "scann_tf") if "Scann" in op]
 
 
 def test_manifest_and_serving_config(exported):
@@ -121,9 +121,9 @@ def test_manifest_and_serving_config(exported):
     assert manifest["training_config"] == {"steps": 0} and manifest["metrics"] == {"x": 1.0}
     config = (out / "models.config").read_text()
     for name in ("query_encoder", "document_encoder", "retriever"):
-        assert f'name: "{name}"' in config and f'base_path: "{(out / name).resolve()}"' in config
-    assert json.loads((out / "index" / "manifest.json").read_text())["size"] == len(
-        json.loads((out / "index" / "doc_ids.json").read_text()))
+        assert f'name: "{name}"' in config and f'base_path: "/models/{name}"' in config
+    assert json.loads((out / "index" / "1" / "manifest.json").read_text())["size"] == len(
+        json.loads((out / "index" / "1" / "doc_ids.json").read_text()))
 
 
 def test_evaluating_the_export_gives_the_in_memory_metrics(exported, corpus):
@@ -153,18 +153,20 @@ def test_an_interrupted_export_leaves_no_version_directory(model_dir, tmp_path):
                                stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        if list((out / "query_encoder").glob(".incomplete-1-*")):
+        if list(out.glob(".incomplete-1-*/query_encoder")):
             process.send_signal(signal.SIGKILL)  # mid-way through writing version 1
             break
         time.sleep(0.01)
     process.wait()
     assert process.returncode == -signal.SIGKILL
     assert not (out / "query_encoder" / "1").exists() and not (out / "document_encoder").exists()
-    # Started again, it completes (the leftover hidden directory is ignored by servers).
+    assert not (out / "manifest.json").exists()
+    # Started again, it removes the leftover staging directory and completes.
     again = subprocess.run(export_command(model_dir, out), cwd=REPOSITORY_ROOT, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert (out / "query_encoder" / "1" / "saved_model.pb").is_file()
+    assert not list(out.glob(".incomplete-*"))
 
 
 def test_exporting_over_a_version_refuses_unless_overwrite(model_dir, tmp_path):
@@ -176,7 +178,7 @@ def test_exporting_over_a_version_refuses_unless_overwrite(model_dir, tmp_path):
     refused = subprocess.run(export_command(model_dir, out, "--version", "3"), cwd=REPOSITORY_ROOT,
                              capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2
-    assert "query_encoder/3 exists; pass --overwrite to replace it" in refused.stderr
+    assert "query_encoder/3" in refused.stderr and "exist; pass --overwrite to replace version 3" in refused.stderr
     assert (out / "query_encoder" / "3" / "saved_model.pb").stat().st_mtime_ns == before
     replaced = subprocess.run(export_command(model_dir, out, "--version", "3", "--overwrite"),
                               cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=300)

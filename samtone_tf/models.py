@@ -1,0 +1,92 @@
+"""Every way to get a dual encoder: from a configuration (pretrained checkpoint, `tiny`, a
+BertBackbone config, a keras_hub preset), from a training model_dir, a `.keras` file or an export.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from samtone_tf.pretrained import dual_encoder_from_checkpoint, read_checkpoint
+from samtone_tf.towers import DualEncoder, tiny_dual_encoder
+
+
+def build_model(config):
+    """The DualEncoder a training configuration (dict) asks for, freshly initialised."""
+    options = dict(
+        architecture=config["architecture"], projection_dim=config["projection_dim"],
+        query_max_length=config["query_max_length"], document_max_length=config["document_max_length"],
+        learnable_temperature=config["learnable_temperature"], temperature=config["temperature"],
+    )
+    if config.get("pooling"):
+        options["pooling"] = config["pooling"]
+    name = config["model"]
+    if name == "tiny" or name.startswith("config:"):
+        vocabulary = config.get("vocabulary") or str(read_checkpoint(None, config.get("models_dir")).vocabulary_path)
+        if name == "tiny":
+            return tiny_dual_encoder(vocabulary, seed=config["seed"], **options)
+        import keras_hub
+
+        spec = name[len("config:"):]
+        arguments = json.loads(Path(spec).read_text() if Path(spec).is_file() else spec)
+        return DualEncoder(keras_hub.models.BertBackbone(**arguments), vocabulary, **options)
+    if name.startswith("preset:"):
+        import keras_hub
+
+        preset = name[len("preset:"):]
+        backbone = keras_hub.models.Backbone.from_preset(preset)
+        vocabulary = keras_hub.models.BertTokenizer.from_preset(preset).vocabulary
+        return DualEncoder(backbone, vocabulary, **options)
+    return dual_encoder_from_checkpoint(name, models_directory=config.get("models_dir"),
+                                        num_layers=config.get("num_layers"), **options)
+
+
+def load_keras_file(path):
+    """A DualEncoder saved with `model.save(path)` (a .keras archive)."""
+    import zipfile
+
+    import samtone_tf.towers  # noqa: F401  (registers the classes the archive names)
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a .keras archive (damaged or truncated: it is not a readable zip file)")
+    try:
+        return keras.saving.load_model(path)
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as error:
+        raise ValueError(f"{path}: damaged .keras archive ({type(error).__name__}: {error})") from None
+
+
+def load_trained_model(model_dir):
+    """The trained DualEncoder of a training model_dir: model.keras, else the latest checkpoint."""
+    model_dir = Path(model_dir)
+    if (model_dir / "model.keras").is_file():
+        return load_keras_file(model_dir / "model.keras")
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{model_dir}: neither model.keras nor config.json (not a training model_dir)")
+    model = build_model(json.loads(config_path.read_text()))
+    latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    if latest is None:
+        raise FileNotFoundError(f"{model_dir}: no checkpoint to export")
+    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    return model
+
+
+def load_encoder(path, version=None):
+    """Anything with encode_queries/encode_documents: a training model_dir, a .keras file, or an
+    export directory (the version its manifest commits, or `version`)."""
+    path = Path(path)
+    if (path / "query_encoder").is_dir() or (path / "manifest.json").is_file():
+        from samtone_tf.serving import ExportedEncoder
+
+        return ExportedEncoder(path, version)
+    if path.suffix == ".keras":
+        return load_keras_file(path)
+    if path.is_dir():
+        return load_trained_model(path)
+    raise FileNotFoundError(f"{path}: not a model_dir, a .keras file or an export directory")

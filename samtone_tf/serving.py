@@ -1,0 +1,428 @@
+"""Servable SavedModels of a dual encoder: writing an export, checking it, reading it back.
+
+An export directory OUT holds, for each version N:
+
+    OUT/query_encoder/N/      serving_default(text: string [None]) -> {"embedding": float32 [None, D]}
+    OUT/document_encoder/N/   the same for documents (also a hub.KerasLayer: callable on strings)
+    OUT/retriever/N/          with a corpus: serving_default(text) -> {"doc_ids": string [None, k],
+                              "scores": float32 [None, k]}, exact search in pure TensorFlow ops
+    OUT/index/N/              with a corpus: a ScaNN index of the same embeddings (ScannIndex.load)
+                              and index/N/scann_tf/, the searcher as a ScaNN TensorFlow-ops SavedModel
+    OUT/models.config         TensorFlow Serving's model config, each model pinned to version N
+    OUT/manifest.json         the commit record: the version set, written last
+
+A version is whole or absent: everything is written into one hidden staging directory first, then
+the version directories are renamed into place, then models.config and, last, manifest.json. Readers
+(`ExportedEncoder`, `check_export`) take the version the manifest names, so they never pair one
+version's queries with another's documents, whatever a killed export left behind; the next export
+removes such leftovers.
+
+Every SavedModel loads the way TensorFlow Serving loads it (a TF1 session, the "serve" tag, the
+saver's restore op) as well as with `tf.saved_model.load` and `hub.KerasLayer`. Consumers must
+`import tensorflow_text` first (the tokenizer's ops live there; TF Serving links them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from samtone_tf.atomic import atomic_write_text, readable_mode
+
+ENCODERS = ("query_encoder", "document_encoder")
+RETRIEVER = "retriever"
+INDEX = "index"
+MANIFEST = "manifest.json"
+MODELS_CONFIG = "models.config"
+STAGING_PREFIX = ".incomplete-"
+DEFAULT_SERVING_ROOT = "/models"
+SAMPLE_TEXTS = ("what is the capital of france", "The Normans gave their name to Normandy.", "",
+                "a dog, a cat; é ü ß 東京")
+
+_TEXT = tf.TensorSpec([None], tf.string, name="text")
+
+
+class _TowerModule(tf.Module):
+    """Holds a Keras tower for saving: its tf.Variables and lookup tables, not the Keras objects.
+
+    Keras 3 variables wrap a tf.Variable; when the wrappers are saved, tf.saved_model writes a
+    second variable for each that TensorFlow Serving's TF1 loader never restores ("Could not find
+    variable ...", keras-team/keras#19274). Tracking the tf.Variables themselves, as
+    keras.export.ExportArchive does, gives one variable each, restored by every loader.
+    """
+
+    def __init__(self, tower):
+        super().__init__()
+        self.tower_variables = [variable.value for variable in tower.variables]
+        self.tower_tables = _lookup_tables(tower)
+        # A bound method is not trackable: the Keras layer stays out of the SavedModel's objects.
+        self._tower_call = tower.__call__
+
+    def _encode(self, text):
+        return self._tower_call(text, training=False)
+
+
+class EncoderModule(_TowerModule):
+    """A tower as a SavedModel: raw strings [None] -> embeddings [None, D]."""
+
+    @tf.function(input_signature=[_TEXT])
+    def __call__(self, text):
+        return self._encode(text)
+
+    @tf.function(input_signature=[_TEXT])
+    def serve(self, text):
+        return {"embedding": self._encode(text)}
+
+
+class RetrieverModule(_TowerModule):
+    """Query text -> top-k document ids and scores by exact search over stored embeddings."""
+
+    def __init__(self, query_tower, embeddings, doc_ids, k):
+        super().__init__(query_tower)
+        # Variables, not constants: a large corpus would overflow the 2 GB graph proto.
+        self.embeddings = tf.Variable(np.asarray(embeddings, np.float32), trainable=False, name="embeddings")
+        self.doc_ids = tf.Variable(np.asarray([str(d) for d in doc_ids], dtype=object), trainable=False,
+                                   dtype=tf.string, name="doc_ids")
+        self.k = min(int(k), len(doc_ids))
+
+    @tf.function(input_signature=[_TEXT])
+    def serve(self, text):
+        queries = self._encode(text)
+        scores = tf.matmul(queries, self.embeddings, transpose_b=True)
+        top = tf.math.top_k(scores, k=self.k)
+        return {"doc_ids": tf.gather(self.doc_ids, top.indices), "scores": top.values}
+
+
+def _lookup_tables(tower):
+    tokenizer = getattr(tower, "tokenizer", None)
+    table = getattr(tokenizer, "lookup_table", None)
+    return [table] if table is not None else []
+
+
+def save_encoder(tower, directory):
+    module = EncoderModule(tower)
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
+
+
+def save_retriever(query_tower, embeddings, doc_ids, k, directory):
+    module = RetrieverModule(query_tower, embeddings, doc_ids, k)
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
+
+
+def save_index(embeddings, doc_ids, k, directory):
+    from samtone_tf.index import ScannIndex
+
+    directory = Path(directory)
+    directory.mkdir()
+    index = ScannIndex(embeddings, doc_ids, k=k)
+    index.write_files(directory)
+    tf.saved_model.save(index.tensorflow_searcher(embeddings).serialize_to_module(), str(directory / "scann_tf"))
+
+
+def saved_model_op_types(directory):
+    """The set of op types a SavedModel's graph and functions use (what a server must provide)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((Path(directory) / "saved_model.pb").read_bytes())
+    ops = set()
+    for meta_graph in proto.meta_graphs:
+        ops.update(node.op for node in meta_graph.graph_def.node)
+        for function in meta_graph.graph_def.library.function:
+            ops.update(node.op for node in function.node_def)
+    return ops
+
+
+# --- the export ---------------------------------------------------------------------------------
+
+
+def read_manifest(out):
+    """The manifest of the export at `out`, or None when there is none (nothing committed)."""
+    path = Path(out) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a valid manifest ({error})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("version"), int):
+        raise ValueError(f"{path}: not a samtone_tf export manifest (no integer 'version')")
+    return manifest
+
+
+def committed_versions(manifest):
+    if manifest is None:
+        return []
+    return sorted(set(manifest.get("versions", [])) | {manifest["version"]})
+
+
+def serving_config(names, version, serving_root=DEFAULT_SERVING_ROOT):
+    """TensorFlow Serving's model config: each model under `serving_root`, pinned to `version`.
+
+    The pin makes models.config part of the commit: a server polling it switches every model
+    to the new version together, and never serves a version directory no manifest names.
+    """
+    root = str(serving_root).rstrip("/") or "/"
+    entries = "".join(
+        f'  config {{\n    name: "{name}"\n    base_path: "{root}/{name}"\n'
+        f'    model_platform: "tensorflow"\n'
+        f"    model_version_policy {{ specific {{ versions: {int(version)} }} }}\n  }}\n"
+        for name in names
+    )
+    return f"model_config_list {{\n{entries}}}\n"
+
+
+def export(model, out, version=None, corpus=None, k=10, overwrite=False, training_config=None, metrics=None,
+           batch_size=64, verbose=True, serving_root=DEFAULT_SERVING_ROOT):
+    """Exports `model` (a DualEncoder) as version `version` (default: the next) under `out`.
+
+    `corpus` (RetrievalData or None) adds a retriever and a ScaNN index of its documents. The
+    version is whole or absent: on any failure the previous version, the manifest and
+    models.config are left as they were. -> the manifest (dict).
+    """
+    out = Path(out)
+    say = print if verbose else (lambda *a, **kw: None)
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+        raise ValueError(f"version must be a positive integer; got {version!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer; got {k!r}")
+    if corpus is not None and not corpus.corpus:
+        raise ValueError(f"the corpus {corpus.name} has no documents")
+    out.mkdir(parents=True, exist_ok=True)
+    previous = read_manifest(out)
+    remove_leftovers(out, previous, say)
+    version = version or next_version(out, previous)
+    names = ENCODERS + ((RETRIEVER, INDEX) if corpus is not None else ())
+    existing = [str(out / name / str(version)) for name in names if (out / name / str(version)).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} exist; pass --overwrite to replace version {version}")
+
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{version}-", dir=out))
+    try:
+        for name, tower in (("query_encoder", model.query_tower), ("document_encoder", model.document_tower)):
+            save_encoder(tower, staging / name)
+            say(f"wrote {name} version {version}")
+        manifest = _manifest(model, version, committed_versions(previous), training_config, metrics)
+        if corpus is not None:
+            doc_ids = list(corpus.corpus)
+            say(f"encoding the corpus {corpus.name}: {len(doc_ids)} documents")
+            embeddings = model.encode_documents([corpus.document_text(d) for d in doc_ids],
+                                                batch_size=batch_size, verbose=verbose)
+            save_retriever(model.query_tower, embeddings, doc_ids, k, staging / RETRIEVER)
+            say(f"wrote {RETRIEVER} version {version}")
+            save_index(embeddings, doc_ids, k, staging / INDEX)
+            say(f"wrote {INDEX} version {version}")
+            top = min(k, len(doc_ids))
+            manifest["models"][RETRIEVER] = {
+                "path": f"{RETRIEVER}/{version}", "signature": "serving_default",
+                "inputs": {"text": "string [None]"},
+                "outputs": {"doc_ids": f"string [None, {top}]", "scores": f"float32 [None, {top}]"}}
+            manifest["corpus"] = {"name": corpus.name, "documents": len(doc_ids), "index": f"{INDEX}/{version}"}
+        serving_names = [name for name in names if name != INDEX]
+        manifest["serving_root"] = str(serving_root)
+        _commit(out, staging, names, version, serving_config(serving_names, version, serving_root),
+                json.dumps(manifest, indent=1))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _manifest(model, version, earlier_versions, training_config, metrics):
+    import samtone_tf
+
+    dimension = model.query_tower.output_dim
+    return {
+        "samtone_tf_version": samtone_tf.__version__,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "version": version,
+        "versions": sorted(set(earlier_versions) | {version}),
+        "dimension": dimension,
+        "architecture": model.architecture,
+        "query_max_length": model.query_max_length,
+        "document_max_length": model.document_max_length,
+        "models": {name: {"path": f"{name}/{version}", "signature": "serving_default",
+                          "inputs": {"text": "string [None]"},
+                          "outputs": {"embedding": f"float32 [None, {dimension}]"}}
+                   for name in ENCODERS},
+        "training_config": training_config,
+        "metrics": metrics,
+    }
+
+
+def _commit(out, staging, names, version, config_text, manifest_text):
+    """Renames the staged models into place, then writes models.config and, last, the manifest.
+
+    On any failure everything this commit moved is put back, so the previous version stays the
+    committed one.
+    """
+    moved, set_aside = [], []
+    config_path = out / MODELS_CONFIG
+    previous_config = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
+    try:
+        for name in names:
+            target = out / name / str(version)
+            target.parent.mkdir(exist_ok=True)
+            os.chmod(target.parent, readable_mode(directory=True))
+            if target.exists():
+                aside = target.with_name(f".replaced-{version}-{uuid.uuid4().hex}")
+                os.rename(target, aside)
+                set_aside.append((aside, target))
+            os.rename(staging / name, target)
+            moved.append(target)
+        atomic_write_text(config_path, config_text)
+        atomic_write_text(out / MANIFEST, manifest_text)
+    except BaseException:
+        for target in moved:
+            shutil.rmtree(target, ignore_errors=True)
+        for aside, target in set_aside:
+            os.rename(aside, target)
+        if previous_config is None:
+            config_path.unlink(missing_ok=True)
+        else:
+            atomic_write_text(config_path, previous_config)
+        raise
+    for aside, _ in set_aside:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _version_dirs(out):
+    """{name: [version numbers on disk]} for every model directory of the export."""
+    return {name: sorted(int(p.name) for p in (Path(out) / name).glob("*") if p.name.isdigit())
+            for name in ENCODERS + (RETRIEVER, INDEX)}
+
+
+def next_version(out, manifest=None):
+    on_disk = [v for versions in _version_dirs(out).values() for v in versions]
+    return max(on_disk + committed_versions(manifest), default=0) + 1
+
+
+def remove_leftovers(out, manifest, say=print):
+    """Removes what a killed export left: staging directories, and version directories that no
+    manifest commits (written by an export that died before its manifest)."""
+    out = Path(out)
+    committed = set(committed_versions(manifest))
+    leftovers = list(out.glob(f"{STAGING_PREFIX}*"))
+    for name, versions in _version_dirs(out).items():
+        leftovers += [out / name / str(v) for v in versions if v not in committed]
+        leftovers += list((out / name).glob(".replaced-*"))
+        leftovers += list((out / name).glob(f"{STAGING_PREFIX}*"))
+    for path in leftovers:
+        say(f"removing {path}, left by an interrupted export")
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# --- reading an export ----------------------------------------------------------------------------
+
+
+def export_version(out, version=None):
+    """The committed version of the export at `out` to read: `version`, else the manifest's.
+
+    Raises FileNotFoundError when `out` has no manifest (no export was ever completed there) or
+    when `version` was never committed.
+    """
+    out = Path(out)
+    manifest = read_manifest(out)
+    if manifest is None:
+        raise FileNotFoundError(f"{out}: no {MANIFEST}, so no complete export (an export writes it last)")
+    if version is None:
+        return manifest["version"], manifest
+    if version not in committed_versions(manifest):
+        raise FileNotFoundError(f"{out}: version {version} was not exported (committed: "
+                                f"{committed_versions(manifest)})")
+    return version, manifest
+
+
+class ExportedEncoder:
+    """encode_queries / encode_documents over the two encoders of one committed export version."""
+
+    def __init__(self, export_dir, version=None):
+        import tensorflow_text  # noqa: F401  (registers the tokenizer's ops)
+
+        export_dir = Path(export_dir)
+        self.version, self.manifest = export_version(export_dir, version)
+        self.paths = {name: export_dir / name / str(self.version) for name in ENCODERS}
+        for path in self.paths.values():
+            if not (path / "saved_model.pb").is_file():
+                raise FileNotFoundError(f"{path}: the manifest names it but it holds no saved_model.pb")
+        self._query = tf.saved_model.load(str(self.paths["query_encoder"])).signatures["serving_default"]
+        self._document = tf.saved_model.load(str(self.paths["document_encoder"])).signatures["serving_default"]
+
+    def encode_queries(self, texts, batch_size=64, verbose=True):
+        from samtone_tf.towers import encode_in_batches
+
+        return encode_in_batches(lambda t: self._query(text=t)["embedding"], texts, batch_size, verbose, "queries")
+
+    def encode_documents(self, texts, batch_size=64, verbose=True):
+        from samtone_tf.towers import encode_in_batches
+
+        return encode_in_batches(lambda t: self._document(text=t)["embedding"], texts, batch_size, verbose,
+                                 "documents")
+
+
+def run_like_tf_serving(path, texts, signature="serving_default"):
+    """Runs a SavedModel's signature the way TensorFlow Serving does: the MetaGraph tagged "serve"
+    loaded into a TF1 session of a fresh graph, its variables restored by the saver's restore op,
+    and the signature's tensors fed and fetched by name. -> {output name: np.ndarray}."""
+    import tensorflow_text  # noqa: F401  (TF Serving links these ops)
+
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(path))
+        if signature not in meta_graph.signature_def:
+            raise ValueError(f"{path}: no signature {signature!r} (has {sorted(meta_graph.signature_def)})")
+        spec = meta_graph.signature_def[signature]
+        if list(spec.inputs) != ["text"]:
+            raise ValueError(f"{path}: signature {signature!r} takes {sorted(spec.inputs)}, not 'text'")
+        names = sorted(spec.outputs)
+        values = session.run([spec.outputs[n].name for n in names], {spec.inputs["text"].name: list(texts)})
+    return dict(zip(names, values))
+
+
+def run_tf2(path, texts, signature="serving_default"):
+    import tensorflow_text  # noqa: F401
+
+    loaded = tf.saved_model.load(str(path))
+    outputs = loaded.signatures[signature](text=tf.constant(list(texts)))
+    return {name: value.numpy() for name, value in outputs.items()}
+
+
+def check_export(out, texts=SAMPLE_TEXTS, version=None, atol=1e-5):
+    """Loads every model of a committed export version as TF Serving does, runs its signature on
+    `texts` and compares with the TF2 load. -> [(model name, path, None if OK else the problem)]."""
+    out = Path(out)
+    version, manifest = export_version(out, version)
+    results = []
+    for name in manifest["models"]:
+        path = out / name / str(version)
+        try:
+            served = run_like_tf_serving(path, texts)
+            reference = run_tf2(path, texts)
+            problem = _compare_outputs(served, reference, atol)
+        except Exception as error:  # noqa: BLE001  (any failure is the finding to report)
+            problem = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
+        results.append((name, path, problem))
+    return results
+
+
+def _compare_outputs(served, reference, atol):
+    if sorted(served) != sorted(reference):
+        return f"outputs {sorted(served)} under TF Serving's loader, {sorted(reference)} under tf.saved_model.load"
+    for key in served:
+        a, b = np.asarray(served[key]), np.asarray(reference[key])
+        if a.shape != b.shape:
+            return f"output {key!r}: shape {a.shape} under TF Serving's loader, {b.shape} under the TF2 load"
+        if a.dtype.kind in "fc":
+            difference = float(np.max(np.abs(a - b))) if a.size else 0.0
+            if not np.isfinite(a).all() or difference > atol:
+                return f"output {key!r} differs from the TF2 load by {difference:.3g} (tolerance {atol})"
+        elif not np.array_equal(a, b):
+            return f"output {key!r} differs from the TF2 load"
+    return None
