@@ -16,6 +16,7 @@ SAME_TOWER_OPTIONS = ("none", "query", "document", "both")
 # Keys of `y_true` (ids) and `y_pred` (embeddings) understood by SamToNeLoss.
 QUERY_ID_KEYS = ("query_ids", "query_id")
 DOCUMENT_ID_KEYS = ("document_ids", "document_id")
+HARD_NEGATIVE_ID_KEYS = ("hard_negative_ids",)
 
 
 def samtone_loss(
@@ -28,6 +29,7 @@ def samtone_loss(
     bidirectional=False,
     query_ids=None,
     document_ids=None,
+    hard_negative_ids=None,
 ):
     """Per-example SamToNe loss.
 
@@ -56,6 +58,10 @@ def samtone_loss(
         query id or document id are removed from all four term groups of row i
         (q->p, p->q, q->q, p->p): they are not negatives of each other.
       document_ids: optional [B] int or string ids, as `query_ids`.
+      hard_negative_ids: optional [B, H] document ids of `hard_negatives` (same
+        kind as `document_ids`, which it requires). A hard negative whose id is
+        row i's positive document, or the positive of a row sharing row i's
+        query id, is not a negative of row i.
 
     Returns:
       float32 [B] per-example loss for the local rows.
@@ -70,34 +76,24 @@ def samtone_loss(
     document = _as_float32(document)
     if hard_negatives is not None:
         hard_negatives = _as_float32(hard_negatives)
-    _check_shapes(query, document, hard_negatives, query_ids, document_ids)
-    id_keys = _id_keys(query_ids, document_ids)
+    _check_shapes(query, document, hard_negatives, query_ids, document_ids, hard_negative_ids)
+    query_key = _id_key("query_ids", query_ids)
+    document_key = _id_key("document_ids", document_ids)
+    hard_key = _id_key("hard_negative_ids", hard_negative_ids)
     temperature = tf.cast(temperature, tf.float32)
 
     local_batch = tf.shape(query)[0]
-    context = tf.distribute.get_replica_context()
-    distributed = context is not None and context.num_replicas_in_sync > 1
-    if distributed:
-        # Gradients flow back through all_gather: each replica receives the sum,
-        # over replicas, of the gradients with respect to its own rows.
-        # tf.identity places the value on this replica's device: all_gather takes its
-        # destination from the tensor's device, and a function input has none.
-        gather = lambda x: context.all_gather(tf.identity(x), axis=0)  # noqa: E731
-        all_queries, all_documents = gather(query), gather(document)
-        all_hard = None if hard_negatives is None else gather(hard_negatives)
-        all_id_keys = [gather(keys) for keys in id_keys]
-        offset = tf.cast(context.replica_id_in_sync_group, tf.int32) * local_batch
-    else:
-        all_queries, all_documents, all_hard = query, document, hard_negatives
-        all_id_keys = id_keys
-        offset = tf.constant(0, tf.int32)
+    all_queries, all_documents, all_hard, all_query_key, all_document_key, all_hard_key, offset = (
+        gather_across_replicas(query, document, hard_negatives, query_key, document_key, hard_key))
+    distributed = all_queries is not query
 
     global_batch = tf.shape(all_queries)[0]
     positive_column = offset + tf.range(local_batch)  # [B]
     is_positive = tf.equal(
         positive_column[:, None], tf.range(global_batch)[None, :]
     )  # [B, G]
-    is_excluded = _shared_id_mask(id_keys, all_id_keys, is_positive)  # [B, G]
+    is_excluded = _shared_id_mask([query_key, document_key], [all_query_key, all_document_key],
+                                  is_positive)  # [B, G]
 
     # s(q_i, p_i) = s(p_i, q_i): one positive logit serves both directions.
     positive_logit = tf.reduce_sum(query * document, axis=1) / temperature
@@ -105,7 +101,11 @@ def samtone_loss(
     columns = [_drop(query_document, is_excluded)]
     if all_hard is not None:
         flat_hard = tf.reshape(all_hard, [-1, tf.shape(all_hard)[-1]])
-        columns.append(tf.matmul(query, flat_hard, transpose_b=True) / temperature)
+        hard_logits = tf.matmul(query, flat_hard, transpose_b=True) / temperature  # [B, G*H]
+        if all_hard_key is not None:
+            hard_logits = _drop(hard_logits, _hard_negative_is_positive(
+                query_key, all_query_key, all_document_key, tf.reshape(all_hard_key, [-1]), is_positive))
+        columns.append(hard_logits)
     if same_tower in ("query", "both"):
         query_query = _similarity(query, all_queries, distributed) / temperature
         columns.append(_drop(query_query, is_excluded | is_positive))
@@ -131,14 +131,16 @@ class SamToNeLoss(keras.losses.Loss):
     `y_pred` is a dict with "query" [B, D], "document" [B, D], optionally
     "hard_negatives" [B, H, D] and "temperature" (a scalar that overrides the
     configured one, e.g. a model's learnable temperature). `y_true` is None or
-    a dict with "query_ids"/"query_id" and/or "document_ids"/"document_id" [B].
+    a dict with "query_ids"/"query_id", "document_ids"/"document_id" [B] and
+    "hard_negative_ids" [B, H].
 
     Keras 3's `compile()` hands a single loss each output of a dict separately;
     SamToNe needs all of them at once, so compile it on a `samtone_tf.SamToNeModel`
     (functional) or a model class mixing in `samtone_tf.SamToNeLossMixin` (as
-    `samtone_tf.towers.DualEncoder` does), which pass the whole output dict. The reduction divides by the number of
-    replicas, as Keras losses do, so "sum_over_batch_size" averages over the
-    GLOBAL batch once gradients are summed across replicas.
+    `samtone_tf.towers.DualEncoder` does), which pass the whole output dict.
+    Under several replicas the reduction is over the GLOBAL batch, even when
+    replicas hold different numbers of rows: gradients summed across replicas
+    are those of the global "sum_over_batch_size" mean, and Keras reports it.
     """
 
     def __init__(
@@ -184,6 +186,7 @@ class SamToNeLoss(keras.losses.Loss):
             bidirectional=self.bidirectional,
             query_ids=_first_present(ids, QUERY_ID_KEYS),
             document_ids=_first_present(ids, DOCUMENT_ID_KEYS),
+            hard_negative_ids=_first_present(ids, HARD_NEGATIVE_ID_KEYS),
         )
 
     def get_config(self):
@@ -221,7 +224,7 @@ def _as_float32(x):
     return tf.cast(x, tf.float32)
 
 
-def _check_shapes(query, document, hard_negatives, query_ids, document_ids):
+def _check_shapes(query, document, hard_negatives, query_ids, document_ids, hard_negative_ids=None):
     if query.shape.rank != 2:
         raise ValueError(f"query must have rank 2 [B, D]; got shape {query.shape}")
     if document.shape.rank != 2:
@@ -257,34 +260,84 @@ def _check_shapes(query, document, hard_negatives, query_ids, document_ids):
             raise ValueError(f"{name} must have rank 1 [B]; got shape {shape}")
         if not _compatible(shape[0], batch):
             raise ValueError(f"{name} length {shape[0]} does not match query batch {batch}")
+    if hard_negative_ids is not None:
+        shape = tf.convert_to_tensor(hard_negative_ids).shape
+        if hard_negatives is None:
+            raise ValueError("hard_negative_ids were given without hard_negatives")
+        if document_ids is None:
+            raise ValueError("hard_negative_ids need document_ids, the ids they are compared with")
+        if shape.rank != 2 or not _compatible(shape[0], batch) or not _compatible(shape[1],
+                                                                                  hard_negatives.shape[1]):
+            raise ValueError(f"hard_negative_ids must be [B, H] = [{batch}, {hard_negatives.shape[1]}]; "
+                             f"got shape {shape}")
+        if tf.convert_to_tensor(hard_negative_ids).dtype.is_integer != tf.convert_to_tensor(
+                document_ids).dtype.is_integer:
+            raise ValueError("hard_negative_ids and document_ids must be of one kind (both integers or both "
+                             "strings)")
 
 
 def _compatible(a, b):
     return a is None or b is None or a == b
 
 
-def _id_keys(query_ids, document_ids):
-    """Ids as int64 keys that can be gathered across replicas (strings are hashed)."""
-    keys = []
-    for name, ids in (("query_ids", query_ids), ("document_ids", document_ids)):
-        if ids is None:
-            continue
-        ids = tf.convert_to_tensor(ids)
-        if ids.dtype == tf.string:
-            # 64-bit fingerprints: a collision inside one batch is ~B^2 / 2^64.
-            ids = tf.strings.to_hash_bucket_fast(ids, 2**63 - 1)
-        elif not ids.dtype.is_integer:
-            raise ValueError(f"{name} must be integers or strings; got {ids.dtype.name}")
-        keys.append(tf.cast(ids, tf.int64))
-    return keys
+def _id_key(name, ids):
+    """Ids as int64 keys that can be gathered across replicas (strings are hashed), or None."""
+    if ids is None:
+        return None
+    ids = tf.convert_to_tensor(ids)
+    if ids.dtype == tf.string:
+        # 64-bit fingerprints: a collision inside one batch is ~B^2 / 2^64.
+        ids = tf.strings.to_hash_bucket_fast(ids, 2**63 - 1)
+    elif not ids.dtype.is_integer:
+        raise ValueError(f"{name} must be integers or strings; got {ids.dtype.name}")
+    return tf.cast(ids, tf.int64)
 
 
 def _shared_id_mask(local_keys, global_keys, is_positive):
     """[B, G] True where global row j != i shares a query or document id with row i."""
     shared = tf.zeros_like(is_positive)
     for local, everyone in zip(local_keys, global_keys):
-        shared |= tf.equal(local[:, None], everyone[None, :])
+        if local is not None:
+            shared |= tf.equal(local[:, None], everyone[None, :])
     return shared & tf.logical_not(is_positive)
+
+
+def _hard_negative_is_positive(query_key, all_query_key, all_document_key, hard_key, is_positive):
+    """[B, G*H] True where hard negative k is the positive document of row i or of a row
+    sharing row i's query id."""
+    same_query = is_positive  # [B, G]
+    if query_key is not None:
+        same_query |= tf.equal(query_key[:, None], all_query_key[None, :])
+    is_that_document = tf.equal(all_document_key[:, None], hard_key[None, :])  # [G, G*H]
+    hits = tf.matmul(tf.cast(same_query, tf.float32), tf.cast(is_that_document, tf.float32))
+    return hits > 0
+
+
+def gather_across_replicas(query, document, hard_negatives=None, query_key=None, document_key=None,
+                           hard_key=None):
+    """Every replica's rows, concatenated in replica order, and this replica's first row in them.
+
+    Outside a multi-replica context the inputs come back as they are with offset 0. Local batches
+    may differ between replicas (a last partial batch, uneven shards, an empty replica): the offset
+    is the sum of the local sizes of the replicas before this one. Gradients flow back through
+    all_gather: each replica receives the sum, over replicas, of the gradients for its own rows.
+
+    -> (queries [G, D], documents [G, D], hard negatives [G, H, D] or None, query keys [G] or None,
+        document keys [G] or None, hard-negative keys [G, H] or None, offset: int32 scalar)
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return query, document, hard_negatives, query_key, document_key, hard_key, tf.constant(0, tf.int32)
+
+    def gather(x):
+        # tf.identity places the value on this replica's device: all_gather takes its
+        # destination from the tensor's device, and a function input has none.
+        return None if x is None else context.all_gather(tf.identity(x), axis=0)
+
+    local_sizes = gather(tf.shape(query)[:1])  # [replicas]
+    offset = tf.reduce_sum(local_sizes[: context.replica_id_in_sync_group])
+    return (gather(query), gather(document), gather(hard_negatives), gather(query_key), gather(document_key),
+            gather(hard_key), offset)
 
 
 def _similarity(anchors, keys, distributed):
@@ -318,21 +371,33 @@ def _first_present(mapping, keys):
 
 
 def _reduce(losses, sample_weight, reduction):
-    """Keras's loss reduction, including its division by the number of replicas."""
+    """Keras's loss reductions, exact across replicas holding different numbers of rows.
+
+    Under several replicas, the value each replica returns has the gradient of its share of the
+    GLOBAL reduction (local sum / global count: summed over replicas, the gradient of the global
+    mean), and the value global reduction / replicas, which is what Keras's loss tracker (replicas x
+    value, weighted by local rows) turns back into the global reduction whatever the local sizes.
+    """
     if sample_weight is not None:
         sample_weight = tf.cast(tf.reshape(sample_weight, [-1]), losses.dtype)
         losses = losses * sample_weight
     if reduction in (None, "none"):
         return losses
-    total = tf.reduce_sum(losses)
-    if reduction in ("sum_over_batch_size", "mean"):
-        total /= tf.cast(tf.size(losses), losses.dtype)
-    elif reduction == "mean_with_sample_weight":
-        if sample_weight is not None:
-            total = tf.math.divide_no_nan(total, tf.reduce_sum(sample_weight))
-        else:
-            total /= tf.cast(tf.size(losses), losses.dtype)
+    local_sum = tf.reduce_sum(losses)
+    if reduction == "sum":
+        count = None
+    elif reduction == "mean_with_sample_weight" and sample_weight is not None:
+        count = tf.reduce_sum(sample_weight)
+    else:  # "sum_over_batch_size", "mean", or "mean_with_sample_weight" without weights
+        count = tf.cast(tf.size(losses), losses.dtype)
+    context = tf.distribute.get_replica_context()
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    if replicas > 1:
-        total *= 1.0 / replicas
-    return total
+    if context is None or replicas == 1:
+        return local_sum if count is None else tf.math.divide_no_nan(local_sum, count)
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM, local_sum)
+    if count is not None:
+        global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+        local_share, total = tf.math.divide_no_nan(local_sum, global_count), tf.math.divide_no_nan(total, global_count)
+    else:
+        local_share = local_sum
+    return local_share + tf.stop_gradient(total / replicas - local_share)

@@ -8,13 +8,24 @@ import numpy as np
 
 
 def reference_samtone(
-    q, p, h=None, *, tau, same_tower, bidirectional, query_ids=None, document_ids=None
+    q, p, h=None, *, tau, same_tower, bidirectional, query_ids=None, document_ids=None, hard_negative_ids=None
 ):
-    """Per-example loss [B] in float64. q, p: [B, D]; h: [B, H, D] or None."""
+    """Per-example loss [B] in float64. q, p: [B, D]; h: [B, H, D] or None; hard_negative_ids: [B][H]
+    document ids of h (a hard negative that is row i's positive, or the positive of a row with row
+    i's query id, is not a negative of row i)."""
     q = np.asarray(q, np.float64)
     p = np.asarray(p, np.float64)
     batch = q.shape[0]
     negatives = [] if h is None else [np.asarray(x, np.float64) for row in h for x in row]
+    negative_ids = [None] * len(negatives) if hard_negative_ids is None else [
+        x for row in hard_negative_ids for x in row]
+
+    def positive_of_same_query(i, doc_id):
+        for j in range(batch):
+            same = j == i or (query_ids is not None and query_ids[i] == query_ids[j])
+            if same and document_ids[j] == doc_id:
+                return True
+        return False
 
     def excluded(i, j):
         if j == i:
@@ -30,8 +41,9 @@ def reference_samtone(
         for j in range(batch):
             if not excluded(i, j):
                 denominator += np.exp(q[i] @ p[j] / tau)
-        for n in negatives:
-            denominator += np.exp(q[i] @ n / tau)
+        for n, n_id in zip(negatives, negative_ids):
+            if n_id is None or not positive_of_same_query(i, n_id):
+                denominator += np.exp(q[i] @ n / tau)
         if same_tower in ("query", "both"):
             for j in range(batch):
                 if j != i and not excluded(i, j):

@@ -1,6 +1,7 @@
 """samtone_loss and SamToNeLoss against an independent float64 reference."""
 
 import itertools
+import zlib
 
 import keras
 import numpy as np
@@ -15,6 +16,9 @@ BATCH, HARD, DIM, TAU = 6, 2, 5, 0.1
 # Rows 1 and 2 share a query id; rows 0 and 4 share a document id.
 QUERY_IDS = np.array([10, 11, 11, 12, 13, 14])
 DOCUMENT_IDS = np.array(["a", "b", "c", "d", "a", "e"])
+# Row 0's first hard negative is its own positive (and row 4's); row 1's is row 2's positive (same
+# query); row 3's is row 1's positive (a true negative for row 3, not for rows 1 and 2).
+HARD_NEGATIVE_IDS = np.array([["a", "x"], ["c", "y"], ["p", "q"], ["b", "z"], ["r", "s"], ["t", "u"]])
 
 
 def unit_rows(rng, *shape):
@@ -33,10 +37,12 @@ def valid_combinations():
 
 @pytest.mark.parametrize("same_tower,bidirectional,hard,ids", list(valid_combinations()))
 def test_loss_and_gradients_match_float64_reference(same_tower, bidirectional, hard, ids):
-    rng = np.random.default_rng(abs(hash((same_tower, bidirectional, hard, ids))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((same_tower, bidirectional, hard, ids)).encode()))
     q, p = unit_rows(rng, BATCH, DIM), unit_rows(rng, BATCH, DIM)
     h = unit_rows(rng, BATCH, HARD, DIM) if hard else None
     id_args = dict(query_ids=QUERY_IDS, document_ids=DOCUMENT_IDS) if ids else {}
+    if ids and hard:
+        id_args["hard_negative_ids"] = HARD_NEGATIVE_IDS
     options = dict(same_tower=same_tower, bidirectional=bidirectional)
 
     variables = [tf.Variable(x, dtype=tf.float32) for x in (q, p) + ((h,) if hard else ())]
@@ -66,6 +72,24 @@ def test_masking_changes_the_loss_only_for_rows_sharing_ids():
     sharing = [0, 1, 2, 4]
     assert np.all(masked[sharing] < plain[sharing])
     np.testing.assert_allclose(masked[[3, 5]], plain[[3, 5]], atol=1e-6)
+
+
+def test_hard_negatives_that_are_positives_of_the_same_query_are_not_negatives():
+    rng = np.random.default_rng(3)
+    q, p = unit_rows(rng, BATCH, DIM), unit_rows(rng, BATCH, DIM)
+    h = unit_rows(rng, BATCH, HARD, DIM)
+    options = dict(temperature=TAU, same_tower="query", query_ids=QUERY_IDS, document_ids=DOCUMENT_IDS)
+    plain = samtone_loss(q, p, h, **options).numpy()
+    masked = samtone_loss(q, p, h, hard_negative_ids=HARD_NEGATIVE_IDS, **options).numpy()
+    assert np.all(masked[[0, 1, 2, 4]] < plain[[0, 1, 2, 4]])
+    np.testing.assert_allclose(masked[[3, 5]], plain[[3, 5]], atol=1e-6)
+    with pytest.raises(ValueError, match="need document_ids"):
+        samtone_loss(q, p, h, hard_negative_ids=HARD_NEGATIVE_IDS, temperature=TAU)
+    with pytest.raises(ValueError, match=r"hard_negative_ids must be \[B, H\]"):
+        samtone_loss(q, p, h, hard_negative_ids=HARD_NEGATIVE_IDS[:, :1], temperature=TAU, document_ids=DOCUMENT_IDS)
+    with pytest.raises(ValueError, match="one kind"):
+        samtone_loss(q, p, h, hard_negative_ids=np.zeros((BATCH, HARD), np.int64), temperature=TAU,
+                     document_ids=DOCUMENT_IDS)
 
 
 def test_string_and_integer_ids_mask_alike():
