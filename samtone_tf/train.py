@@ -289,7 +289,8 @@ def make_train_step(strategy, model, optimizer, config):
             per_example = samtone_loss(
                 outputs["query"], outputs["document"], outputs.get("hard_negatives"),
                 temperature=model.current_temperature(), query_ids=batch["query_id"],
-                document_ids=batch["document_id"], **loss_options,
+                document_ids=batch["document_id"], hard_negative_ids=batch.get("hard_negative_ids"),
+                **loss_options,
             )
             # Summed over replicas, this is the mean over the GLOBAL batch.
             loss = tf.reduce_sum(per_example) / global_batch

@@ -62,6 +62,15 @@ def test_hard_negatives_come_from_the_pairs_own():
     own = {p.query.encode(): {n.encode() for n in p.hard_negatives} for p in pairs}
     for query, negatives in zip(batch["query"], batch["hard_negatives"]):
         assert set(negatives) <= own[query]
+    # Each hard negative carries a document id: the data's, else one derived from its text.
+    from samtone_tf.data.ids import text_id
+
+    for negatives, ids in zip(batch["hard_negatives"], batch["hard_negative_ids"]):
+        assert [i.decode() for i in ids] == [text_id("d", n.decode()) for n in negatives]
+    with_ids = [TrainingPair("q1", "q", "d1", "d", ("n1", "n2"), ("D7", "D8"))]
+    row = take(training_dataset(with_ids, 1, seed=0, hard_negatives=2), 1)[0]
+    assert {(n, i) for n, i in zip(row["hard_negatives"][0], row["hard_negative_ids"][0])} <= {
+        (b"n1", b"D7"), (b"n2", b"D8")}
     # More negatives than a pair has: sampled with replacement.
     assert take(training_dataset(pairs, 4, hard_negatives=5), 1)[0]["hard_negatives"].shape == (4, 5)
     with pytest.raises(ValueError, match="the pair of query 'q' has none"):

@@ -35,7 +35,7 @@ def training_dataset(
     """A tf.data.Dataset of per-replica batches of dicts of tf.string:
 
         {"query": [b], "document": [b], "query_id": [b], "document_id": [b],
-         "hard_negatives": [b, H] (only when hard_negatives=H > 0)}
+         "hard_negatives": [b, H], "hard_negative_ids": [b, H] (only when hard_negatives=H > 0)}
 
     Args:
       pairs: a sequence of `TrainingPair` (shuffled by a seeded permutation each
@@ -86,6 +86,7 @@ def training_dataset(
     signature = {key: tf.TensorSpec([], tf.string) for key in ("query", "document", "query_id", "document_id")}
     if hard_negatives:
         signature["hard_negatives"] = tf.TensorSpec([hard_negatives], tf.string)
+        signature["hard_negative_ids"] = tf.TensorSpec([hard_negatives], tf.string)
     dataset = tf.data.Dataset.from_generator(rows, output_signature=signature)
     return dataset.batch(per_replica_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
@@ -188,4 +189,6 @@ def _row(pair: TrainingPair, hard_negatives, rng):
         replace = len(available) < hard_negatives
         chosen = rng.choice(len(available), size=hard_negatives, replace=replace)
         row["hard_negatives"] = np.array([available[int(i)].encode("utf-8") for i in chosen], dtype=object)
+        row["hard_negative_ids"] = np.array([pair.hard_negative_id(int(i)).encode("utf-8") for i in chosen],
+                                            dtype=object)
     return row

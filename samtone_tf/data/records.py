@@ -44,13 +44,23 @@ class RetrievalData:
 
 @dataclass(frozen=True)
 class TrainingPair:
-    """One training example: a query, its positive document, optional hard negatives (texts)."""
+    """One training example: a query, its positive document, optional hard negatives (texts) and
+    their document ids (where the data has them; otherwise `hard_negative_id` derives one from the
+    text, as the readers do for positives without ids)."""
 
     query_id: str
     query: str
     document_id: str
     document: str
     hard_negatives: tuple = ()
+    hard_negative_ids: tuple = ()
+
+    def hard_negative_id(self, index):
+        if self.hard_negative_ids:
+            return self.hard_negative_ids[index]
+        from samtone_tf.data.ids import text_id
+
+        return text_id("d", self.hard_negatives[index])
 
 
 class StreamedPairs:
