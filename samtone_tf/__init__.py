@@ -7,6 +7,8 @@ import os
 # it takes effect only if TensorFlow was not imported before samtone_tf.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 # TensorFlow's C++ start-up chatter (CUDA probing, CPU features) hides our progress output.
+# The commands hide the rest (samtone_tf.cli.quiet_native_logs) unless the user set it or --verbose.
+USER_SET_TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"

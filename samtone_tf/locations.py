@@ -1,7 +1,9 @@
 """Where the shared benchmark data and pretrained checkpoints are found.
 
-A flag wins, then an environment variable, then `../shared/<kind>` beside the
-repository root (the layout of a development checkout).
+A flag wins, then an environment variable, then `shared/<kind>` in the working directory or the
+nearest of its parents that has one (so `../shared/<kind>` beside a checkout is found from the
+checkout or anywhere inside it, whether the package is installed editable or not), then
+`../shared/<kind>` beside the directory the package was installed from in editable mode.
 """
 
 from __future__ import annotations
@@ -28,10 +30,15 @@ def shared_dir(kind, flag=None):
     elif os.environ.get(variable):
         candidates.append((Path(os.environ[variable]), f"${variable}"))
     else:
-        candidates.append((REPOSITORY_ROOT.parent / "shared" / kind, "the default ../shared"))
+        here = Path.cwd().resolve()
+        for directory in (here, *here.parents):
+            candidates.append((directory / "shared" / kind, "the working directory or a parent"))
+        candidates.append((REPOSITORY_ROOT.parent / "shared" / kind, "beside the package's checkout"))
     for path, source in candidates:
         if path.is_dir():
             return path
+    if len(candidates) > 2:
+        candidates = [(Path.cwd() / "shared" / kind, "the working directory and its parents"), candidates[-1]]
     looked = ", ".join(f"{path} ({source})" for path, source in candidates)
     raise FileNotFoundError(
         f"no {kind} directory: looked at {looked}; pass --{kind}_dir or set ${variable}"

@@ -29,6 +29,10 @@ import tensorflow as tf
 
 from samtone_tf import distributed
 from samtone_tf.atomic import atomic_write_text
+from samtone_tf.cli import (HelpFormatter, add_verbose, fail, non_negative_float, non_negative_int, positive_float,
+                            positive_int, quiet_native_logs)
+from samtone_tf.run_dir import (RunLock, RunLockedError, check_resumable, checkpoint_candidates, read_jsonl_records,
+                                restore_latest)
 from samtone_tf.data.datasets import load_evaluation, load_training_pairs
 from samtone_tf.data.pipeline import distributed_training_dataset
 from samtone_tf.models import build_model
@@ -47,13 +51,13 @@ REPORTED = ("P@1", "MRR@10")
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m samtone_tf.train", description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="reqa:squad",
                       help="training data: reqa:squad, beir:<name>, msmarco:<dir>, wikiqa, flagembedding:<file>")
     data.add_argument("--train_split", default="train", help="the split to train on")
-    data.add_argument("--max_train_pairs", type=int, default=None,
+    data.add_argument("--max_train_pairs", type=non_negative_int, default=None,
                       help="use only the first N training pairs (default: steps x batch size, or all when "
                            "--epochs-like cycling is wanted: pass 0)")
     data.add_argument("--eval_datasets", default=",".join(DEFAULT_EVALUATION),
@@ -72,51 +76,59 @@ def build_parser():
     model.add_argument("--vocabulary", default=None,
                        help="WordPiece vocabulary for 'tiny' and 'config:' models (default: the default "
                             "checkpoint's vocab.txt)")
-    model.add_argument("--num_layers", type=int, default=None,
+    model.add_argument("--num_layers", type=positive_int, default=None,
                        help="keep only the first N transformer layers of the checkpoint (default: all)")
-    model.add_argument("--architecture", default="sde", choices=("sde", "ade", "ade_spl", "ade_ste", "ade_fte"))
-    model.add_argument("--projection_dim", type=int, default=None,
+    model.add_argument("--architecture", default="sde", choices=("sde", "ade", "ade_spl", "ade_ste", "ade_fte"),
+                       help="sde: one tower; ade: two; ade_spl: shared projection; ade_ste: shared token "
+                            "embeddings; ade_fte: frozen token embeddings")
+    model.add_argument("--projection_dim", type=positive_int, default=None,
                        help="projection after pooling (ade_spl defaults it to the backbone width)")
     model.add_argument("--pooling", default=None, choices=("mean", "cls"), help="default: the checkpoint's")
-    model.add_argument("--query_max_length", type=int, default=32)
-    model.add_argument("--document_max_length", type=int, default=64)
+    model.add_argument("--query_max_length", type=positive_int, default=32, help="query tokens kept")
+    model.add_argument("--document_max_length", type=positive_int, default=64, help="document tokens kept")
 
     loss = parser.add_argument_group("loss")
     loss.add_argument("--same_tower", default="query", choices=("none", "query", "document", "both"),
                       help="SamToNe: which tower's other members join the negatives ('none': standard loss)")
     loss.add_argument("--bidirectional", action="store_true", help="add the document->query softmax")
-    loss.add_argument("--temperature", type=float, default=0.05)
+    loss.add_argument("--temperature", type=positive_float, default=0.05, help="softmax temperature")
     loss.add_argument("--learnable_temperature", action="store_true",
                       help="learn the temperature (log scale, clipped to [0.01, 1.0]), starting at --temperature")
-    loss.add_argument("--hard_negatives", type=int, default=0, help="hard negatives per pair (from the data)")
+    loss.add_argument("--hard_negatives", type=non_negative_int, default=0, help="hard negatives per pair (from the data)")
 
     optimization = parser.add_argument_group("optimization")
-    optimization.add_argument("--batch_size", type=int, default=32,
+    optimization.add_argument("--batch_size", type=positive_int, default=32,
                               help="GLOBAL batch size; each replica gets batch_size / replicas")
-    optimization.add_argument("--steps", type=int, default=50)
-    optimization.add_argument("--optimizer", default="adamw", choices=("adamw", "adafactor"))
-    optimization.add_argument("--learning_rate", type=float, default=3e-5, help="peak learning rate")
-    optimization.add_argument("--warmup_steps", type=int, default=None, help="default: 10%% of --steps")
-    optimization.add_argument("--weight_decay", type=float, default=0.01, help="AdamW only")
-    optimization.add_argument("--seed", type=int, default=0)
+    optimization.add_argument("--steps", type=positive_int, default=50, help="training steps")
+    optimization.add_argument("--optimizer", default="adamw", choices=("adamw", "adafactor"), help="the optimizer")
+    optimization.add_argument("--learning_rate", type=positive_float, default=3e-5, help="peak learning rate")
+    optimization.add_argument("--warmup_steps", type=non_negative_int, default=None, help="default: 10%% of --steps")
+    optimization.add_argument("--weight_decay", type=non_negative_float, default=0.01, help="AdamW only")
+    optimization.add_argument("--seed", type=non_negative_int, default=0,
+                              help="fixes the data order and the initialisation of new weights")
 
     run = parser.add_argument_group("run")
-    run.add_argument("--strategy", default="default", choices=("default", "mirrored", "multi_worker", "tpu"))
-    run.add_argument("--cpu_replicas", type=int, default=None,
+    run.add_argument("--strategy", default="default", choices=("default", "mirrored", "multi_worker", "tpu"),
+                     help="tf.distribute strategy")
+    run.add_argument("--cpu_replicas", type=positive_int, default=None,
                      help="split the CPU into N logical devices (mirrored strategy without GPUs)")
     run.add_argument("--tpu", default=None, help="TPU name or address (strategy tpu)")
-    run.add_argument("--model_dir", default="runs/default")
-    run.add_argument("--checkpoint_every", type=int, default=50)
-    run.add_argument("--eval_every", type=int, default=0, help="evaluate every N steps (0: before and after only)")
-    run.add_argument("--log_every", type=int, default=10)
-    run.add_argument("--eval_batch_size", type=int, default=128)
+    run.add_argument("--model_dir", default="runs/default",
+                     help="where the run writes; the same command on it again resumes")
+    run.add_argument("--checkpoint_every", type=positive_int, default=10, help="save a checkpoint every N steps")
+    run.add_argument("--eval_every", type=non_negative_int, default=0,
+                     help="evaluate every N steps (0: before and after only)")
+    run.add_argument("--log_every", type=positive_int, default=10, help="log every N steps")
+    run.add_argument("--eval_batch_size", type=positive_int, default=128, help="texts per encoding batch")
     run.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
                      help="write servable SavedModels to model_dir/export when training ends")
+    add_verbose(run)
     return parser
 
 
 def resolve_config(args):
     config = dict(vars(args))
+    config.pop("verbose", None)
     if config["warmup_steps"] is None:
         config["warmup_steps"] = max(1, config["steps"] // 10)
     if config["max_train_pairs"] is None:
@@ -137,15 +149,19 @@ def negatives_per_query(config):
 
 
 def main(argv=None):
-    config = resolve_config(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    quiet_native_logs(args.verbose)
+    config = resolve_config(args)
     try:
         return train(config)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError, RunLockedError) as error:
+        return fail(error)
+    except KeyboardInterrupt:
+        return fail("interrupted; run the same command again to resume from the last checkpoint", 130)
 
 
 def train(config):
+    """Runs (or resumes) the training run `config` describes. -> exit code."""
     # First: splitting the CPU into replicas must precede any use of a device.
     strategy = distributed.make_strategy(config["strategy"], config["cpu_replicas"], config["tpu"])
     replicas = strategy.num_replicas_in_sync
@@ -154,6 +170,15 @@ def train(config):
     chief = distributed.is_chief(strategy)
     model_dir = Path(config["model_dir"])
     log = _Printer(chief)
+    if not chief:
+        return _train(config, strategy, chief, model_dir, log)
+    # One run per model_dir: a second one would interleave its logs and checkpoints with ours.
+    with RunLock(model_dir, say=log):
+        return _train(config, strategy, chief, model_dir, log)
+
+
+def _train(config, strategy, chief, model_dir, log):
+    replicas = strategy.num_replicas_in_sync
     keras.utils.set_random_seed(config["seed"])
 
     documents, queries, hard = negatives_per_query(config)
@@ -181,17 +206,16 @@ def train(config):
     manager = tf.train.CheckpointManager(checkpoint, _checkpoint_dir(model_dir, chief, distributed.task()),
                                          max_to_keep=3)
     # Every worker resumes from the chief's checkpoints, so all start at the same step.
-    restored = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
-    if restored:
-        checkpoint.restore(restored)
+    if checkpoint_candidates(model_dir / "checkpoints"):
+        check_resumable(model_dir, config)
+    restored = restore_latest(checkpoint, model_dir / "checkpoints", say=lambda m: log(m, error=True))
     start_step = int(optimizer.iterations.numpy())
     if chief:
         model_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(model_dir / "config.json", json.dumps(config, indent=1, sort_keys=True))
+        _forget_records_after(model_dir / "metrics.jsonl", start_step, say=lambda m: log(m, error=True))
     if restored:
         log(f"resumed from {restored} at step {start_step}")
-        if chief:
-            _forget_records_after(model_dir / "metrics.jsonl", start_step)
 
     writer = tf.summary.create_file_writer(str(model_dir / "logs")) if chief else tf.summary.create_noop_writer()
     metrics_log = model_dir / "metrics.jsonl"
@@ -213,44 +237,58 @@ def train(config):
         step_fn = make_train_step(strategy, model, optimizer, config)
         iterator = iter(dataset)
         window_start, window_steps = time.perf_counter(), 0
-        for step in range(start_step + 1, config["steps"] + 1):
-            loss = float(step_fn(next(iterator)).numpy())
-            window_steps += 1
-            if not math.isfinite(loss):
-                latest = manager.latest_checkpoint
-                log(f"error: the loss became {loss} at step {step}; training stopped. The last good checkpoint "
-                    f"is {latest or 'none (no checkpoint was written yet)'} and is kept. Try a lower "
-                    f"--learning_rate or a higher --temperature.", error=True)
-                return 3
-            if step % config["log_every"] == 0 or step == config["steps"]:
-                elapsed = time.perf_counter() - window_start
-                record = {
-                    "step": step, "loss": loss,
-                    "learning_rate": float(schedule(step - 1)),
-                    "temperature": float(model.current_temperature()),
-                    "steps_per_second": window_steps / elapsed,
-                    "examples_per_second": window_steps * config["batch_size"] / elapsed,
-                }
-                log(f"step {step}/{config['steps']}  loss {loss:.4f}  lr {record['learning_rate']:.2e}  "
-                    f"temperature {record['temperature']:.4f}  {record['steps_per_second']:.2f} steps/s  "
-                    f"{record['examples_per_second']:.1f} examples/s")
-                if chief:
-                    _append_jsonl(metrics_log, record)
-                with writer.as_default(step=step):
-                    for key in ("loss", "learning_rate", "temperature", "steps_per_second", "examples_per_second"):
-                        tf.summary.scalar(f"train/{key}", record[key])
-                window_start, window_steps = time.perf_counter(), 0
-            if step % config["checkpoint_every"] == 0 or step == config["steps"]:
-                if not all_finite(model):
-                    log(f"error: the weights became non-finite at step {step} (loss {loss}); training stopped "
-                        f"without saving. The last good checkpoint is {manager.latest_checkpoint or 'none'} "
-                        "and is kept. Try a lower --learning_rate.", error=True)
+        progress = _Progress(start_step, config["steps"], enabled=chief and sys.stdout.isatty())
+        step = start_step
+        try:
+            for step in range(start_step + 1, config["steps"] + 1):
+                loss = float(step_fn(next(iterator)).numpy())
+                window_steps += 1
+                progress.update(step, loss)
+                if not math.isfinite(loss):
+                    latest = manager.latest_checkpoint
+                    log(f"error: the loss became {loss} at step {step}; training stopped. The last good checkpoint "
+                        f"is {latest or 'none (no checkpoint was written yet)'} and is kept. Try a lower "
+                        f"--learning_rate or a higher --temperature.", error=True)
                     return 3
-                manager.save(checkpoint_number=step)
-            if chief and config["eval_every"] and step % config["eval_every"] == 0 and step < config["steps"]:
-                during = evaluate_all(model, evaluation_sets, config, log)
-                _append_jsonl(metrics_log, {"step": step, "phase": "during", "evaluation": during})
-                _summaries(writer, step, during)
+                if step % config["log_every"] == 0 or step == config["steps"]:
+                    elapsed = time.perf_counter() - window_start
+                    record = {
+                        "step": step, "loss": loss,
+                        "learning_rate": float(schedule(step - 1)),
+                        "temperature": float(model.current_temperature()),
+                        "steps_per_second": window_steps / elapsed,
+                        "examples_per_second": window_steps * config["batch_size"] / elapsed,
+                    }
+                    progress.clear()
+                    log(f"step {step}/{config['steps']}  loss {loss:.4f}  lr {record['learning_rate']:.2e}  "
+                        f"temperature {record['temperature']:.4f}  {record['steps_per_second']:.2f} steps/s  "
+                        f"{record['examples_per_second']:.1f} examples/s  ETA {progress.eta(step)}")
+                    if chief:
+                        _append_jsonl(metrics_log, record)
+                    with writer.as_default(step=step):
+                        for key in ("loss", "learning_rate", "temperature", "steps_per_second", "examples_per_second"):
+                            tf.summary.scalar(f"train/{key}", record[key])
+                    window_start, window_steps = time.perf_counter(), 0
+                if step % config["checkpoint_every"] == 0 or step == config["steps"]:
+                    if not all_finite(model):
+                        log(f"error: the weights became non-finite at step {step} (loss {loss}); training stopped "
+                            f"without saving. The last good checkpoint is {manager.latest_checkpoint or 'none'} "
+                            "and is kept. Try a lower --learning_rate.", error=True)
+                        return 3
+                    manager.save(checkpoint_number=step)
+                if chief and config["eval_every"] and step % config["eval_every"] == 0 and step < config["steps"]:
+                    during = evaluate_all(model, evaluation_sets, config, log)
+                    _append_jsonl(metrics_log, {"step": step, "phase": "during", "evaluation": during})
+                    _summaries(writer, step, during)
+        except KeyboardInterrupt:
+            progress.clear()
+            writer.flush()
+            latest = manager.latest_checkpoint
+            where = (f"the last checkpoint is {latest}" if latest else "no checkpoint was written yet")
+            log(f"interrupted at step {step} of {config['steps']}; {where}. Run the same command again to "
+                "resume from it.", error=True)
+            return 130
+        progress.clear()
         writer.flush()
     else:
         log(f"already trained to step {start_step} of {config['steps']}")
@@ -394,24 +432,55 @@ def _append_jsonl(path, record):
         f.write(json.dumps(record) + "\n")
 
 
-def _forget_records_after(path, step):
-    """Drops the records a killed run wrote after its last checkpoint (`step`), which the resumed run writes
-    again, so that metrics.jsonl holds each step once."""
+def _forget_records_after(path, step, say=print):
+    """Drops the records a killed run wrote after its last checkpoint (`step`; all of them when it
+    wrote none), which this run writes again, so that metrics.jsonl holds each step once. A torn
+    last line is repaired."""
     if not path.is_file():
         return
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    kept = [r for r in records if r["step"] <= step and r.get("phase") != "after"]
+    records = read_jsonl_records(path, say)
+    kept = [r for r in records if step > 0 and r.get("step", 0) <= step and r.get("phase") != "after"]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _first_evaluation(path):
-    if not path.is_file():
-        return {}
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
+    for record in read_jsonl_records(path):
         if record.get("phase") == "before":
             return record["evaluation"]
     return {}
+
+
+class _Progress:
+    """A one-line progress bar with an ETA, redrawn in place on a terminal."""
+
+    def __init__(self, start_step, total_steps, enabled):
+        self.start_step, self.total_steps, self.enabled = start_step, total_steps, enabled
+        self.started = time.perf_counter()
+        self.shown = False
+
+    def eta(self, step):
+        done = step - self.start_step
+        if done <= 0:
+            return "?"
+        seconds = (time.perf_counter() - self.started) / done * (self.total_steps - step)
+        minutes, seconds = divmod(int(round(seconds)), 60)
+        return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{seconds:02d}s"
+
+    def update(self, step, loss):
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * step / self.total_steps)
+        sys.stdout.write(f"\r[{'=' * filled}{' ' * (width - filled)}] step {step}/{self.total_steps}  "
+                         f"loss {loss:.4f}  ETA {self.eta(step)}   ")
+        sys.stdout.flush()
+        self.shown = True
+
+    def clear(self):
+        if self.shown:
+            sys.stdout.write("\r\033[K")
+            sys.stdout.flush()
+            self.shown = False
 
 
 def _summaries(writer, step, evaluation):

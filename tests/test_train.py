@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -40,7 +41,13 @@ def checkpoint_weights(model_dir):
 
 
 def test_help_documents_every_option_with_its_default():
-    text = build_parser().format_help()
+    parser = build_parser()
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if action.option_strings and action.nargs != 0 and action.dest != "help":
+            shown = formatter._expand_help(action) if action.help else ""
+            assert "default" in shown, f"{action.option_strings[0]} does not show its default: {shown!r}"
+    text = parser.format_help()
     for option in ("--dataset", "--model", "--architecture", "--same_tower", "--bidirectional", "--temperature",
                    "--learnable_temperature", "--hard_negatives", "--batch_size", "--steps", "--optimizer",
                    "--learning_rate", "--warmup_steps", "--query_max_length", "--document_max_length", "--seed",
@@ -87,32 +94,38 @@ def test_tiny_run_writes_config_checkpoints_logs_metrics_and_model(tmp_path):
     assert [(r["step"], r.get("phase")) for r in metrics(model_dir)] == [(r["step"], r.get("phase")) for r in records]
 
 
-def test_run_killed_with_sigkill_resumes_and_matches_an_uninterrupted_run(tmp_path):
-    args = ["--steps", "30", "--batch_size", "32", "--checkpoint_every", "5", "--document_max_length", "64",
-            "--no-export"]
+def test_default_run_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    # The default settings (steps, batch, checkpointing, logging), on the tiny model and without evaluation.
+    def default_command(model_dir):
+        return [sys.executable, "-m", "samtone_tf.train", "--model", "tiny", "--model_dir", str(model_dir),
+                "--eval_datasets", "", "--no-export"]
+
     uninterrupted = tmp_path / "uninterrupted"
-    assert run(command(uninterrupted, *args)).returncode == 0
+    as_a_newcomer = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    finished = run(default_command(uninterrupted), env=as_a_newcomer)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "ETA" in finished.stdout
 
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen(command(interrupted, *args), cwd=REPOSITORY_ROOT, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(default_command(interrupted), cwd=REPOSITORY_ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     index = interrupted / "checkpoints" / "checkpoint"
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        if index.is_file() and "ckpt-10" in index.read_text():
+        if index.is_file() and "ckpt-20" in index.read_text():
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     killed_at = tf.train.latest_checkpoint(str(interrupted / "checkpoints"))
-    assert killed_at and not killed_at.endswith("ckpt-30")
+    assert killed_at and not killed_at.endswith("ckpt-50")
 
-    resumed = run(command(interrupted, *args))
+    resumed = run(default_command(interrupted))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {killed_at} at step {killed_at.rsplit('-', 1)[1]}" in resumed.stdout
-    assert tf.train.latest_checkpoint(str(interrupted / "checkpoints")).endswith("ckpt-30")
-    assert "step 30/30" in resumed.stdout
+    assert tf.train.latest_checkpoint(str(interrupted / "checkpoints")).endswith("ckpt-50")
+    assert "step 50/50" in resumed.stdout
     # metrics.jsonl holds every logged step once, as the uninterrupted run's does.
     assert [r["step"] for r in metrics(interrupted)] == [r["step"] for r in metrics(uninterrupted)]
     # Same data order, optimizer state and schedule position: the same final weights.
@@ -120,6 +133,55 @@ def test_run_killed_with_sigkill_resumes_and_matches_an_uninterrupted_run(tmp_pa
     assert want.keys() == got.keys()
     for name in want:
         np.testing.assert_allclose(got[name], want[name], atol=1e-5, err_msg=name)
+    # A newcomer sees only the project's own lines: TensorFlow's native log noise is filtered.
+    assert not [line for line in finished.stderr.splitlines() if line.strip()], finished.stderr[-2000:]
+
+
+def test_resuming_with_other_settings_is_a_clear_error(tmp_path):
+    model_dir = tmp_path / "run"
+    first = run(command(model_dir, "--steps", "2", "--batch_size", "8", "--no-export"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    config_before = (model_dir / "config.json").read_text()
+    other = run(command(model_dir, "--steps", "4", "--batch_size", "16", "--architecture", "ade",
+                        "--same_tower", "none", "--no-export"))
+    assert other.returncode == 2
+    for setting in ("--architecture 'sde' in the checkpoint, 'ade' now", "--batch_size 8 in the checkpoint, 16 now",
+                    "--same_tower 'query' in the checkpoint, 'none' now"):
+        assert setting in other.stderr, other.stderr
+    assert "Traceback" not in other.stderr
+    assert (model_dir / "config.json").read_text() == config_before
+    # More steps with the same settings is a resume, not a conflict.
+    longer = run(command(model_dir, "--steps", "4", "--batch_size", "8", "--no-export"))
+    assert longer.returncode == 0 and "resumed from" in longer.stdout, longer.stderr[-2000:]
+
+
+def test_data_and_checkpoints_are_found_after_a_non_editable_install(tmp_path):
+    target = tmp_path / "site"
+    installed = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                                "--target", str(target), str(REPOSITORY_ROOT)],
+                               capture_output=True, text=True, timeout=600)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    assert (target / "samtone_tf" / "locations.py").is_file()
+    script = ("import samtone_tf, samtone_tf.locations as l; "
+              "print(samtone_tf.__file__); print(l.data_dir()); print(l.models_dir())")
+    shared = REPOSITORY_ROOT.parent / "shared"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAMTONE_")}
+    env["PYTHONPATH"] = str(target)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for cwd, extra in ((REPOSITORY_ROOT, {}), (REPOSITORY_ROOT / "tests", {}), (REPOSITORY_ROOT.parent, {}),
+                       (outside, {"SAMTONE_DATA": str(shared / "data"), "SAMTONE_MODELS": str(shared / "models")})):
+        found = subprocess.run([sys.executable, "-P", "-c", script], cwd=cwd, env={**env, **extra}, capture_output=True,
+                               text=True, timeout=300)
+        assert found.returncode == 0, (cwd, found.stderr[-2000:])
+        module, data, models = found.stdout.split()
+        assert module.startswith(str(target)), module  # the installed copy, not the checkout
+        assert Path(data).resolve() == (shared / "data").resolve() and Path(models).resolve() == (
+            shared / "models").resolve(), (cwd, found.stdout)
+    if not any((d / "shared" / "data").is_dir() for d in outside.resolve().parents):
+        lost = subprocess.run([sys.executable, "-P", "-c", script], cwd=outside, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert lost.returncode != 0 and "set $SAMTONE_DATA" in lost.stderr
 
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
