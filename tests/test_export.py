@@ -111,6 +111,19 @@ def test_op_types_each_saved_model_needs(exported):
         assert TF_TEXT_OPS <= ops, name
         assert not [op for op in ops if "scann" in op.lower()], name  # stock TF Serving can serve it
     assert {"TopKV2", "MatMul"} <= saved_model_op_types(out / "retriever" / "1")
+    # Exactly the non-core ops export/README.md lists: checked in a process without tensorflow_text.
+    ops = {name: sorted(saved_model_op_types(out / name / "1")) for name in ("query_encoder", "document_encoder",
+                                                                             "retriever")}
+    script = ("import json, sys; from tensorflow.python.framework import op_def_registry; "
+              "ops = json.loads(sys.argv[1]); "
+              "print(json.dumps({n: sorted(o for o in v if op_def_registry.get(o) is None) for n, v in ops.items()}))")
+    found = subprocess.run([sys.executable, "-c", script, json.dumps(ops)], capture_output=True, text=True,
+                           timeout=300)
+    assert found.returncode == 0, found.stderr[-2000:]
+    non_core = json.loads(found.stdout.strip().splitlines()[-1])
+    assert non_core == {name: sorted(TF_TEXT_OPS) for name in ops}
+    readme = (REPOSITORY_ROOT / "export" / "README.md").read_text()
+    assert all(f"`{op}`" in readme for op in TF_TEXT_OPS)
     assert [op for op in saved_model_op_types(out / "index" / "1" / "scann_tf") if "Scann" in op]
 
 
