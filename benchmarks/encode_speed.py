@@ -24,6 +24,7 @@ import samtone_tf  # noqa: E402,F401  (first: it sets TensorFlow's CPU options)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import tables  # noqa: E402,I001  (benchmarks/tables.py, beside this script)
 from samtone_tf.atomic import atomic_write_text  # noqa: E402
 from samtone_tf.locations import data_dir, models_dir  # noqa: E402
 from samtone_tf.pretrained import dual_encoder_from_checkpoint  # noqa: E402
@@ -86,13 +87,10 @@ def main(argv=None):
           f"(mean {lengths.mean():.1f} tokens), batch {args.batch_size}, median of {args.rounds}; "
           f"{platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)\n")
-    print("| encoder | documents/s | × sentence-transformers | min cosine to peer |")
-    print("|---|---:|---:|---:|")
-    for row in rows:
-        print(f"| {row['encoder']} | {row['documents_per_second']:.1f} | {row['ratio']:.2f} | "
-              f"{row['min_cosine_to_peer']:.6f} |")
+    results = dict(vars(args), mean_tokens=float(lengths.mean()), rows=rows)
+    print(tables.encode_speed(results))
     if args.json:
-        atomic_write_text(args.json, json.dumps(dict(vars(args), mean_tokens=float(lengths.mean()), rows=rows), indent=1))
+        atomic_write_text(args.json, json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

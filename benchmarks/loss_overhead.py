@@ -21,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
+import tables  # noqa: E402,I001  (benchmarks/tables.py, beside this script)
 from samtone_tf.atomic import atomic_write_text  # noqa: E402
 from samtone_tf.losses import samtone_loss  # noqa: E402
 
@@ -89,13 +90,10 @@ def main(argv=None):
     print(f"\nloss forward+backward, D={args.dim}, median of {args.repeats}, "
           f"jit_compile={args.jit_compile}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, TF {tf.__version__}\n")
-    print("| global batch | same_tower | bidirectional | ms | × none |")
-    print("|---:|---|---|---:|---:|")
-    for row in rows:
-        print(f"| {row['batch']} | {row['same_tower']} | {row['bidirectional']} | "
-              f"{row['ms']:.2f} | {row['ratio']:.2f} |")
+    results = dict(dim=args.dim, repeats=args.repeats, jit_compile=args.jit_compile, rows=rows)
+    print(tables.loss_overhead(results))
     if args.json:
-        atomic_write_text(args.json, json.dumps(dict(dim=args.dim, repeats=args.repeats, jit_compile=args.jit_compile, rows=rows), indent=1))
+        atomic_write_text(args.json, json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment)
 import numpy as np
 import tensorflow as tf
 
+import tables  # noqa: I001  (benchmarks/tables.py, beside this script)
 from samtone_tf.atomic import atomic_write_text
 from samtone_tf.data.datasets import load_evaluation, load_training_pairs
 from samtone_tf.index import ExactIndex, ScannIndex, scann_defaults
@@ -223,39 +224,6 @@ def encoding_speed(args, results):
     print(f"encoding: {rates}", flush=True)
 
 
-def markdown(results):
-    lines = []
-    if "training" in results:
-        t = results["training"]
-        lines += ["| trainer | pairs/s | × peer |", "|---|---:|---:|"]
-        for name, rate in t["pairs_per_second"].items():
-            lines.append(f"| {name} | {rate:.1f} | {rate / t['pairs_per_second']['sentence-transformers']:.2f} |")
-        lines.append("")
-    if "parity" in results:
-        lines += ["| batch | temperature | ours | sentence-transformers directions | theirs | |difference| |",
-                  "|---:|---:|---|---|---:|---:|"]
-        for r in results["parity"]["rows"]:
-            lines.append(f"| {r['batch']} | {r['temperature']} | same_tower={r['same_tower']} | "
-                         f"{', '.join(r['directions'])} | {r['theirs']:.6f} | {r['difference']:.1e} |")
-        lines.append("")
-    if "search" in results:
-        lines += ["| corpus vectors | exact q/s | ScaNN leaves searched | ScaNN q/s | speed-up | recall@10 | build s |",
-                  "|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in results["search"]["rows"]:
-            mark = " (default)" if r["default"] else ""
-            lines.append(f"| {r['size']:,} | {r['exact_qps']:.0f} | {r['leaves_searched']}/{r['leaves']}{mark} | "
-                         f"{r['scann_qps']:.0f} | {r['speedup']:.1f}× | {r['recall_at_10']:.3f} | "
-                         f"{r['build_seconds']:.0f} |")
-        lines.append("")
-    if "encoding" in results:
-        e = results["encoding"]
-        lines += ["| encoder | documents/s |", "|---|---:|"]
-        for name, rate in e["documents_per_second"].items():
-            lines.append(f"| {name} | {rate:.1f} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", default=["parity", "training", "encoding", "search"])
@@ -284,7 +252,7 @@ def main(argv=None):
         if args.json:
             atomic_write_text(args.json, json.dumps(results, indent=1))
     print()
-    print(markdown(results))
+    print(tables.speed(results))
     return 0
 
 

@@ -1,0 +1,98 @@
+"""The Markdown tables of every results file in docs/results/: the one renderer the benchmark scripts print
+with, and the test (tests/test_results_doc.py) checks RESULTS.md against, so a table cannot silently vanish.
+
+    python benchmarks/tables.py docs/results/speed.json [...]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def loss_overhead(results):
+    lines = ["| global batch | same_tower | bidirectional | ms | × none |", "|---:|---|---|---:|---:|"]
+    for row in results["rows"]:
+        lines.append(f"| {row['batch']} | {row['same_tower']} | {row['bidirectional']} | {row['ms']:.2f} | "
+                     f"{row['ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def encode_speed(results):
+    lines = ["| encoder | documents/s | × sentence-transformers | min cosine to peer |", "|---|---:|---:|---:|"]
+    for row in results["rows"]:
+        lines.append(f"| {row['encoder']} | {row['documents_per_second']:.1f} | {row['ratio']:.2f} | "
+                     f"{row['min_cosine_to_peer']:.6f} |")
+    return "\n".join(lines) + "\n"
+
+
+def speed(results):
+    lines = []
+    if "training" in results:
+        t = results["training"]
+        lines += ["| trainer | pairs/s | × peer |", "|---|---:|---:|"]
+        for name, rate in t["pairs_per_second"].items():
+            lines.append(f"| {name} | {rate:.1f} | {rate / t['pairs_per_second']['sentence-transformers']:.2f} |")
+        lines.append("")
+    if "parity" in results:
+        lines += ["| batch | temperature | ours | sentence-transformers directions | theirs | |difference| |",
+                  "|---:|---:|---|---|---:|---:|"]
+        for r in results["parity"]["rows"]:
+            lines.append(f"| {r['batch']} | {r['temperature']} | same_tower={r['same_tower']} | "
+                         f"{', '.join(r['directions'])} | {r['theirs']:.6f} | {r['difference']:.1e} |")
+        lines.append("")
+    if "search" in results:
+        lines += ["| corpus vectors | exact q/s | ScaNN leaves searched | ScaNN q/s | speed-up | recall@10 | build s |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in results["search"]["rows"]:
+            mark = " (default)" if r["default"] else ""
+            lines.append(f"| {r['size']:,} | {r['exact_qps']:.0f} | {r['leaves_searched']}/{r['leaves']}{mark} | "
+                         f"{r['scann_qps']:.0f} | {r['speedup']:.1f}× | {r['recall_at_10']:.3f} | "
+                         f"{r['build_seconds']:.0f} |")
+        lines.append("")
+    if "encoding" in results:
+        e = results["encoding"]
+        lines += ["| encoder | documents/s |", "|---|---:|"]
+        for name, rate in e["documents_per_second"].items():
+            lines.append(f"| {name} | {rate:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+ANALYSIS_HEADER = ("| model | mean q·q | mean q·d | q·q / q·d | mean top-1 q→d | mean top-1 q→q | "
+                   "cosine of the towers' centroids |\n|---|---:|---:|---:|---:|---:|---:|\n")
+
+
+def analysis(results):
+    r = results
+    return ANALYSIS_HEADER + (
+        f"| {Path(r['model']).stem} ({r['dataset']} {r['split']}) | {r['mean_query_query_similarity']:.3f} | "
+        f"{r['mean_query_document_similarity']:.3f} | {r['query_query_to_query_document_ratio']:.2f} | "
+        f"{r['mean_top1_query_document_similarity']:.3f} | {r['mean_top1_query_query_similarity']:.3f} | "
+        f"{r['centroid_cosine']:.3f} |\n")
+
+
+def quality(results):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from quality import report
+
+    return report(results, None)
+
+
+RENDERERS = {"loss_overhead": loss_overhead, "encode_speed": encode_speed, "speed": speed, "analysis": analysis,
+             "quality": quality}
+
+
+def render(path):
+    """The tables of the results file at `path` (Markdown). Raises KeyError for a file without a renderer."""
+    path = Path(path)
+    kind = path.stem.split("-", 1)[0]
+    if kind not in RENDERERS:
+        raise KeyError(f"{path}: no table renderer for results of kind {kind!r} (add one to benchmarks/tables.py)")
+    return RENDERERS[kind](json.loads(path.read_text()))
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:]:
+        print(render(name))
