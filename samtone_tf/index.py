@@ -184,19 +184,43 @@ class ScannIndex:
 
     @classmethod
     def load(cls, directory):
+        """Loads what `save`/`write_files` wrote, and nothing else: document ids from JSON, the searcher from
+        ScaNN's assets (arrays and protos), never a pickle. An index directory holding a pickle (which
+        ScaNN's own `load_searcher` would unpickle, running any code in it), an asset path leading
+        outside the directory, or files that disagree is refused with ValueError."""
         import json
+        import re
         from pathlib import Path
 
-        import scann
+        import scann  # noqa: F401  (loads the extension below)
+        from scann.scann_ops.py import scann_ops_pybind
 
         directory = Path(directory)
-        manifest = json.loads((directory / cls.MANIFEST).read_text())
-        doc_ids = json.loads((directory / manifest["doc_ids"]).read_text(encoding="utf-8"))
-        searcher = scann.scann_ops_pybind.load_searcher(str(directory / manifest["searcher"]))
+        pickles = sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
+                         if p.suffix in (".pkl", ".pickle") or p.name.endswith(".pkl.gz"))
+        if pickles:
+            raise ValueError(f"{directory}: refusing to load an index holding pickle files ({', '.join(pickles)}); "
+                             "samtone_tf never writes them, and unpickling runs code")
+        try:
+            manifest = json.loads((directory / cls.MANIFEST).read_text(encoding="utf-8"))
+            doc_ids = json.loads((directory / manifest["doc_ids"]).read_text(encoding="utf-8"))
+            searcher_dir = (directory / manifest["searcher"]).resolve()
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{directory}: not a readable samtone_tf index ({type(error).__name__}: {error})") from None
+        if manifest.get("kind") != "scann" or not isinstance(doc_ids, list):
+            raise ValueError(f"{directory}: not a samtone_tf ScaNN index")
+        assets_path = searcher_dir / "scann_assets.pbtxt"
+        if not _inside(searcher_dir, directory) or not assets_path.is_file():
+            raise ValueError(f"{directory}: the searcher {manifest['searcher']!r} is not an index directory inside it")
+        assets = assets_path.read_text(encoding="utf-8")
+        for asset in re.findall(r'asset_path:\s*"([^"]*)"', assets):
+            if not _inside((searcher_dir / asset).resolve(), searcher_dir):
+                raise ValueError(f"{assets_path}: asset {asset!r} lies outside the index directory")
+        searcher = scann_ops_pybind.ScannSearcher(scann_ops_pybind.scann_pybind.ScannNumpy(str(searcher_dir), assets))
         index = cls.__new__(cls)
-        index.doc_ids = np.asarray(doc_ids, dtype=object)
-        index.dimension = manifest["dimension"]
-        index.k = manifest["k"]
+        index.doc_ids = np.asarray([str(d) for d in doc_ids], dtype=object)
+        index.dimension = int(manifest["dimension"])
+        index.k = int(manifest["k"])
         index.settings = manifest["settings"]
         index.searcher = searcher
         if len(index.doc_ids) != manifest["size"]:
@@ -211,3 +235,11 @@ class ScannIndex:
 
         builder = scann.scann_ops.builder(np.asarray(embeddings, np.float32), self.k, "dot_product")
         return _configure(builder, self.settings).build()
+
+
+def _inside(path, directory):
+    """Whether `path` (resolved) is `directory` or lies under it."""
+    from pathlib import Path
+
+    path, directory = Path(path).resolve(), Path(directory).resolve()
+    return path == directory or directory in path.parents
