@@ -8,20 +8,17 @@ sentence-transformers files (`sentence_bert_config.json`, `modules.json`,
 
 from __future__ import annotations
 
-import collections
 import json
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras_hub
-import ml_dtypes
 import numpy as np
 from keras_hub.src.utils.transformers import convert_bert
 
 from samtone_tf.locations import models_dir
 from samtone_tf.text import WordPieceTokenizer
+from samtone_tf.torch_checkpoint import read_pytorch_state_dict
 
 DEFAULT_CHECKPOINT = "all-MiniLM-L6-v2"
 SUPPORTED_MODEL_TYPES = ("bert",)
@@ -144,87 +141,6 @@ def load_weights(path):
 
         return load_file(str(path))
     return read_pytorch_state_dict(path)
-
-
-# --- PyTorch checkpoints without PyTorch ---------------------------------------
-
-_STORAGE_DTYPES = {
-    "FloatStorage": np.float32,
-    "DoubleStorage": np.float64,
-    "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16,
-    "LongStorage": np.int64,
-    "IntStorage": np.int32,
-    "ShortStorage": np.int16,
-    "CharStorage": np.int8,
-    "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
-}
-
-
-def read_pytorch_state_dict(path):
-    """Reads a `torch.save` zip checkpoint (PyTorch >= 1.6) into NumPy arrays.
-
-    Only tensors, parameters and ordered dicts are rebuilt; any other class in the
-    pickle is refused, so loading runs no code from the file.
-    """
-    path = Path(path)
-    if not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"{path}: not a zip-format PyTorch checkpoint (saved by PyTorch < 1.6?); "
-            "convert it to model.safetensors"
-        )
-    with zipfile.ZipFile(path) as archive:
-        pickles = [name for name in archive.namelist() if name.endswith("data.pkl")]
-        if len(pickles) != 1:
-            raise ValueError(f"{path}: expected one data.pkl in the archive, found {len(pickles)}")
-        prefix = pickles[0][: -len("data.pkl")]
-        with archive.open(pickles[0]) as f:
-            state = _TorchFreeUnpickler(f, archive, prefix, path).load()
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: the checkpoint holds a {type(state).__name__}, not a state dict")
-    return {name: value for name, value in state.items() if isinstance(value, np.ndarray)}
-
-
-class _StorageType:
-    def __init__(self, name):
-        self.dtype = _STORAGE_DTYPES[name]
-
-
-def _rebuild_tensor(storage, offset, size, stride, *unused):
-    itemsize = storage.dtype.itemsize
-    view = np.lib.stride_tricks.as_strided(
-        storage[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
-    )
-    return np.array(view)
-
-
-def _rebuild_parameter(data, *unused):
-    return data
-
-
-class _TorchFreeUnpickler(pickle.Unpickler):
-    def __init__(self, file, archive, prefix, path):
-        super().__init__(file)
-        self._archive, self._prefix, self._path = archive, prefix, path
-
-    def find_class(self, module, name):
-        if module == "torch._utils" and name == "_rebuild_tensor_v2":
-            return _rebuild_tensor
-        if module == "torch._utils" and name == "_rebuild_parameter":
-            return _rebuild_parameter
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(name)
-        if module == "collections" and name == "OrderedDict":
-            return collections.OrderedDict
-        raise pickle.UnpicklingError(f"{self._path}: refusing to load {module}.{name}")
-
-    def persistent_load(self, pid):
-        kind, storage_type, key, _location, _numel = pid
-        if kind != "storage":
-            raise pickle.UnpicklingError(f"{self._path}: unknown persistent id {kind!r}")
-        data = self._archive.read(f"{self._prefix}data/{key}")
-        return np.frombuffer(data, dtype=storage_type.dtype)
 
 
 # --- helpers -------------------------------------------------------------------
