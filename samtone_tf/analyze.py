@@ -26,6 +26,7 @@ import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment)
 import numpy as np
 
 from samtone_tf.atomic import atomic_write_text
+from samtone_tf.cli import HelpFormatter, add_verbose, fail, non_negative_int, positive_int, quiet_native_logs
 
 
 def sample(data, max_queries, seed):
@@ -126,7 +127,7 @@ def _save_figure(figure, path):
 def analyze(model_path, dataset, out, split=None, max_queries=500, seed=0, data_dir=None, title=None):
     """Runs the analysis and writes tsne.png, top1_similarity.png and analysis.json to `out`."""
     from samtone_tf.data.datasets import load_evaluation
-    from samtone_tf.evaluate import load_encoder
+    from samtone_tf.models import load_encoder
 
     encoder = load_encoder(model_path)
     data = load_evaluation(dataset, split, data_dir)
@@ -146,25 +147,26 @@ def analyze(model_path, dataset, out, split=None, max_queries=500, seed=0, data_
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m samtone_tf.analyze", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, help="model_dir, .keras file or export directory")
     parser.add_argument("--dataset", required=True, help="e.g. wikiqa, beir:scifact, reqa:squad")
-    parser.add_argument("--split", default=None)
+    parser.add_argument("--split", default=None, help="default: the dataset's evaluation split")
     parser.add_argument("--out", default=None, help="default: <model>/analysis/<dataset>")
-    parser.add_argument("--max_queries", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--max_queries", type=positive_int, default=500, help="queries sampled")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="sampling and t-SNE seed")
+    parser.add_argument("--data_dir", default=None, help="default: $SAMTONE_DATA, then ../shared/data")
+    add_verbose(parser)
     parser.add_argument("--title", default=None, help="plot title (default: model and dataset names)")
     args = parser.parse_args(argv)
+    quiet_native_logs(args.verbose)
     model = Path(args.model)
     base = model.parent if model.suffix == ".keras" else model
     out = Path(args.out) if args.out else base / "analysis" / args.dataset.replace(":", "_").replace("/", "_")
     try:
         numbers = analyze(model, args.dataset, out, args.split, args.max_queries, args.seed, args.data_dir,
                           args.title)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError) as error:
+        return fail(error)
     for key, value in numbers.items():
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
     print(f"wrote {out / 'tsne.png'}, {out / 'top1_similarity.png'}, {out / 'analysis.json'}")

@@ -20,6 +20,7 @@ from pathlib import Path
 import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment before TensorFlow loads)
 
 from samtone_tf.atomic import atomic_write_text
+from samtone_tf.cli import HelpFormatter, add_verbose, fail, positive_int, quiet_native_logs
 from samtone_tf.data.datasets import load_evaluation
 from samtone_tf.index import ExactIndex, ScannIndex
 from samtone_tf.models import load_encoder
@@ -49,25 +50,27 @@ def evaluate(model_path, dataset, split=None, index="exact", k=100, batch_size=6
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m samtone_tf.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, help="model_dir, .keras file or export directory")
     parser.add_argument("--dataset", required=True, help="e.g. beir:scifact, reqa:squad, wikiqa (see "
                                                          "python -m samtone_tf.data --help)")
     parser.add_argument("--split", default=None, help="default: the dataset's evaluation split")
-    parser.add_argument("--index", default="exact", choices=("exact", "scann"))
-    parser.add_argument("--k", type=int, default=100, help="documents retrieved per query")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--data_dir", default=None)
-    parser.add_argument("--version", type=int, default=None, help="export version (default: newest)")
+    parser.add_argument("--index", default="exact", choices=("exact", "scann"), help="search")
+    parser.add_argument("--k", type=positive_int, default=100, help="documents retrieved per query")
+    parser.add_argument("--batch_size", type=positive_int, default=64, help="texts per encoding batch")
+    parser.add_argument("--data_dir", default=None, help="default: $SAMTONE_DATA, then ../shared/data")
+    parser.add_argument("--version", type=positive_int, default=None,
+                        help="export version (default: the one the export's manifest commits)")
+    add_verbose(parser)
     parser.add_argument("--out", default=None,
                         help="metrics JSON path (default: <model>/evaluation/<dataset>-<split>.json)")
     args = parser.parse_args(argv)
+    quiet_native_logs(args.verbose)
     try:
         result = evaluate(args.model, args.dataset, args.split, args.index, args.k, args.batch_size,
                           args.data_dir, args.version)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError) as error:
+        return fail(error)
     print(f"\n{result['dataset']} ({result['split']}): {result['queries']} queries, {result['documents']} "
           f"documents, {result['index']} search, model {result['model']}")
     for measure, value in result["metrics"].items():
@@ -76,7 +79,10 @@ def main(argv=None):
     base = model_path.parent if model_path.suffix == ".keras" else model_path
     out = Path(args.out) if args.out else (
         base / "evaluation" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.dataset)}-{result['split']}.json")
-    atomic_write_text(out, json.dumps(result, indent=1))
+    try:
+        atomic_write_text(out, json.dumps(result, indent=1))
+    except OSError as error:
+        return fail(f"cannot write {out}: {error}")
     print(f"wrote {out}")
     return 0
 

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment before TensorFlow loads)
 
+from samtone_tf.cli import HelpFormatter, add_verbose, fail, positive_int, quiet_native_logs
 from samtone_tf.serving import DEFAULT_SERVING_ROOT, check_export, export
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m samtone_tf.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--model_dir", help="a training model_dir (model.keras or checkpoints)")
     parser.add_argument("--out", help="the export directory")
     parser.add_argument("--check", metavar="EXPORT_DIR", default=None,
@@ -36,24 +37,15 @@ def build_parser():
                         help="a dataset whose corpus to index and serve (e.g. beir:scifact); default: none")
     parser.add_argument("--corpus_split", default=None, help="the split of --corpus (default: its test split)")
     parser.add_argument("--data_dir", default=None, help="default: $SAMTONE_DATA, then ../shared/data")
-    parser.add_argument("--version", type=_positive, default=None, help="default: one more than the newest")
-    parser.add_argument("--k", type=_positive, default=10, help="documents the retriever returns per query (default: 10)")
+    parser.add_argument("--version", type=positive_int, default=None, help="default: one more than the newest")
+    parser.add_argument("--k", type=positive_int, default=10, help="documents the retriever returns per query (default: 10)")
     parser.add_argument("--serving_root", default=DEFAULT_SERVING_ROOT,
                         help="where the export directory is mounted for TF Serving; models.config's base paths "
                              f"are under it (default: {DEFAULT_SERVING_ROOT}, the TF Serving container's)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version (default: off)")
-    parser.add_argument("--batch_size", type=_positive, default=64, help="corpus encoding batch (default: 64)")
+    parser.add_argument("--batch_size", type=positive_int, default=64, help="corpus encoding batch (default: 64)")
+    add_verbose(parser)
     return parser
-
-
-def _positive(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
-    return value
 
 
 def run_check(out):
@@ -68,6 +60,7 @@ def run_check(out):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_native_logs(args.verbose)
     if args.check is None and not (args.model_dir and args.out):
         parser.error("pass --model_dir and --out to export, or --check EXPORT_DIR")
     try:
@@ -86,8 +79,7 @@ def main(argv=None):
         manifest = export(model, args.out, args.version, corpus, args.k, args.overwrite, training_config,
                           last_evaluation(args.model_dir), args.batch_size, serving_root=args.serving_root)
     except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     print(f"exported version {manifest['version']} of {', '.join(manifest['models'])} to {args.out}")
     return 0
 

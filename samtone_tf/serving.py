@@ -374,15 +374,20 @@ def run_like_tf_serving(path, texts, signature="serving_default"):
     import tensorflow_text  # noqa: F401  (TF Serving links these ops)
 
     graph = tf.Graph()
-    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
-        meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(path))
-        if signature not in meta_graph.signature_def:
-            raise ValueError(f"{path}: no signature {signature!r} (has {sorted(meta_graph.signature_def)})")
-        spec = meta_graph.signature_def[signature]
-        if list(spec.inputs) != ["text"]:
-            raise ValueError(f"{path}: signature {signature!r} takes {sorted(spec.inputs)}, not 'text'")
-        names = sorted(spec.outputs)
-        values = session.run([spec.outputs[n].name for n in names], {spec.inputs["text"].name: list(texts)})
+    logger, level = tf.get_logger(), tf.get_logger().level
+    logger.setLevel("ERROR")  # the TF1 loader's deprecation notice: this is TF Serving's path on purpose
+    try:
+        with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+            meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(path))
+            if signature not in meta_graph.signature_def:
+                raise ValueError(f"{path}: no signature {signature!r} (has {sorted(meta_graph.signature_def)})")
+            spec = meta_graph.signature_def[signature]
+            if list(spec.inputs) != ["text"]:
+                raise ValueError(f"{path}: signature {signature!r} takes {sorted(spec.inputs)}, not 'text'")
+            names = sorted(spec.outputs)
+            values = session.run([spec.outputs[n].name for n in names], {spec.inputs["text"].name: list(texts)})
+    finally:
+        logger.setLevel(level)
     return dict(zip(names, values))
 
 
