@@ -34,7 +34,7 @@ from samtone_tf.cli import (HelpFormatter, add_verbose, fail, non_negative_float
 from samtone_tf.run_dir import (RunLock, RunLockedError, check_resumable, checkpoint_candidates, read_jsonl_records,
                                 restore_latest)
 from samtone_tf.data.datasets import load_evaluation, load_training_pairs
-from samtone_tf.data.pipeline import distributed_training_dataset
+from samtone_tf.data.pipeline import distributed_training_dataset, raise_input_error
 from samtone_tf.models import build_model
 from samtone_tf.serving import export
 from samtone_tf.losses import samtone_loss
@@ -241,7 +241,11 @@ def _train(config, strategy, chief, model_dir, log):
         step = start_step
         try:
             for step in range(start_step + 1, config["steps"] + 1):
-                loss = float(step_fn(next(iterator)).numpy())
+                try:
+                    loss = float(step_fn(next(iterator)).numpy())
+                except tf.errors.InvalidArgumentError as error:
+                    raise_input_error(error)  # a bad line of a streamed file: its own file:line error
+                    raise
                 window_steps += 1
                 progress.update(step, loss)
                 if not math.isfinite(loss):

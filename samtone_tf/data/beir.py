@@ -36,6 +36,8 @@ def read_corpus(path):
         if not (title.strip() or text.strip()):
             empty.append(doc_id)
         corpus[doc_id], lines[doc_id] = (title, text), number
+    if not corpus:
+        raise DataError(path, None, "no documents (the corpus is empty)")
     return corpus, empty
 
 
@@ -48,6 +50,8 @@ def read_queries(path):
         if query_id in queries:
             raise DataError(path, number, f"duplicate _id {query_id!r} (first on line {lines[query_id]})")
         queries[query_id], lines[query_id] = text, number
+    if not queries:
+        raise DataError(path, None, "no queries (the file is empty)")
     return queries
 
 
@@ -92,6 +96,8 @@ def read_beir(directory, split="test", name=None):
     for note in notes:
         warnings.warn(note, stacklevel=2)
     queries = {query_id: all_queries[query_id] for query_id in qrels}
+    if not queries:
+        raise DataError(qrels_path, None, "no judgement names a known query and document: nothing to evaluate")
     return RetrievalData(name or directory.name, split, corpus, queries, qrels, notes=notes)
 
 

@@ -34,11 +34,14 @@ def read_id_texts(path, keep=None):
         lines[item_id] = number
         if keep is None or item_id in keep:
             texts[item_id] = text
+    if not lines:
+        raise DataError(path, None, "no entries (the file is empty)")
     return texts
 
 
 def iter_qrels(path):
-    """Yields (qid, pid, grade) from a TREC qrels file."""
+    """Yields (qid, pid, grade) from a TREC qrels file; a pair judged twice is an error (as in BEIR)."""
+    seen = {}
     for number, text in read_lines(path):
         if not text.strip():
             continue
@@ -49,6 +52,10 @@ def iter_qrels(path):
             grade = int(fields[3])
         except ValueError:
             raise DataError(path, number, f"grade {fields[3]!r} is not an integer") from None
+        first = seen.setdefault((fields[0], fields[2]), number)
+        if first != number:
+            raise DataError(path, number, f"duplicate judgement of {fields[0]!r} / {fields[2]!r} (first on line "
+                                          f"{first})")
         yield fields[0], fields[2], grade
 
 

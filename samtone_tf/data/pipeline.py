@@ -79,9 +79,15 @@ def training_dataset(
     def rows():
         rng = np.random.default_rng([seed, pipeline, 7919])  # for sampling hard negatives
         batches = global_batches(pairs, global_batch, seed, unique_ids, shuffle_buffer, repeat)
-        for batch in itertools.islice(batches, skip_batches, None):
-            for pair in batch[start : start + local_rows]:
-                yield _row(pair, hard_negatives, rng)
+        try:
+            for batch in itertools.islice(batches, skip_batches, None):
+                for pair in batch[start : start + local_rows]:
+                    yield _row(pair, hard_negatives, rng)
+        except ValueError as error:
+            # tf.data reports a generator's exception as an InvalidArgumentError wrapping its
+            # traceback; keep the original (file, line, problem) for `raise_input_error`.
+            _INPUT_ERRORS.append(error)
+            raise
 
     signature = {key: tf.TensorSpec([], tf.string) for key in ("query", "document", "query_id", "document_id")}
     if hard_negatives:
@@ -89,6 +95,17 @@ def training_dataset(
         signature["hard_negative_ids"] = tf.TensorSpec([hard_negatives], tf.string)
     dataset = tf.data.Dataset.from_generator(rows, output_signature=signature)
     return dataset.batch(per_replica_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+_INPUT_ERRORS = []
+
+
+def raise_input_error(tf_error):
+    """Re-raises the bad-input error (e.g. a DataError naming file and line) that a training
+    dataset's generator raised, in place of the InvalidArgumentError tf.data wrapped it in;
+    returns when the TensorFlow error had another cause."""
+    if _INPUT_ERRORS:
+        raise _INPUT_ERRORS.pop() from None
 
 
 def distributed_training_dataset(strategy, pairs, global_batch, **options):

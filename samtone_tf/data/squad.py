@@ -40,12 +40,14 @@ def read_squad(path):
     line numbers once parsed), e.g. "data[3].paragraphs[0].qas[2]".
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(path, None, "is a directory; expected a SQuAD JSON file")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DataError(path, None, "file not found") from None
     try:
-        document = json.loads(raw.decode("utf-8"))
+        document = json.loads(raw.decode("utf-8").removeprefix("\ufeff"))
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1
         raise DataError(path, line, f"invalid UTF-8 at byte {error.start}") from None
@@ -79,6 +81,8 @@ def read_squad(path):
                         where_a = f"{where_q}.answers[{n}]"
                         start = _field(path, where_a, answer, "answer_start", int)
                         text = _field(path, where_a, answer, "text", str)
+                        if start < 0:
+                            raise DataError(path, None, f"{where_a}: negative answer_start {start}")
                         if context[start : start + len(text)] != text:
                             raise DataError(
                                 path, None,

@@ -9,10 +9,16 @@ from pathlib import Path
 
 from samtone_tf.data.errors import DataError
 
+# csv's default field limit (128 KiB) rejects long passages; a line is bounded by memory anyway.
+csv.field_size_limit(2**31 - 1)
+BOM = "\ufeff"
+
 
 def open_text(path):
     """Opens a text file as bytes (gzip if the name ends in .gz); lines are decoded one by one."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(path, None, "is a directory; expected a file")
     if not path.is_file():
         raise DataError(path, None, "file not found")
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
@@ -21,17 +27,24 @@ def open_text(path):
 def read_lines(path):
     """Yields (line_number, text) for every line, without its line ending.
 
-    Non-UTF-8 bytes are reported with the line and byte offset.
+    A UTF-8 byte order mark at the start of the file is accepted and dropped (every reader treats it
+    alike); non-UTF-8 bytes are reported with the line and byte offset.
     """
     with open_text(path) as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise DataError(
-                    path, number, f"invalid UTF-8 at byte {error.start} of the line ({raw[error.start:error.start + 4]!r})"
-                ) from None
-            yield number, text.rstrip("\r\n")
+        try:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise DataError(
+                        path, number,
+                        f"invalid UTF-8 at byte {error.start} of the line ({raw[error.start:error.start + 4]!r})",
+                    ) from None
+                if number == 1 and text.startswith(BOM):
+                    text = text[1:]
+                yield number, text.rstrip("\r\n")
+        except (OSError, EOFError) as error:  # a truncated or damaged .gz
+            raise DataError(path, None, f"cannot be read to the end ({type(error).__name__}: {error})") from None
 
 
 def read_jsonl(path):

@@ -14,7 +14,7 @@ REQUIRED_COLUMNS = ("QuestionID", "Question", "SentenceID", "Sentence", "Label")
 
 def read_wikiqa_rows(path):
     """Validated rows: (line, question_id, question, sentence_id, sentence, label)."""
-    questions, sentences = {}, {}
+    questions, sentences, labels = {}, {}, {}
     for number, row in read_tsv_with_header(path):
         missing = [c for c in REQUIRED_COLUMNS if c not in row]
         if missing:
@@ -33,6 +33,12 @@ def read_wikiqa_rows(path):
         if sentences.setdefault(sentence_id, (sentence, number))[0] != sentence:
             raise DataError(path, number, f"SentenceID {sentence_id!r} has another sentence on line "
                                           f"{sentences[sentence_id][1]}")
+        label, first = labels.setdefault((question_id, sentence_id), (row["Label"], number))
+        if label != row["Label"]:
+            raise DataError(path, number, f"QuestionID {question_id!r} and SentenceID {sentence_id!r} are labelled "
+                                          f"{row['Label']} here and {label} on line {first}")
+        if first != number:
+            continue  # the same row again: one judgement
         yield number, question_id, question, sentence_id, sentence, int(row["Label"])
 
 
