@@ -10,7 +10,6 @@ import socket
 import time
 from pathlib import Path
 
-import tensorflow as tf
 
 from samtone_tf.atomic import atomic_write_text
 
@@ -136,7 +135,7 @@ def restore_latest(checkpoint, directory, say=print):
         except AssertionError as error:
             raise ValueError(f"{path} does not match this model ({str(error).splitlines()[0][:300]}): it was "
                              "written with other settings. Use the same settings, or another --model_dir.") from None
-        except (tf.errors.OpError, ValueError, OSError) as error:
+        except Exception as error:  # noqa: BLE001  (TF reports damage as OpError, ValueError, IndexError...)
             problem = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
             say(f"warning: checkpoint {path} is damaged ({problem}); trying the previous one")
             damaged.append(path)

@@ -1,6 +1,5 @@
 """Local Hugging Face checkpoints into keras_hub backbones, offline and without PyTorch."""
 
-import io
 import json
 import pickle
 import subprocess
@@ -9,17 +8,14 @@ import zipfile
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from samtone_tf.pretrained import (
     dual_encoder_from_checkpoint,
     load_backbone,
-    load_tokenizer,
     read_checkpoint,
     read_pytorch_state_dict,
     resolve_checkpoint,
 )
-from samtone_tf.towers import EncoderTower
 from tests.conftest import FIXTURES, REPOSITORY_ROOT
 
 TINY_BERT = FIXTURES / "tiny-bert"

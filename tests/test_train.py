@@ -10,7 +10,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from samtone_tf.train import build_parser, negatives_per_query, resolve_config

@@ -1,0 +1,72 @@
+"""Every command validates its arguments and answers a user error with one line, never a traceback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from samtone_tf.towers import tiny_dual_encoder
+from tests.conftest import REPOSITORY_ROOT, TINY_VOCABULARY
+
+
+def run(*args):
+    as_a_user = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPOSITORY_ROOT, capture_output=True, text=True,
+                          timeout=300, env=as_a_user)
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--checkpoint_every", "0", "must be at least 1; got 0"),
+    ("--log_every", "0", "must be at least 1; got 0"),
+    ("--batch_size", "-4", "must be at least 1; got -4"),
+    ("--steps", "0", "must be at least 1; got 0"),
+    ("--max_train_pairs", "-3", "must be at least 0; got -3"),
+    ("--temperature", "0", "must be greater than 0.0; got 0.0"),
+    ("--learning_rate", "nan", "must be finite"),
+    ("--hard_negatives", "two", "not an integer: 'two'"),
+])
+def test_train_refuses_bad_values(tmp_path, flag, value, message):
+    result = run("samtone_tf.train", "--model", "tiny", "--model_dir", str(tmp_path / "run"), flag, value)
+    assert result.returncode == 2
+    assert f"argument {flag}: {message}" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (("samtone_tf.export", "--model_dir", "x", "--out", "y", "--version", "0"), "argument --version: must be at least 1"),
+    (("samtone_tf.export", "--model_dir", "x", "--out", "y", "--k", "-1"), "argument --k: must be at least 1"),
+    (("samtone_tf.export", "--out", "y"), "pass --model_dir and --out to export, or --check EXPORT_DIR"),
+    (("samtone_tf.evaluate", "--model", "x", "--dataset", "wikiqa", "--k", "0"), "argument --k: must be at least 1"),
+    (("samtone_tf.analyze", "--model", "x", "--dataset", "wikiqa", "--max_queries", "0"),
+     "argument --max_queries: must be at least 1"),
+])
+def test_other_commands_refuse_bad_values(args, message):
+    result = run(*args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_truncated_keras_file_is_named_as_damaged(tmp_path):
+    model = tiny_dual_encoder(TINY_VOCABULARY, "ade")
+    model.save(tmp_path / "model.keras")
+    data = (tmp_path / "model.keras").read_bytes()
+    (tmp_path / "model.keras").write_bytes(data[: len(data) // 2])
+    result = run("samtone_tf.evaluate", "--model", str(tmp_path / "model.keras"), "--dataset", "wikiqa")
+    assert result.returncode == 2
+    assert "model.keras: not a .keras archive (damaged or truncated" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unwritable_destinations_are_one_error_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    trained = run("samtone_tf.train", "--model", "tiny", "--model_dir", str(blocker / "run"), "--eval_datasets", "",
+                  "--steps", "1", "--batch_size", "4")
+    assert trained.returncode == 2 and trained.stderr.startswith("error: ") and "Traceback" not in trained.stderr
+    assert str(blocker) in trained.stderr
+    model = tiny_dual_encoder(TINY_VOCABULARY, "ade")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    model.save(model_dir / "model.keras")
+    exported = run("samtone_tf.export", "--model_dir", str(model_dir), "--out", str(blocker / "export"))
+    assert exported.returncode == 2 and exported.stderr.startswith("error: ") and "Traceback" not in exported.stderr

@@ -1,0 +1,66 @@
+"""One run per model_dir: a second run says who holds it and exits; a killed run's lock is stale."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from samtone_tf.run_dir import RunLock, RunLockedError
+from tests.conftest import REPOSITORY_ROOT
+
+
+def command(model_dir, *extra):
+    return [sys.executable, "-m", "samtone_tf.train", "--model", "tiny", "--model_dir", str(model_dir),
+            "--eval_datasets", "", "--batch_size", "8", "--no-export", *extra]
+
+
+def test_a_second_run_on_the_same_model_dir_refuses_while_the_first_runs(tmp_path):
+    model_dir = tmp_path / "run"
+    first = subprocess.Popen(command(model_dir, "--steps", "400", "--checkpoint_every", "50"), cwd=REPOSITORY_ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (model_dir / "metrics.jsonl").exists():
+            assert first.poll() is None, first.communicate()[1][-2000:]
+            time.sleep(0.05)
+        second = subprocess.run(command(model_dir, "--steps", "400", "--checkpoint_every", "50"),
+                                cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2
+        assert f"is in use by another run (pid {first.pid} on {socket.gethostname()}" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert first.poll() is None  # the first run was not disturbed
+    finally:
+        first.send_signal(signal.SIGINT)
+        out, err = first.communicate(timeout=300)
+    # SIGINT: where it stopped and how to resume, no traceback, exit 130; the lock is released.
+    assert first.returncode == 130, err[-2000:]
+    assert "Run the same command again to resume" in err and "Traceback" not in err
+    assert not (model_dir / ".lock").exists()
+
+
+def test_a_stale_lock_of_a_killed_run_is_taken_over(tmp_path):
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (model_dir / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "x"}))
+    result = subprocess.run(command(model_dir, "--steps", "2"), cwd=REPOSITORY_ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"removing a stale lock of a run that is no longer running: pid {dead.pid}" in result.stdout
+    assert not (model_dir / ".lock").exists()
+
+
+def test_the_lock_in_process(tmp_path):
+    with RunLock(tmp_path, say=lambda m: None):
+        with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
+            with RunLock(tmp_path, say=lambda m: None):
+                pass
+    (tmp_path / ".lock").write_text('{"pid": ')  # torn by a kill mid-write
+    with RunLock(tmp_path, say=lambda m: None) as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
