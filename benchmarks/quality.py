@@ -41,7 +41,7 @@ from samtone_tf.data.pipeline import distributed_training_dataset
 from samtone_tf.data.records import TrainingPair
 from samtone_tf.pretrained import dual_encoder_from_checkpoint
 from samtone_tf.retrieval import evaluate_encoder
-from samtone_tf.train import WarmupLinearDecay, make_optimizer, make_train_step
+from samtone_tf.training import WarmupLinearDecay, make_optimizer, make_train_step
 
 EVALUATION_SETS = [  # (label, dataset name, primary metric)
     ("SQuAD held-out", "reqa:squad2-dev-sample/dev-v2.0-sample.json", "P@1"),

@@ -36,7 +36,7 @@ from samtone_tf.data.datasets import load_evaluation, load_training_pairs
 from samtone_tf.index import ExactIndex, ScannIndex, scann_defaults
 from samtone_tf.locations import models_dir
 from samtone_tf.pretrained import dual_encoder_from_checkpoint
-from samtone_tf.train import WarmupLinearDecay, make_optimizer, make_train_step
+from samtone_tf.training import WarmupLinearDecay, make_optimizer, make_train_step
 
 REAL_CORPORA = ["wikiqa", "beir:scifact", "beir:cacm", "beir:cranfield", "beir:medline",
                 "reqa:squad2-dev-sample/dev-v2.0-sample.json", "beir:npl"]

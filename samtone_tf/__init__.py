@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 
-from samtone_tf.losses import SamToNeLoss, samtone_loss  # noqa: E402
-from samtone_tf.model_base import SamToNeLossMixin, SamToNeModel  # noqa: E402
+from samtone_tf.keras_loss import SamToNeLoss, SamToNeLossMixin, SamToNeModel  # noqa: E402
+from samtone_tf.losses import samtone_loss  # noqa: E402
 
 __all__ = ["SamToNeLoss", "SamToNeLossMixin", "SamToNeModel", "samtone_loss", "__version__"]

@@ -8,15 +8,10 @@ gradients equal the single-device loss over the concatenated batch.
 
 from __future__ import annotations
 
-import keras
 import tensorflow as tf
 
 SAME_TOWER_OPTIONS = ("none", "query", "document", "both")
 
-# Keys of `y_true` (ids) and `y_pred` (embeddings) understood by SamToNeLoss.
-QUERY_ID_KEYS = ("query_ids", "query_id")
-DOCUMENT_ID_KEYS = ("document_ids", "document_id")
-HARD_NEGATIVE_ID_KEYS = ("hard_negative_ids",)
 
 
 def samtone_loss(
@@ -71,7 +66,7 @@ def samtone_loss(
         document-side option without `bidirectional`, a non-positive
         temperature, or mismatched ranks, batch sizes or dimensions.
     """
-    _check_options(same_tower, bidirectional, temperature)
+    check_options(same_tower, bidirectional, temperature)
     query = _as_float32(query)
     document = _as_float32(document)
     if hard_negatives is not None:
@@ -109,7 +104,7 @@ def samtone_loss(
     if same_tower in ("query", "both"):
         query_query = _similarity(query, all_queries, distributed) / temperature
         columns.append(_drop(query_query, is_excluded | is_positive))
-    loss = tf.reduce_logsumexp(tf.concat(columns, axis=1), axis=1) - positive_logit
+    loss = samtone_objective(positive_logit, columns)
 
     if bidirectional:
         if distributed:
@@ -120,89 +115,36 @@ def samtone_loss(
         if same_tower in ("document", "both"):
             document_document = _similarity(document, all_documents, distributed) / temperature
             columns.append(_drop(document_document, is_excluded | is_positive))
-        loss += tf.reduce_logsumexp(tf.concat(columns, axis=1), axis=1) - positive_logit
+        loss += samtone_objective(positive_logit, columns)
     return loss
-
-
-@keras.saving.register_keras_serializable(package="samtone_tf")
-class SamToNeLoss(keras.losses.Loss):
-    """Keras loss wrapping `samtone_loss`.
-
-    `y_pred` is a dict with "query" [B, D], "document" [B, D], optionally
-    "hard_negatives" [B, H, D] and "temperature" (a scalar that overrides the
-    configured one, e.g. a model's learnable temperature). `y_true` is None or
-    a dict with "query_ids"/"query_id", "document_ids"/"document_id" [B] and
-    "hard_negative_ids" [B, H].
-
-    Keras 3's `compile()` hands a single loss each output of a dict separately;
-    SamToNe needs all of them at once, so compile it on a `samtone_tf.SamToNeModel`
-    (functional) or a model class mixing in `samtone_tf.SamToNeLossMixin` (as
-    `samtone_tf.towers.DualEncoder` does), which pass the whole output dict.
-    Under several replicas the reduction is over the GLOBAL batch, even when
-    replicas hold different numbers of rows: gradients summed across replicas
-    are those of the global "sum_over_batch_size" mean, and Keras reports it.
-    """
-
-    def __init__(
-        self,
-        temperature=0.05,
-        same_tower="query",
-        bidirectional=False,
-        reduction="sum_over_batch_size",
-        name="samtone_loss",
-        dtype=None,
-    ):
-        _check_options(same_tower, bidirectional, temperature)
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.temperature = float(temperature)
-        self.same_tower = same_tower
-        self.bidirectional = bool(bidirectional)
-
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        # Keras's Loss.__call__ casts y_true to float, which would break string ids.
-        with tf.name_scope(self.name):
-            losses = self.call(y_true, y_pred)
-            return _reduce(losses, sample_weight, self.reduction)
-
-    def call(self, y_true, y_pred):
-        if not isinstance(y_pred, dict) or "query" not in y_pred or "document" not in y_pred:
-            raise ValueError(
-                "SamToNeLoss: y_pred must be a dict with 'query' and 'document' "
-                f"embeddings (and optionally 'hard_negatives'); got {type(y_pred).__name__}"
-                + (f" with keys {sorted(y_pred)}" if isinstance(y_pred, dict) else "")
-            )
-        ids = y_true if isinstance(y_true, dict) else {}
-        if y_true is not None and not isinstance(y_true, dict):
-            raise ValueError(
-                "SamToNeLoss: y_true must be None or a dict of ids "
-                f"({QUERY_ID_KEYS[0]!r}, {DOCUMENT_ID_KEYS[0]!r}); got {type(y_true).__name__}"
-            )
-        return samtone_loss(
-            y_pred["query"],
-            y_pred["document"],
-            y_pred.get("hard_negatives"),
-            temperature=y_pred.get("temperature", self.temperature),
-            same_tower=self.same_tower,
-            bidirectional=self.bidirectional,
-            query_ids=_first_present(ids, QUERY_ID_KEYS),
-            document_ids=_first_present(ids, DOCUMENT_ID_KEYS),
-            hard_negative_ids=_first_present(ids, HARD_NEGATIVE_ID_KEYS),
-        )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            temperature=self.temperature,
-            same_tower=self.same_tower,
-            bidirectional=self.bidirectional,
-        )
-        return config
 
 
 # --- helpers -----------------------------------------------------------------
 
 
-def _check_options(same_tower, bidirectional, temperature):
+def samtone_objective(positive_logit, logit_blocks):
+    """The SamToNe objective of one direction, per row, over blocks of logits (similarity / temperature).
+
+    Moiseev et al., "SamToNe: Improving Contrastive Loss for Dual Encoder Retrieval Models with Same Tower
+    Negatives", ACL 2023 Findings (arXiv 2306.02516), Eq. 2, for query q_i and its positive document p_i:
+
+        L_i = -log  e^{s(q_i,p_i)/t} / ( sum_j e^{s(q_i,p_j)/t}  +  sum_{j != i} e^{s(q_i,q_j)/t} )
+                                         cross-tower block          same-tower block
+
+    (hard negatives add a block sum_k e^{s(q_i,h_k)/t}; the document-side direction swaps the roles of
+    q and p). Excluded entries of a block (the row itself in a same-tower block, rows sharing an id) are
+    -inf, so they add e^{-inf} = 0. The positive logit is one of the cross-tower block's entries.
+
+    Args:
+      positive_logit: float [B], s(q_i, p_i) / t.
+      logit_blocks: list of float [B, n_b] blocks whose concatenation is the denominator's terms.
+    Returns:
+      float [B]: logsumexp over all blocks minus the positive logit (= L_i).
+    """
+    return tf.reduce_logsumexp(tf.concat(logit_blocks, axis=1), axis=1) - positive_logit
+
+
+def check_options(same_tower, bidirectional, temperature):
     if same_tower not in SAME_TOWER_OPTIONS:
         raise ValueError(
             f"same_tower must be one of {SAME_TOWER_OPTIONS}; got {same_tower!r}"
@@ -361,43 +303,3 @@ def _self_similarity(x):
 def _drop(logits, mask):
     """Removes masked entries from a softmax by setting their logits to -inf."""
     return tf.where(mask, tf.constant(float("-inf"), logits.dtype), logits)
-
-
-def _first_present(mapping, keys):
-    for key in keys:
-        if key in mapping:
-            return mapping[key]
-    return None
-
-
-def _reduce(losses, sample_weight, reduction):
-    """Keras's loss reductions, exact across replicas holding different numbers of rows.
-
-    Under several replicas, the value each replica returns has the gradient of its share of the
-    GLOBAL reduction (local sum / global count: summed over replicas, the gradient of the global
-    mean), and the value global reduction / replicas, which is what Keras's loss tracker (replicas x
-    value, weighted by local rows) turns back into the global reduction whatever the local sizes.
-    """
-    if sample_weight is not None:
-        sample_weight = tf.cast(tf.reshape(sample_weight, [-1]), losses.dtype)
-        losses = losses * sample_weight
-    if reduction in (None, "none"):
-        return losses
-    local_sum = tf.reduce_sum(losses)
-    if reduction == "sum":
-        count = None
-    elif reduction == "mean_with_sample_weight" and sample_weight is not None:
-        count = tf.reduce_sum(sample_weight)
-    else:  # "sum_over_batch_size", "mean", or "mean_with_sample_weight" without weights
-        count = tf.cast(tf.size(losses), losses.dtype)
-    context = tf.distribute.get_replica_context()
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    if context is None or replicas == 1:
-        return local_sum if count is None else tf.math.divide_no_nan(local_sum, count)
-    total = context.all_reduce(tf.distribute.ReduceOp.SUM, local_sum)
-    if count is not None:
-        global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
-        local_share, total = tf.math.divide_no_nan(local_sum, global_count), tf.math.divide_no_nan(total, global_count)
-    else:
-        local_share = local_sum
-    return local_share + tf.stop_gradient(total / replicas - local_share)

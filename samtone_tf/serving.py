@@ -356,12 +356,12 @@ class ExportedEncoder:
         self._document = tf.saved_model.load(str(self.paths["document_encoder"])).signatures["serving_default"]
 
     def encode_queries(self, texts, batch_size=64, verbose=True):
-        from samtone_tf.towers import encode_in_batches
+        from samtone_tf.encoding import encode_in_batches
 
         return encode_in_batches(lambda t: self._query(text=t)["embedding"], texts, batch_size, verbose, "queries")
 
     def encode_documents(self, texts, batch_size=64, verbose=True):
-        from samtone_tf.towers import encode_in_batches
+        from samtone_tf.encoding import encode_in_batches
 
         return encode_in_batches(lambda t: self._document(text=t)["embedding"], texts, batch_size, verbose,
                                  "documents")

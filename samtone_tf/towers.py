@@ -14,14 +14,12 @@ what its architecture shares (Dong et al., EMNLP 2022):
 from __future__ import annotations
 
 import math
-import sys
-import weakref
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from samtone_tf.model_base import SamToNeLossMixin
+from samtone_tf.encoding import encode_texts
+from samtone_tf.keras_loss import SamToNeLossMixin
 from samtone_tf.text import WordPieceTokenizer
 
 ARCHITECTURES = ("sde", "ade", "ade_spl", "ade_ste", "ade_fte")
@@ -301,75 +299,6 @@ def share_token_embedding(backbone, source):
     ]
     target_layer._embeddings = source_layer._embeddings  # the tracker records it
     target_layer._tracker.lock()
-
-
-def encode_texts(tower, texts, batch_size=64, verbose=True, what="texts", jit_compile=False):
-    """Embeds a list of strings with a tower in batches -> np.ndarray [N, D].
-
-    With `jit_compile`, the network (not the tokenizer, whose ops XLA cannot
-    compile) runs under XLA, with sequence lengths rounded up to a multiple of 32
-    so that few shapes get compiled.
-    """
-    return encode_in_batches(_compiled_encoder(tower, jit_compile), texts, batch_size, verbose, what)
-
-
-def encode_in_batches(encode_batch, texts, batch_size=64, verbose=True, what="texts"):
-    """Applies `encode_batch` (tf.string [b] -> [b, D]) to `texts` in batches -> np.ndarray [N, D].
-
-    Texts are encoded longest first so that each batch pads little; the rows come
-    back in the input order.
-    """
-    texts = [str(t) for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    progress = keras.utils.Progbar(len(texts), unit_name=what, verbose=progress_verbosity(verbose))
-    out = None
-    for start in range(0, len(texts), batch_size):
-        rows = order[start : start + batch_size]
-        embeddings = np.asarray(encode_batch(tf.constant([texts[i] for i in rows])))
-        if out is None:
-            out = np.zeros((len(texts), embeddings.shape[1]), np.float32)
-        out[rows] = embeddings
-        progress.add(len(rows))
-    return out if out is not None else np.zeros((0, 0), np.float32)
-
-
-def progress_verbosity(verbose):
-    """Keras Progbar verbosity: a live bar on a terminal, one final line in logs, or silence."""
-    if not verbose:
-        return 0
-    return 1 if sys.stdout.isatty() else 2
-
-
-_INFERENCE_FUNCTIONS = weakref.WeakKeyDictionary()
-_LENGTH_BUCKET = 32
-
-
-def _compiled_encoder(tower, jit_compile=False):
-    """One traced inference function per tower and mode, kept outside the layer's tracked state."""
-    functions = _INFERENCE_FUNCTIONS.setdefault(tower, {})
-    if jit_compile not in functions:
-        if not jit_compile:
-            functions[False] = tf.function(
-                lambda texts: tower(texts, training=False),
-                input_signature=[tf.TensorSpec([None], tf.string)],
-            )
-        else:
-            tokenize = tf.function(tower.tokenizer, input_signature=[tf.TensorSpec([None], tf.string)])
-            network = tf.function(
-                lambda ids, mask: tower.encode_tokens(ids, mask, training=False), jit_compile=True
-            )
-            pad_id = tower.tokenizer.pad_id
-
-            def encode(texts):
-                tokens = tokenize(texts)
-                ids, mask = tokens["token_ids"], tokens["padding_mask"]
-                length = ids.shape[1]
-                padded = min(-(-length // _LENGTH_BUCKET) * _LENGTH_BUCKET, tower.tokenizer.max_length)
-                extra = [[0, 0], [0, max(padded - length, 0)]]
-                return network(tf.pad(ids, extra, constant_values=pad_id), tf.pad(mask, extra))
-
-            functions[True] = encode
-    return functions[jit_compile]
 
 
 def _freeze_unused_pooler(backbone):

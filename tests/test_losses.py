@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from samtone_tf.losses import SamToNeLoss, samtone_loss
+from samtone_tf.keras_loss import SamToNeLoss
+from samtone_tf.losses import samtone_loss
 from tests.reference_loss import finite_difference_gradient, reference_samtone
 
 BATCH, HARD, DIM, TAU = 6, 2, 5, 0.1

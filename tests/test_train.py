@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,8 +157,13 @@ def test_resuming_with_other_settings_is_a_clear_error(tmp_path):
 
 def test_data_and_checkpoints_are_found_after_a_non_editable_install(tmp_path):
     target = tmp_path / "site"
+    source = tmp_path / "source"  # a copy: the build must leave nothing in the checkout
+    source.mkdir()
+    for name in ("samtone_tf", "setup.cfg", "pyproject.toml", "README.md"):
+        copy = shutil.copytree if (REPOSITORY_ROOT / name).is_dir() else shutil.copy
+        copy(REPOSITORY_ROOT / name, source / name)
     installed = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                                "--target", str(target), str(REPOSITORY_ROOT)],
+                                "--target", str(target), str(source)],
                                capture_output=True, text=True, timeout=600)
     assert installed.returncode == 0, installed.stderr[-3000:]
     assert (target / "samtone_tf" / "locations.py").is_file()
