@@ -41,7 +41,7 @@ from samtone_tf.data.pipeline import distributed_training_dataset
 from samtone_tf.data.records import TrainingPair
 from samtone_tf.pretrained import dual_encoder_from_checkpoint
 from samtone_tf.retrieval import evaluate_encoder
-from samtone_tf.training import WarmupLinearDecay, make_optimizer, make_train_step
+from samtone_tf.training import TrainConfig, compile_for_training, make_train_step
 
 EVALUATION_SETS = [  # (label, dataset name, primary metric)
     ("SQuAD held-out", "reqa:squad2-dev-sample/dev-v2.0-sample.json", "P@1"),
@@ -87,16 +87,17 @@ def train_one(pairs, architecture, loss, seed, args):
                                          query_max_length=args.query_max_length,
                                          document_max_length=args.document_max_length,
                                          temperature=args.temperature)
-    config = dict(batch_size=args.batch_size, same_tower=same_tower, bidirectional=bidirectional,
-                  optimizer="adamw", weight_decay=0.01)
-    schedule = WarmupLinearDecay(args.learning_rate, max(1, args.steps // 10), args.steps)
-    optimizer = make_optimizer(config, schedule)
+    config = TrainConfig(batch_size=args.batch_size, same_tower=same_tower, bidirectional=bidirectional,
+                         optimizer="adamw", weight_decay=0.01, learning_rate=args.learning_rate, steps=args.steps,
+                         temperature=args.temperature)
+    compile_for_training(model, config)
     strategy = tf.distribute.get_strategy()
-    step = make_train_step(strategy, model, optimizer, config)
-    dataset = distributed_training_dataset(strategy, pairs, args.batch_size, seed=seed, unique_ids=True)
+    step = make_train_step(strategy, model)
+    dataset = distributed_training_dataset(strategy, pairs, args.batch_size, seed=seed, unique_ids=True,
+                                           tokenize=model.tokenize_inputs)
     losses = []
     for batch, _ in zip(dataset, range(args.steps)):
-        losses.append(float(step(batch)))
+        losses.append(step(batch))
     return model, losses
 
 

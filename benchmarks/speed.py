@@ -36,7 +36,7 @@ from samtone_tf.data.datasets import load_evaluation, load_training_pairs
 from samtone_tf.index import ExactIndex, ScannIndex, scann_defaults
 from samtone_tf.locations import models_dir
 from samtone_tf.pretrained import dual_encoder_from_checkpoint
-from samtone_tf.training import WarmupLinearDecay, make_optimizer, make_train_step
+from samtone_tf.training import TrainConfig, compile_for_training, make_train_step
 
 REAL_CORPORA = ["wikiqa", "beir:scifact", "beir:cacm", "beir:cranfield", "beir:medline",
                 "reqa:squad2-dev-sample/dev-v2.0-sample.json", "beir:npl"]
@@ -54,16 +54,17 @@ def training_throughput(args, results):
 
     model = dual_encoder_from_checkpoint(checkpoint, architecture="sde", query_max_length=args.seq_len,
                                          document_max_length=args.seq_len, temperature=args.temperature)
-    config = dict(batch_size=args.batch_size, same_tower="query", bidirectional=False, optimizer="adamw",
-                  weight_decay=0.01)
-    optimizer = make_optimizer(config, WarmupLinearDecay(2e-5, 1, 10_000))
-    step = make_train_step(tf.distribute.get_strategy(), model, optimizer, config)
+    config = TrainConfig(batch_size=args.batch_size, same_tower="query", bidirectional=False, optimizer="adamw",
+                         weight_decay=0.01, learning_rate=2e-5, warmup_steps=1, steps=10_000,
+                         temperature=args.temperature)
+    compile_for_training(model, config)
+    step = make_train_step(tf.distribute.get_strategy(), model)
 
     def ours(batch):
         tensors = {key: tf.constant([getattr(p, attr) for p in batch]) for key, attr in
                    (("query", "query"), ("document", "document"), ("query_id", "query_id"),
                     ("document_id", "document_id"))}
-        float(step(tensors))
+        step(tensors)
 
     peer = SentenceTransformer(checkpoint, device="cpu")
     peer.max_seq_length = args.seq_len

@@ -12,22 +12,25 @@ import tensorflow as tf
 
 from samtone_tf.pretrained import dual_encoder_from_checkpoint, read_checkpoint
 from samtone_tf.towers import DualEncoder, tiny_dual_encoder
+from samtone_tf.training import TrainConfig
 
 
 def build_model(config):
-    """The DualEncoder a training configuration (dict) asks for, freshly initialised."""
+    """The DualEncoder a `TrainConfig` (or its dict, e.g. a run's config.json) asks for, freshly initialised."""
+    if isinstance(config, dict):
+        config = TrainConfig.from_dict(config)
     options = dict(
-        architecture=config["architecture"], projection_dim=config["projection_dim"],
-        query_max_length=config["query_max_length"], document_max_length=config["document_max_length"],
-        learnable_temperature=config["learnable_temperature"], temperature=config["temperature"],
+        architecture=config.architecture, projection_dim=config.projection_dim,
+        query_max_length=config.query_max_length, document_max_length=config.document_max_length,
+        learnable_temperature=config.learnable_temperature, temperature=config.temperature,
     )
-    if config.get("pooling"):
-        options["pooling"] = config["pooling"]
-    name = config["model"]
+    if config.pooling:
+        options["pooling"] = config.pooling
+    name = config.model
     if name == "tiny" or name.startswith("config:"):
-        vocabulary = config.get("vocabulary") or str(read_checkpoint(None, config.get("models_dir")).vocabulary_path)
+        vocabulary = config.vocabulary or str(read_checkpoint(None, config.models_dir).vocabulary_path)
         if name == "tiny":
-            return tiny_dual_encoder(vocabulary, seed=config["seed"], **options)
+            return tiny_dual_encoder(vocabulary, seed=config.seed, **options)
         import keras_hub
 
         spec = name[len("config:"):]
@@ -40,8 +43,8 @@ def build_model(config):
         backbone = keras_hub.models.Backbone.from_preset(preset)
         vocabulary = keras_hub.models.BertTokenizer.from_preset(preset).vocabulary
         return DualEncoder(backbone, vocabulary, **options)
-    return dual_encoder_from_checkpoint(name, models_directory=config.get("models_dir"),
-                                        num_layers=config.get("num_layers"), **options)
+    return dual_encoder_from_checkpoint(name, models_directory=config.models_dir,
+                                        num_layers=config.num_layers, **options)
 
 
 def load_keras_file(path):

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import keras_hub
 import numpy as np
-from keras_hub.src.utils.transformers import convert_bert
 
 from samtone_tf.locations import models_dir
 from samtone_tf.text import WordPieceTokenizer
@@ -70,9 +69,12 @@ def read_checkpoint(name_or_path=None, models_directory=None):
                 "intermediate_size", "max_position_embeddings"):
         if key not in config:
             raise ValueError(f"{path / 'config.json'}: missing {key!r}")
-    backbone_config = convert_bert.convert_backbone_config(config)
-    backbone_config["num_segments"] = config.get("type_vocab_size", 2)
-    backbone_config["dropout"] = config.get("hidden_dropout_prob", 0.1)
+    backbone_config = {  # keras_hub.models.BertBackbone's arguments, as its Hugging Face converter maps them
+        "vocabulary_size": config["vocab_size"], "num_layers": config["num_hidden_layers"],
+        "num_heads": config["num_attention_heads"], "hidden_dim": config["hidden_size"],
+        "intermediate_dim": config["intermediate_size"], "max_sequence_length": config["max_position_embeddings"],
+        "num_segments": config.get("type_vocab_size", 2), "dropout": config.get("hidden_dropout_prob", 0.1),
+    }
 
     vocabulary_path = path / "vocab.txt"
     if not vocabulary_path.is_file():
@@ -103,24 +105,37 @@ def read_checkpoint(name_or_path=None, models_directory=None):
 
 
 def load_backbone(checkpoint, dropout=None, num_layers=None):
-    """A keras_hub BertBackbone holding the checkpoint's weights.
+    """A keras_hub BertBackbone holding the checkpoint's weights, loaded by keras_hub's own Hugging Face
+    converter (`BertBackbone.from_preset` on the directory).
 
-    `num_layers` keeps only the first layers of the checkpoint (a smaller, faster
-    encoder that still starts from pretrained weights).
+    `num_layers` keeps only the first layers of the checkpoint (a smaller, faster encoder that still starts
+    from pretrained weights); `dropout` overrides the checkpoint's rate. A `pytorch_model.bin` (which
+    keras_hub reads only through PyTorch) is read without PyTorch and handed over as safetensors.
     """
-    config = dict(checkpoint.backbone_config)
+    overrides = {}
     if dropout is not None:
-        config["dropout"] = dropout
+        overrides["dropout"] = dropout
     if num_layers is not None:
-        if not 1 <= num_layers <= config["num_layers"]:
-            raise ValueError(f"num_layers must be between 1 and {config['num_layers']}; got {num_layers}")
-        config["num_layers"] = num_layers
-    backbone = keras_hub.models.BertBackbone(**config)
-    weights = load_weights(checkpoint.weights_path)
-    # The pooler is unused by sentence encoders and absent from some checkpoints.
-    loader = _DictLoader(weights, optional=("pooler.",))
-    convert_bert.convert_weights(backbone, loader, config)
-    return backbone
+        total = checkpoint.backbone_config["num_layers"]
+        if not 1 <= num_layers <= total:
+            raise ValueError(f"num_layers must be between 1 and {total}; got {num_layers}")
+        overrides["num_layers"] = num_layers
+    try:
+        if checkpoint.weights_path.suffix == ".safetensors":
+            return keras_hub.models.BertBackbone.from_preset(str(checkpoint.path), **overrides)
+        import shutil
+        import tempfile
+
+        from safetensors.numpy import save_file
+
+        weights = {name: np.ascontiguousarray(value) for name, value in load_weights(checkpoint.weights_path).items()}
+        with tempfile.TemporaryDirectory(prefix="samtone_checkpoint_") as directory:
+            shutil.copy(checkpoint.path / "config.json", Path(directory) / "config.json")
+            save_file(weights, str(Path(directory) / "model.safetensors"))
+            return keras_hub.models.BertBackbone.from_preset(directory, **overrides)
+    except (ValueError, KeyError) as error:
+        problem = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{checkpoint.weights_path}: the weights do not fit its config.json ({problem})") from None
 
 
 def load_tokenizer(checkpoint, max_length=None, pad_to_max_length=False):
@@ -144,43 +159,6 @@ def load_weights(path):
 
 
 # --- helpers -------------------------------------------------------------------
-
-
-class _DictLoader:
-    """The loader interface keras_hub's converters use, over a {name: array} dict.
-
-    Hugging Face names may carry a model prefix ("bert."); names are matched
-    exactly first, then by suffix.
-    """
-
-    def __init__(self, weights, optional=()):
-        self.weights = weights
-        self.optional = optional
-
-    def get_tensor(self, key):
-        if key in self.weights:
-            return self.weights[key]
-        matches = [name for name in self.weights if name.endswith("." + key)]
-        if len(matches) == 1:
-            return self.weights[matches[0]]
-        raise KeyError(f"checkpoint has no weight {key!r}" + (f" (ambiguous: {matches})" if matches else ""))
-
-    def port_weight(self, keras_variable, hf_weight_key, hook_fn=None):
-        try:
-            value = self.get_tensor(hf_weight_key)
-        except KeyError:
-            if hf_weight_key.startswith(self.optional):
-                return
-            raise
-        value = np.asarray(value, dtype=np.float32)
-        if hook_fn:
-            value = hook_fn(value, list(keras_variable.shape))
-        if tuple(value.shape) != tuple(keras_variable.shape):
-            raise ValueError(
-                f"weight {hf_weight_key!r} has shape {value.shape}, the model expects "
-                f"{tuple(keras_variable.shape)}"
-            )
-        keras_variable.assign(value)
 
 
 def _weights_file(path):

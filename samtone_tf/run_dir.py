@@ -101,8 +101,9 @@ def check_resumable(model_dir, config):
         recorded = json.loads(path.read_text())
     except ValueError:
         return  # a torn config.json is rewritten; the checkpoint restore check still guards the weights
-    differences = [f"--{key} {recorded.get(key)!r} in the checkpoint, {config.get(key)!r} now"
-                   for key in BINDING_SETTINGS if key in recorded and recorded.get(key) != config.get(key)]
+    now = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    differences = [f"--{key} {recorded.get(key)!r} in the checkpoint, {now.get(key)!r} now"
+                   for key in BINDING_SETTINGS if key in recorded and recorded.get(key) != now.get(key)]
     if differences:
         raise ValueError(f"{model_dir} holds checkpoints of a run with other settings: " + "; ".join(differences)
                          + ". Run with the same settings to resume, or use another --model_dir.")

@@ -227,11 +227,19 @@ class DualEncoder(SamToNeLossMixin, keras.Model):
         )
 
     def call(self, inputs, training=None):
+        """Raw strings ("query", "document", "hard_negatives") or the integer inputs of `tokenize_inputs`
+        ("query_token_ids", "query_padding_mask", ...): the same embeddings either way."""
         outputs = {
-            "query": self.query_tower(inputs["query"], training=training),
-            "document": self.document_tower(inputs["document"], training=training),
+            "query": self._encode_side(self.query_tower, inputs, "query", training),
+            "document": self._encode_side(self.document_tower, inputs, "document", training),
         }
-        if inputs.get("hard_negatives") is not None:
+        if inputs.get("hard_negatives_token_ids") is not None:
+            ids, mask = inputs["hard_negatives_token_ids"], inputs["hard_negatives_padding_mask"]
+            batch, count, length = tf.shape(ids)[0], tf.shape(ids)[1], tf.shape(ids)[2]
+            flat = self.document_tower.encode_tokens(tf.reshape(ids, [-1, length]), tf.reshape(mask, [-1, length]),
+                                                     training=training)
+            outputs["hard_negatives"] = tf.reshape(flat, [batch, count, flat.shape[-1]])
+        elif inputs.get("hard_negatives") is not None:
             negatives = tf.convert_to_tensor(inputs["hard_negatives"], tf.string)
             batch, count = tf.shape(negatives)[0], tf.shape(negatives)[1]
             flat = self.document_tower(tf.reshape(negatives, [-1]), training=training)
@@ -239,6 +247,32 @@ class DualEncoder(SamToNeLossMixin, keras.Model):
         if self.learnable_temperature:
             outputs["temperature"] = self.current_temperature()
         return outputs
+
+    @staticmethod
+    def _encode_side(tower, inputs, key, training):
+        if f"{key}_token_ids" in inputs:
+            return tower.encode_tokens(inputs[f"{key}_token_ids"], inputs[f"{key}_padding_mask"], training=training)
+        return tower(inputs[key], training=training)
+
+    def tokenize_inputs(self, inputs, length_bucket=32):
+        """String inputs {"query": [B], "document": [B], "hard_negatives": [B, H] (optional)} -> integer inputs
+        {"query_token_ids": int32 [B, Lq], "query_padding_mask": bool [B, Lq], "document_...": [B, Ld],
+        "hard_negatives_...": [B, H, Ld]}, each length rounded up to a multiple of `length_bucket` (at most the
+        side's max length) so that a compiled step sees few shapes. For a `tf.data` map on the host: the
+        replica step then runs on integer tensors only (TPUs take no strings; GPUs get no string copies)."""
+        result = {}
+        for key, tower in (("query", self.query_tower), ("document", self.document_tower)):
+            tokens = _bucketed(tower.tokenizer(inputs[key]), tower.tokenizer, length_bucket)
+            result[f"{key}_token_ids"], result[f"{key}_padding_mask"] = tokens
+        if inputs.get("hard_negatives") is not None:
+            negatives = tf.convert_to_tensor(inputs["hard_negatives"], tf.string)
+            batch, count = tf.shape(negatives)[0], tf.shape(negatives)[1]
+            ids, mask = _bucketed(self.document_tower.tokenizer(tf.reshape(negatives, [-1])),
+                                  self.document_tower.tokenizer, length_bucket)
+            length = tf.shape(ids)[1]
+            result["hard_negatives_token_ids"] = tf.reshape(ids, [batch, count, length])
+            result["hard_negatives_padding_mask"] = tf.reshape(mask, [batch, count, length])
+        return result
 
     # -- inference --------------------------------------------------------------
 
@@ -274,6 +308,15 @@ class DualEncoder(SamToNeLossMixin, keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _bucketed(tokens, tokenizer, bucket):
+    """(token_ids, padding_mask) padded to the next multiple of `bucket`, at most the tokenizer's max length."""
+    ids, mask = tokens["token_ids"], tokens["padding_mask"]
+    length = tf.shape(ids)[1]
+    target = tf.minimum((length + bucket - 1) // bucket * bucket, tokenizer.max_length)
+    extra = [[0, 0], [0, tf.maximum(target - length, 0)]]
+    return tf.pad(ids, extra, constant_values=tokenizer.pad_id), tf.pad(mask, extra, constant_values=False)
 
 
 def clone_backbone(backbone):
@@ -320,7 +363,7 @@ def _input_names(backbone):
 TINY_BACKBONE = dict(num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64, max_sequence_length=128)
 
 
-def tiny_dual_encoder(vocabulary, architecture="ade", seed=0, **options):
+def tiny_dual_encoder(vocabulary, architecture="ade", seed=0, dropout=0.1, **options):
     """A randomly initialised 2-layer, 32-wide BERT dual encoder, for tests and smoke runs.
 
     `vocabulary` is a vocabulary file path or token list; other options go to DualEncoder.
@@ -333,7 +376,7 @@ def tiny_dual_encoder(vocabulary, architecture="ade", seed=0, **options):
         vocabulary, "__fspath__"
     ) else list(vocabulary)
     keras.utils.set_random_seed(seed)
-    backbone = keras_hub.models.BertBackbone(vocabulary_size=len(tokens), **TINY_BACKBONE)
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=len(tokens), dropout=dropout, **TINY_BACKBONE)
     options.setdefault("query_max_length", 32)
     options.setdefault("document_max_length", 64)
     return DualEncoder(backbone, vocabulary, architecture=architecture, **options)

@@ -14,38 +14,15 @@ resumes from the last one), logs/ (TensorBoard), metrics.jsonl, model.keras
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
-import shutil
 import sys
-import tempfile
-import time
-from pathlib import Path
 
 import samtone_tf  # noqa: I001  (first: it sets TensorFlow's environment before TensorFlow loads)
-import keras
-import tensorflow as tf
 
-from samtone_tf import distributed
-from samtone_tf.atomic import atomic_write_text
 from samtone_tf.cli import (HelpFormatter, add_verbose, fail, non_negative_float, non_negative_int, positive_float,
                             positive_int, quiet_native_logs)
-from samtone_tf.run_dir import (RunLock, RunLockedError, check_resumable, checkpoint_candidates, read_jsonl_records,
-                                restore_latest)
-from samtone_tf.data.datasets import load_evaluation, load_training_pairs
-from samtone_tf.data.pipeline import distributed_training_dataset, raise_input_error
-from samtone_tf.models import build_model
-from samtone_tf.serving import export
-from samtone_tf.training import WarmupLinearDecay, all_finite, make_optimizer, make_train_step
-from samtone_tf.retrieval import evaluate_encoder
-
-DEFAULT_EVALUATION = ("reqa:squad2-dev-sample/dev-v2.0-sample.json", "wikiqa")
-EVALUATION_LABELS = {
-    "reqa:squad2-dev-sample/dev-v2.0-sample.json": "SQuAD held-out articles (5, ReQA)",
-    "wikiqa": "WikiQA test",
-}
-REPORTED = ("P@1", "MRR@10")
+from samtone_tf.run_dir import RunLockedError
+from samtone_tf.training import TrainConfig
+from samtone_tf.training_run import DEFAULT_EVALUATION, negatives_per_query, run_training  # noqa: F401
 
 
 def build_parser():
@@ -127,306 +104,26 @@ def build_parser():
 
 
 def resolve_config(args):
-    config = dict(vars(args))
-    config.pop("verbose", None)
-    if config["warmup_steps"] is None:
-        config["warmup_steps"] = max(1, config["steps"] // 10)
-    if config["max_train_pairs"] is None:
-        config["max_train_pairs"] = config["steps"] * config["batch_size"]
-    elif config["max_train_pairs"] == 0:
-        config["max_train_pairs"] = None
-    config["eval_datasets"] = [name for name in config["eval_datasets"].split(",") if name]
-    config["samtone_tf_version"] = samtone_tf.__version__
-    return config
-
-
-def negatives_per_query(config):
-    batch = config["batch_size"]
-    documents = batch - 1
-    queries = batch - 1 if config["same_tower"] in ("query", "both") else 0
-    hard = batch * config["hard_negatives"]
-    return documents, queries, hard
+    """The parsed options as a validated TrainConfig (defaults resolved)."""
+    values = dict(vars(args))
+    values.pop("verbose", None)
+    if values["max_train_pairs"] is None:
+        values["max_train_pairs"] = values["steps"] * values["batch_size"]
+    elif values["max_train_pairs"] == 0:
+        values["max_train_pairs"] = None
+    values["samtone_tf_version"] = samtone_tf.__version__
+    return TrainConfig.from_dict(values)
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     quiet_native_logs(args.verbose)
-    config = resolve_config(args)
     try:
-        return train(config)
+        return run_training(resolve_config(args))
     except (ValueError, OSError, RunLockedError) as error:
         return fail(error)
     except KeyboardInterrupt:
         return fail("interrupted; run the same command again to resume from the last checkpoint", 130)
-
-
-def train(config):
-    """Runs (or resumes) the training run `config` describes. -> exit code."""
-    # First: splitting the CPU into replicas must precede any use of a device.
-    strategy = distributed.make_strategy(config["strategy"], config["cpu_replicas"], config["tpu"])
-    replicas = strategy.num_replicas_in_sync
-    if config["batch_size"] % replicas:
-        raise ValueError(f"--batch_size {config['batch_size']} is not divisible by {replicas} replicas")
-    chief = distributed.is_chief(strategy)
-    model_dir = Path(config["model_dir"])
-    log = _Printer(chief)
-    if not chief:
-        return _train(config, strategy, chief, model_dir, log)
-    # One run per model_dir: a second one would interleave its logs and checkpoints with ours.
-    with RunLock(model_dir, say=log):
-        return _train(config, strategy, chief, model_dir, log)
-
-
-def _train(config, strategy, chief, model_dir, log):
-    replicas = strategy.num_replicas_in_sync
-    keras.utils.set_random_seed(config["seed"])
-
-    documents, queries, hard = negatives_per_query(config)
-    log(f"strategy {config['strategy']}: {replicas} replica(s); global batch {config['batch_size']} = "
-        f"{replicas} x {config['batch_size'] // replicas}; each query sees {documents + queries + hard} negatives "
-        f"({documents} documents + {queries} other queries + {hard} hard negatives)")
-
-    pairs = load_training_pairs(config["dataset"], config["train_split"], config["data_dir"],
-                                max_pairs=config["max_train_pairs"])
-    log(f"training data {config['dataset']} ({config['train_split']}): "
-        f"{len(pairs) if hasattr(pairs, '__len__') else 'streamed'} pairs")
-    evaluation_sets = []
-    if chief:
-        for spec in config["eval_datasets"]:
-            name, _, split = spec.partition("@")
-            evaluation_sets.append((spec, load_evaluation(name, split or None, config["data_dir"])))
-
-    with strategy.scope():
-        model = build_model(config)
-        schedule = WarmupLinearDecay(config["learning_rate"], config["warmup_steps"], config["steps"])
-        optimizer = make_optimizer(config, schedule)
-        optimizer.build(model.trainable_variables)
-
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    manager = tf.train.CheckpointManager(checkpoint, _checkpoint_dir(model_dir, chief, distributed.task()),
-                                         max_to_keep=3)
-    # Every worker resumes from the chief's checkpoints, so all start at the same step.
-    if checkpoint_candidates(model_dir / "checkpoints"):
-        check_resumable(model_dir, config)
-    restored = restore_latest(checkpoint, model_dir / "checkpoints", say=lambda m: log(m, error=True))
-    start_step = int(optimizer.iterations.numpy())
-    if chief:
-        model_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(model_dir / "config.json", json.dumps(config, indent=1, sort_keys=True))
-        _forget_records_after(model_dir / "metrics.jsonl", start_step, say=lambda m: log(m, error=True))
-    if restored:
-        log(f"resumed from {restored} at step {start_step}")
-
-    writer = tf.summary.create_file_writer(str(model_dir / "logs")) if chief else tf.summary.create_noop_writer()
-    metrics_log = model_dir / "metrics.jsonl"
-
-    before = {}
-    if chief and evaluation_sets:
-        if start_step == 0:
-            before = evaluate_all(model, evaluation_sets, config, log)
-            _append_jsonl(metrics_log, {"step": 0, "phase": "before", "evaluation": before})
-            _summaries(writer, 0, before)
-        else:
-            before = _first_evaluation(metrics_log)
-
-    if start_step < config["steps"]:
-        dataset = distributed_training_dataset(
-            strategy, pairs, config["batch_size"], seed=config["seed"], hard_negatives=config["hard_negatives"],
-            unique_ids=config["unique_ids"], skip_batches=start_step,
-        )
-        step_fn = make_train_step(strategy, model, optimizer, config)
-        iterator = iter(dataset)
-        window_start, window_steps = time.perf_counter(), 0
-        progress = _Progress(start_step, config["steps"], enabled=chief and sys.stdout.isatty())
-        step = start_step
-        try:
-            for step in range(start_step + 1, config["steps"] + 1):
-                try:
-                    loss = float(step_fn(next(iterator)).numpy())
-                except tf.errors.InvalidArgumentError as error:
-                    raise_input_error(error)  # a bad line of a streamed file: its own file:line error
-                    raise
-                window_steps += 1
-                progress.update(step, loss)
-                if not math.isfinite(loss):
-                    latest = manager.latest_checkpoint
-                    log(f"error: the loss became {loss} at step {step}; training stopped. The last good checkpoint "
-                        f"is {latest or 'none (no checkpoint was written yet)'} and is kept. Try a lower "
-                        f"--learning_rate or a higher --temperature.", error=True)
-                    return 3
-                if step % config["log_every"] == 0 or step == config["steps"]:
-                    elapsed = time.perf_counter() - window_start
-                    record = {
-                        "step": step, "loss": loss,
-                        "learning_rate": float(schedule(step - 1)),
-                        "temperature": float(model.current_temperature()),
-                        "steps_per_second": window_steps / elapsed,
-                        "examples_per_second": window_steps * config["batch_size"] / elapsed,
-                    }
-                    progress.clear()
-                    log(f"step {step}/{config['steps']}  loss {loss:.4f}  lr {record['learning_rate']:.2e}  "
-                        f"temperature {record['temperature']:.4f}  {record['steps_per_second']:.2f} steps/s  "
-                        f"{record['examples_per_second']:.1f} examples/s  ETA {progress.eta(step)}")
-                    if chief:
-                        _append_jsonl(metrics_log, record)
-                    with writer.as_default(step=step):
-                        for key in ("loss", "learning_rate", "temperature", "steps_per_second", "examples_per_second"):
-                            tf.summary.scalar(f"train/{key}", record[key])
-                    window_start, window_steps = time.perf_counter(), 0
-                if step % config["checkpoint_every"] == 0 or step == config["steps"]:
-                    if not all_finite(model):
-                        log(f"error: the weights became non-finite at step {step} (loss {loss}); training stopped "
-                            f"without saving. The last good checkpoint is {manager.latest_checkpoint or 'none'} "
-                            "and is kept. Try a lower --learning_rate.", error=True)
-                        return 3
-                    manager.save(checkpoint_number=step)
-                if chief and config["eval_every"] and step % config["eval_every"] == 0 and step < config["steps"]:
-                    during = evaluate_all(model, evaluation_sets, config, log)
-                    _append_jsonl(metrics_log, {"step": step, "phase": "during", "evaluation": during})
-                    _summaries(writer, step, during)
-        except KeyboardInterrupt:
-            progress.clear()
-            writer.flush()
-            latest = manager.latest_checkpoint
-            where = (f"the last checkpoint is {latest}" if latest else "no checkpoint was written yet")
-            log(f"interrupted at step {step} of {config['steps']}; {where}. Run the same command again to "
-                "resume from it.", error=True)
-            return 130
-        progress.clear()
-        writer.flush()
-    else:
-        log(f"already trained to step {start_step} of {config['steps']}")
-
-    if not chief:
-        shutil.rmtree(manager.directory, ignore_errors=True)
-        return 0
-    _save_model(model, model_dir / "model.keras")
-    after = {}
-    if evaluation_sets:
-        after = evaluate_all(model, evaluation_sets, config, log)
-        _append_jsonl(metrics_log, {"step": config["steps"], "phase": "after", "evaluation": after})
-        _summaries(writer, config["steps"], after)
-        writer.flush()
-    if config["export"]:
-        manifest = export(model, model_dir / "export", version=1, overwrite=True, training_config=config,
-                          metrics=after or None, verbose=False)
-        log(f"exported {', '.join(manifest['models'])} (version 1) to {model_dir / 'export'}")
-    if evaluation_sets:
-        print_comparison(before, after)
-    return 0
-
-
-def evaluate_all(model, evaluation_sets, config, log):
-    results = {}
-    for spec, data in evaluation_sets:
-        log(f"evaluating on {spec}: {len(data.queries)} queries, {len(data.corpus)} documents")
-        results[spec] = evaluate_encoder(model, data, batch_size=config["eval_batch_size"], verbose=False)
-    return results
-
-
-def print_comparison(before, after):
-    print("\nretrieval on data not trained on" + (" (before -> after training)" if before else ""))
-    width = max(len(EVALUATION_LABELS.get(name, name)) for name in after)
-    for name, result in after.items():
-        label = EVALUATION_LABELS.get(name, name)
-        cells = []
-        for measure in REPORTED:
-            if name in before:
-                cells.append(f"{measure} {before[name][measure]:.4f} -> {result[measure]:.4f}")
-            else:
-                cells.append(f"{measure} {result[measure]:.4f}")
-        print(f"  {label:<{width}}  " + "   ".join(cells))
-    sys.stdout.flush()
-
-
-class _Printer:
-    def __init__(self, chief):
-        self.chief = chief
-
-    def __call__(self, message, error=False):
-        if error:
-            print(message, file=sys.stderr, flush=True)
-        elif self.chief:
-            print(message, flush=True)
-
-
-def _checkpoint_dir(model_dir, chief, task):
-    if chief:
-        return str(model_dir / "checkpoints")
-    # Every worker must save (the save reads mirrored variables in step), but only the
-    # chief's checkpoints are kept; the others write to a scratch directory.
-    task_type, task_id = task
-    return tempfile.mkdtemp(prefix=f"samtone-{task_type}{task_id}-checkpoints-")
-
-
-def _save_model(model, path):
-    staging = path.with_name(f".{path.name}.tmp.keras")
-    model.save(staging)
-    os.replace(staging, path)
-
-
-def _append_jsonl(path, record):
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _forget_records_after(path, step, say=print):
-    """Drops the records a killed run wrote after its last checkpoint (`step`; all of them when it
-    wrote none), which this run writes again, so that metrics.jsonl holds each step once. A torn
-    last line is repaired."""
-    if not path.is_file():
-        return
-    records = read_jsonl_records(path, say)
-    kept = [r for r in records if step > 0 and r.get("step", 0) <= step and r.get("phase") != "after"]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
-
-
-def _first_evaluation(path):
-    for record in read_jsonl_records(path):
-        if record.get("phase") == "before":
-            return record["evaluation"]
-    return {}
-
-
-class _Progress:
-    """A one-line progress bar with an ETA, redrawn in place on a terminal."""
-
-    def __init__(self, start_step, total_steps, enabled):
-        self.start_step, self.total_steps, self.enabled = start_step, total_steps, enabled
-        self.started = time.perf_counter()
-        self.shown = False
-
-    def eta(self, step):
-        done = step - self.start_step
-        if done <= 0:
-            return "?"
-        seconds = (time.perf_counter() - self.started) / done * (self.total_steps - step)
-        minutes, seconds = divmod(int(round(seconds)), 60)
-        return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{seconds:02d}s"
-
-    def update(self, step, loss):
-        if not self.enabled:
-            return
-        width = 30
-        filled = int(width * step / self.total_steps)
-        sys.stdout.write(f"\r[{'=' * filled}{' ' * (width - filled)}] step {step}/{self.total_steps}  "
-                         f"loss {loss:.4f}  ETA {self.eta(step)}   ")
-        sys.stdout.flush()
-        self.shown = True
-
-    def clear(self):
-        if self.shown:
-            sys.stdout.write("\r\033[K")
-            sys.stdout.flush()
-            self.shown = False
-
-
-def _summaries(writer, step, evaluation):
-    with writer.as_default(step=step):
-        for name, result in evaluation.items():
-            for measure, value in result.items():
-                if isinstance(value, float) and "@" in measure:
-                    tf.summary.scalar(f"eval/{name}/{measure}", value)
 
 
 if __name__ == "__main__":

@@ -1,48 +1,161 @@
-"""The training step, the optimizer and its schedule: what the training command, the benchmarks and
-library users share.
+"""Training, shared by the training command, the benchmarks and library users: `TrainConfig` (every setting
+of a run, validated, JSON round trip), the optimizer and its schedule, and the train step.
 
-`make_train_step` runs one optimisation step on every replica of a tf.distribute strategy: the towers on
-the local rows, `samtone_loss` over the batch gathered from all replicas, gradients summed across
-replicas; it returns the mean loss over the global batch.
+The train step IS Keras's `Model.train_step` of a `DualEncoder` compiled with `SamToNeLoss`: the code path a
+user of `model.fit` runs. `make_train_step` runs it on every replica of a tf.distribute strategy on batches
+already tokenised by the input pipeline (`DualEncoder.tokenize_inputs`), so the replica step sees integer
+tensors only; the loss is the mean over the global batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import keras
 import tensorflow as tf
 
-from samtone_tf.losses import samtone_loss
+from samtone_tf.keras_loss import SamToNeLoss
+from samtone_tf.losses import SAME_TOWER_OPTIONS
+
+ARCHITECTURES = ("sde", "ade", "ade_spl", "ade_ste", "ade_fte")
+OPTIMIZERS = ("adamw", "adafactor")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+ID_KEYS = ("query_id", "document_id", "hard_negative_ids")
 
 
-def make_train_step(strategy, model, optimizer, config):
-    """A tf.function running one optimisation step on every replica; returns the global mean loss."""
-    global_batch = config["batch_size"]
-    loss_options = dict(same_tower=config["same_tower"], bidirectional=config["bidirectional"])
+@dataclasses.dataclass
+class TrainConfig:
+    """Every setting of a training run (the options of `python -m samtone_tf.train`, same names)."""
 
-    @tf.autograph.experimental.do_not_convert  # plain TensorFlow: no Python control flow on tensors
-    def replica_step(batch):
-        inputs = {"query": batch["query"], "document": batch["document"]}
-        if "hard_negatives" in batch:
-            inputs["hard_negatives"] = batch["hard_negatives"]
-        with tf.GradientTape() as tape:
-            outputs = model(inputs, training=True)
-            per_example = samtone_loss(
-                outputs["query"], outputs["document"], outputs.get("hard_negatives"),
-                temperature=model.current_temperature(), query_ids=batch["query_id"],
-                document_ids=batch["document_id"], hard_negative_ids=batch.get("hard_negative_ids"),
-                **loss_options,
-            )
-            # Summed over replicas, this is the mean over the GLOBAL batch.
-            loss = tf.reduce_sum(per_example) / global_batch
-        variables = model.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return loss
+    dataset: str = "reqa:squad"
+    train_split: str = "train"
+    max_train_pairs: int | None = None  # None: all pairs
+    eval_datasets: list = dataclasses.field(default_factory=list)
+    data_dir: str | None = None
+    unique_ids: bool = True
+    model: str = "all-MiniLM-L6-v2"
+    models_dir: str | None = None
+    vocabulary: str | None = None
+    num_layers: int | None = None
+    architecture: str = "sde"
+    projection_dim: int | None = None
+    pooling: str | None = None
+    query_max_length: int = 32
+    document_max_length: int = 64
+    same_tower: str = "query"
+    bidirectional: bool = False
+    temperature: float = 0.05
+    learnable_temperature: bool = False
+    hard_negatives: int = 0
+    batch_size: int = 32
+    steps: int = 50
+    optimizer: str = "adamw"
+    learning_rate: float = 3e-5
+    warmup_steps: int | None = None  # None: 10% of steps
+    weight_decay: float = 0.01
+    seed: int = 0
+    strategy: str = "default"
+    cpu_replicas: int | None = None
+    tpu: str | None = None
+    model_dir: str = "runs/default"
+    checkpoint_every: int = 10
+    eval_every: int = 0
+    log_every: int = 10
+    eval_batch_size: int = 128
+    export: bool = True
+    samtone_tf_version: str | None = None
+
+    def __post_init__(self):
+        if self.warmup_steps is None and isinstance(self.steps, int):
+            self.warmup_steps = max(1, self.steps // 10)
+        if isinstance(self.eval_datasets, str):
+            self.eval_datasets = [name for name in self.eval_datasets.split(",") if name]
+        problems = []
+        for name in ("query_max_length", "document_max_length", "batch_size", "steps", "checkpoint_every",
+                     "log_every", "eval_batch_size"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                problems.append(f"{name} must be a positive integer; got {getattr(self, name)!r}")
+        for name in ("hard_negatives", "eval_every", "seed", "warmup_steps"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+                problems.append(f"{name} must be a non-negative integer; got {getattr(self, name)!r}")
+        for name in ("max_train_pairs", "num_layers", "projection_dim", "cpu_replicas"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < (0 if name == "max_train_pairs" else 1)):
+                problems.append(f"{name} must be {'a non-negative' if name == 'max_train_pairs' else 'a positive'} "
+                                f"integer or None; got {value!r}")
+        for name in ("temperature", "learning_rate"):
+            if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) > 0:
+                problems.append(f"{name} must be positive; got {getattr(self, name)!r}")
+        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+            problems.append(f"weight_decay must be non-negative; got {self.weight_decay!r}")
+        for name, allowed in (("architecture", ARCHITECTURES), ("same_tower", SAME_TOWER_OPTIONS),
+                              ("optimizer", OPTIMIZERS), ("strategy", STRATEGIES), ("pooling", (None, "mean", "cls"))):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} must be one of {allowed}; got {getattr(self, name)!r}")
+        if self.same_tower in ("document", "both") and not self.bidirectional:
+            problems.append(f"same_tower {self.same_tower!r} needs bidirectional")
+        if problems:
+            raise ValueError("invalid training configuration: " + "; ".join(problems))
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values):
+        """The configuration of `values` (e.g. a run's config.json); keys it does not know are ignored, so
+        configurations written by other versions still load."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+    @classmethod
+    def from_json(cls, text):
+        return cls.from_dict(json.loads(text))
+
+    @property
+    def schedule(self):
+        return WarmupLinearDecay(self.learning_rate, self.warmup_steps, self.steps)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def compile_for_training(model, config):
+    """Compiles `model` (a DualEncoder) with the configuration's optimizer and SamToNeLoss, building the
+    optimizer's state (so a checkpoint can restore it). -> the optimizer."""
+    optimizer = make_optimizer(config, config.schedule)
+    model.compile(optimizer=optimizer, loss=SamToNeLoss(temperature=config.temperature, same_tower=config.same_tower,
+                                                        bidirectional=config.bidirectional))
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
+def split_batch(batch):
+    """A pipeline batch -> Keras's (x, y): model inputs, and the ids the loss masks with."""
+    x = {key: value for key, value in batch.items() if key not in ID_KEYS}
+    y = {key: batch[key] for key in ID_KEYS if key in batch}
+    return x, y
+
+
+def make_train_step(strategy, model):
+    """One optimisation step of `model` (compiled by `compile_for_training`) on every replica of
+    `strategy`: Keras's own `train_step`. -> step(batch) returning the mean loss over the global batch
+    (a Python float)."""
 
     @tf.function
-    def step(batch):
-        per_replica = strategy.run(replica_step, args=(batch,))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+    def replicated(batch):
+        strategy.run(model.train_step, args=(split_batch(batch),))
 
+    def step(batch):
+        model.reset_metrics()
+        replicated(batch)
+        return float(model.get_metrics_result()["loss"])
+
+    step.traced = replicated
     return step
 
 
@@ -52,9 +165,11 @@ def all_finite(model):
 
 
 def make_optimizer(config, schedule):
-    if config["optimizer"] == "adafactor":
+    """The configuration's optimizer on `schedule`: AdamW (no decay of biases, norms and the temperature)
+    or Adafactor."""
+    if config.optimizer == "adafactor":
         return keras.optimizers.Adafactor(learning_rate=schedule)
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config["weight_decay"])
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "layer_norm", "temperature"])
     return optimizer
 

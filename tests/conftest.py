@@ -1,45 +1,20 @@
-"""Shared test set-up.
-
-The CPU is split into 4 logical devices before TensorFlow initialises, so that
-MirroredStrategy tests can run 2 or 4 replicas on one machine.
-"""
+"""Shared test set-up: the CPU is split into logical devices before TensorFlow initialises, so that
+MirroredStrategy tests can run 2 or 4 replicas on one machine; fixtures for the shared data and checkpoint.
+Helpers live in tests/helpers.py (import that, not this file)."""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-LOGICAL_CPUS = 4
+from tests.helpers import LOGICAL_CPUS, TINY_VOCABULARY  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(LOGICAL_CPUS)]
 )
-
-_strategies_made = 0
-
-
-def mirrored_strategy(replicas):
-    """A MirroredStrategy over `replicas` logical CPUs, safe to make many of in one process.
-
-    Strategies in one process share collective group keys; a group first used with
-    2 devices then joined by 4 aborts. TensorFlow's own tests set the
-    `_collective_key_base` class attribute to keep them apart; so do we.
-    """
-    global _strategies_made
-    _strategies_made += 1
-    tf.distribute.MirroredStrategy._collective_key_base = 10_000 * _strategies_made
-    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
-
-
-# --- shared data and checkpoints ---------------------------------------------------
-
-import pytest  # noqa: E402
-
-from samtone_tf.locations import REPOSITORY_ROOT  # noqa: E402
-
-FIXTURES = REPOSITORY_ROOT / "tests" / "fixtures"
 
 
 def _shared(kind, what):
@@ -68,16 +43,6 @@ def default_checkpoint():
     return path
 
 
-TINY_VOCABULARY = (
-    ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    + list(".,!?'-")
-    + list("abcdefghijklmnopqrstuvwxyz")
-    + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
-    + "the cat dog sat on mat who what where when is was of and to in".split()
-    + ["##ed", "##ing"]
-)
-
-
 @pytest.fixture
 def tiny_vocabulary(tmp_path):
     """A small WordPiece vocabulary file written by the test."""
@@ -86,14 +51,12 @@ def tiny_vocabulary(tmp_path):
     return path
 
 
-def free_ports(count):
-    """`count` TCP ports free on 127.0.0.1 (for local multi-worker clusters)."""
-    import socket
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """A training model_dir holding a tiny ADE dual encoder's model.keras (as `train` leaves it)."""
+    from samtone_tf.towers import tiny_dual_encoder
 
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+    directory = tmp_path / "run"
+    directory.mkdir()
+    tiny_dual_encoder(TINY_VOCABULARY, "ade").save(directory / "model.keras")
+    return directory

@@ -7,7 +7,7 @@ import pytest
 
 from samtone_tf.analyze import main, similarity_statistics
 from samtone_tf.towers import tiny_dual_encoder
-from tests.conftest import TINY_VOCABULARY
+from tests.helpers import TINY_VOCABULARY
 
 
 def test_similarity_statistics_on_known_vectors():

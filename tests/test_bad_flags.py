@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from samtone_tf.towers import tiny_dual_encoder
-from tests.conftest import REPOSITORY_ROOT, TINY_VOCABULARY
+from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY
 
 
 def run(*args):
@@ -57,16 +57,12 @@ def test_a_truncated_keras_file_is_named_as_damaged(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_unwritable_destinations_are_one_error_line(tmp_path):
+def test_unwritable_destinations_are_one_error_line(tmp_path, tiny_model_dir):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     trained = run("samtone_tf.train", "--model", "tiny", "--model_dir", str(blocker / "run"), "--eval_datasets", "",
                   "--steps", "1", "--batch_size", "4")
     assert trained.returncode == 2 and trained.stderr.startswith("error: ") and "Traceback" not in trained.stderr
     assert str(blocker) in trained.stderr
-    model = tiny_dual_encoder(TINY_VOCABULARY, "ade")
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    model.save(model_dir / "model.keras")
-    exported = run("samtone_tf.export", "--model_dir", str(model_dir), "--out", str(blocker / "export"))
+    exported = run("samtone_tf.export", "--model_dir", str(tiny_model_dir), "--out", str(blocker / "export"))
     assert exported.returncode == 2 and exported.stderr.startswith("error: ") and "Traceback" not in exported.stderr

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from samtone_tf.run_dir import RunLock, RunLockedError
-from tests.conftest import REPOSITORY_ROOT
+from tests.helpers import REPOSITORY_ROOT
 
 
 def command(model_dir, *extra):

@@ -8,7 +8,7 @@ import sys
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPOSITORY_ROOT
+from tests.helpers import REPOSITORY_ROOT
 
 
 def command(model_dir, *extra):

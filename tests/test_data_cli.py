@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from samtone_tf.data.__main__ import main
-from tests.conftest import REPOSITORY_ROOT
+from tests.helpers import REPOSITORY_ROOT
 
 
 def test_stats_prints_and_writes_counts(shared_data, tmp_path, capsys):

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from samtone_tf.data.pipeline import distributed_training_dataset, global_batches, training_dataset
 from samtone_tf.data.records import StreamedPairs, TrainingPair
-from tests.conftest import mirrored_strategy
+from tests.helpers import mirrored_strategy
 
 
 def make_pairs(count=40, shared_every=4):

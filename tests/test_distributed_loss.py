@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from samtone_tf import SamToNeLoss, SamToNeModel, samtone_loss
-from tests.conftest import free_ports, mirrored_strategy
+from tests.helpers import free_ports, mirrored_strategy
 from tests.linear_dual_encoder import (
     DIM,
     GLOBAL_BATCH,

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
+from samtone_tf.models import load_trained_model
 from samtone_tf.serving import export
-from samtone_tf.towers import tiny_dual_encoder
-from tests.conftest import REPOSITORY_ROOT, TINY_VOCABULARY
+from tests.helpers import REPOSITORY_ROOT
 
 MEASURES = ("P@1", "MRR@10", "nDCG@10", "Recall@10", "Recall@100")
 
@@ -21,12 +21,9 @@ def evaluate(model, out, *extra):
     return result.stdout, json.loads(out.read_text())
 
 
-def test_model_dir_and_export_evaluate_alike(tmp_path, shared_data):
-    model = tiny_dual_encoder(TINY_VOCABULARY, "ade")
-    model_dir = tmp_path / "run"
-    model_dir.mkdir()
-    model.save(model_dir / "model.keras")
-    export(model, tmp_path / "export", verbose=False)
+def test_model_dir_and_export_evaluate_alike(tmp_path, shared_data, tiny_model_dir):
+    model_dir = tiny_model_dir
+    export(load_trained_model(model_dir), tmp_path / "export", verbose=False)
 
     printed, from_model = evaluate(model_dir, tmp_path / "model.json")
     assert "beir:medline (test): 30 queries, 1033 documents, exact search" in printed

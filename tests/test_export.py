@@ -18,7 +18,7 @@ from samtone_tf.serving import export, saved_model_op_types
 from samtone_tf.index import ExactIndex
 from samtone_tf.retrieval import evaluate_encoder
 from samtone_tf.towers import tiny_dual_encoder
-from tests.conftest import REPOSITORY_ROOT, TINY_VOCABULARY
+from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY
 
 TEXTS = ["who sat on the mat", "The Normans were in Normandy.", "", "a dog, a cat; é ü", "x " * 200]
 TF_TEXT_OPS = {"RegexSplitWithOffsets", "WordpieceTokenizeWithOffsets", "NormalizeUTF8"}
@@ -148,12 +148,8 @@ def test_evaluating_the_export_gives_the_in_memory_metrics(exported, corpus):
 
 
 @pytest.fixture
-def model_dir(tmp_path):
-    model = tiny_dual_encoder(TINY_VOCABULARY, "ade")
-    directory = tmp_path / "run"
-    directory.mkdir()
-    model.save(directory / "model.keras")
-    return directory
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 def export_command(model_dir, out, *extra):

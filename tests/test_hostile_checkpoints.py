@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from samtone_tf.torch_checkpoint import read_pytorch_state_dict
-from tests.conftest import REPOSITORY_ROOT
+from tests.helpers import REPOSITORY_ROOT
 
 TINY_BERT = REPOSITORY_ROOT / "tests" / "fixtures" / "tiny-bert" / "pytorch_model.bin"
 

@@ -12,7 +12,7 @@ from samtone_tf.data.errors import DataError
 from samtone_tf.data.msmarco import iter_qrels, read_id_texts, read_msmarco
 from samtone_tf.data.squad import read_squad
 from samtone_tf.data.wikiqa import read_wikiqa_rows
-from tests.conftest import REPOSITORY_ROOT
+from tests.helpers import REPOSITORY_ROOT
 from tests.test_data_validation import GOOD_CORPUS, GOOD_QRELS, GOOD_QUERIES, write_beir
 
 BOM = "\ufeff"

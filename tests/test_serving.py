@@ -15,7 +15,7 @@ from samtone_tf import serving
 from samtone_tf.data.records import RetrievalData
 from samtone_tf.serving import ExportedEncoder, check_export, export, run_like_tf_serving
 from samtone_tf.towers import ARCHITECTURES, tiny_dual_encoder
-from tests.conftest import REPOSITORY_ROOT, TINY_VOCABULARY
+from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY
 
 TEXTS = ["who sat on the mat", "The Normans were in Normandy.", "", "a dog, a cat; é ü", "x " * 200]
 

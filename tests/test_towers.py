@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from samtone_tf import SamToNeLoss
 from samtone_tf.towers import ARCHITECTURES, DualEncoder, masked_mean, tiny_dual_encoder
-from tests.conftest import mirrored_strategy
+from tests.helpers import mirrored_strategy
 
 QUERIES = ["who sat on the mat", "what is the dog", "where was the cat", "when did dogs sit"]
 DOCUMENTS = ["the cat sat on the mat.", "a dog is a dog", "in the mat", "dogs sat, cats sat"]

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from samtone_tf.train import build_parser, negatives_per_query, resolve_config
-from tests.conftest import REPOSITORY_ROOT, free_ports
+from tests.helpers import REPOSITORY_ROOT, free_ports
 
 SQUAD_SAMPLE = "reqa:squad2-dev-sample/dev-v2.0-sample.json"
 
@@ -59,7 +59,7 @@ def test_help_documents_every_option_with_its_default():
 def test_resolved_configuration_and_negatives():
     config = resolve_config(build_parser().parse_args(["--batch_size", "64", "--steps", "50",
                                                        "--hard_negatives", "2"]))
-    assert config["warmup_steps"] == 5 and config["max_train_pairs"] == 3200
+    assert config.warmup_steps == 5 and config.max_train_pairs == 3200
     assert negatives_per_query(config) == (63, 63, 128)
     config = resolve_config(build_parser().parse_args(["--same_tower", "none"]))
     assert negatives_per_query(config)[1] == 0

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from samtone_tf import SamToNeLoss, SamToNeModel, samtone_loss
-from tests.conftest import mirrored_strategy
+from tests.helpers import mirrored_strategy
 from tests.reference_loss import reference_samtone
 
 DIM, HARD, TAU = 4, 2, 0.1

@@ -31,6 +31,7 @@ def training_dataset(
     input_context=None,
     repeat=True,
     skip_batches=0,
+    tokenize=None,
 ):
     """A tf.data.Dataset of per-replica batches of dicts of tf.string:
 
@@ -51,6 +52,9 @@ def training_dataset(
       repeat: cycle through the pairs forever (else one pass).
       skip_batches: start after this many global batches (resuming a run at that
         step sees exactly the batches an uninterrupted run would).
+      tokenize: optional function of the text inputs {"query", "document",
+        "hard_negatives"} returning integer inputs (e.g. `DualEncoder.tokenize_inputs`),
+        applied on the host in parallel; the batch then holds those and the ids.
     """
     if per_replica_batch < 1:
         raise ValueError(f"per_replica_batch must be positive; got {per_replica_batch}")
@@ -94,7 +98,15 @@ def training_dataset(
         signature["hard_negatives"] = tf.TensorSpec([hard_negatives], tf.string)
         signature["hard_negative_ids"] = tf.TensorSpec([hard_negatives], tf.string)
     dataset = tf.data.Dataset.from_generator(rows, output_signature=signature)
-    return dataset.batch(per_replica_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(per_replica_batch, drop_remainder=True)
+    if tokenize is not None:
+        def tokenized(batch):
+            texts = {key: batch[key] for key in ("query", "document", "hard_negatives") if key in batch}
+            ids = {key: value for key, value in batch.items() if key.endswith("_id") or key.endswith("_ids")}
+            return {**tokenize(texts), **ids}
+
+        dataset = dataset.map(tokenized, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 _INPUT_ERRORS = []

@@ -1,0 +1,46 @@
+"""Helpers shared by the tests, importable without side effects (conftest.py splits the CPU into logical
+devices when pytest loads it; importing this module changes nothing)."""
+
+import tensorflow as tf
+
+from samtone_tf.locations import REPOSITORY_ROOT
+
+FIXTURES = REPOSITORY_ROOT / "tests" / "fixtures"
+LOGICAL_CPUS = 4
+
+TINY_VOCABULARY = (
+    ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    + list(".,!?'-")
+    + list("abcdefghijklmnopqrstuvwxyz")
+    + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
+    + "the cat dog sat on mat who what where when is was of and to in".split()
+    + ["##ed", "##ing"]
+)
+
+_strategies_made = 0
+
+
+def mirrored_strategy(replicas):
+    """A MirroredStrategy over `replicas` logical CPUs, safe to make many of in one process.
+
+    Strategies in one process share collective group keys; a group first used with
+    2 devices then joined by 4 aborts. TensorFlow's own tests set the
+    `_collective_key_base` class attribute to keep them apart; so do we.
+    """
+    global _strategies_made
+    _strategies_made += 1
+    tf.distribute.MirroredStrategy._collective_key_base = 10_000 * _strategies_made
+    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
+
+
+def free_ports(count):
+    """`count` TCP ports free on 127.0.0.1 (for local multi-worker clusters)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

@@ -1,0 +1,109 @@
+"""The library's training pieces: TrainConfig, the step on tokenised batches (no strings in the replica step),
+and one code path with Keras fit."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from samtone_tf.data.pipeline import training_dataset
+from samtone_tf.data.records import TrainingPair
+from samtone_tf.towers import tiny_dual_encoder
+from samtone_tf.training import TrainConfig, compile_for_training, make_train_step, split_batch
+from tests.helpers import TINY_VOCABULARY
+
+WORDS = "the cat dog sat on mat who what where when is was of and to in".split()
+
+
+def pairs(count=24, seed=0):
+    rng = np.random.default_rng(seed)
+    return [TrainingPair(f"q{i}", " ".join(rng.choice(WORDS, 4)), f"d{i}", " ".join(rng.choice(WORDS, 9)),
+                         (" ".join(rng.choice(WORDS, 7)), " ".join(rng.choice(WORDS, 5))))
+            for i in range(count)]
+
+
+def test_train_config_validates_and_round_trips_through_json():
+    config = TrainConfig(architecture="ade_spl", same_tower="both", bidirectional=True, steps=30,
+                         eval_datasets="wikiqa,beir:scifact")
+    assert config.warmup_steps == 3 and config.eval_datasets == ["wikiqa", "beir:scifact"]
+    again = TrainConfig.from_json(config.to_json())
+    assert again == config
+    assert TrainConfig.from_dict({**json.loads(config.to_json()), "a_key_of_another_version": 1}) == config
+    for bad in (dict(steps=0), dict(batch_size=-1), dict(architecture="xde"), dict(same_tower="both"),
+                dict(temperature=0.0), dict(hard_negatives=-1), dict(optimizer="sgd")):
+        with pytest.raises(ValueError, match="invalid training configuration"):
+            TrainConfig(**bad)
+
+
+def _batch(hard=True):
+    dataset = training_dataset(pairs(), 8, seed=0, hard_negatives=2 if hard else 0)
+    return next(iter(dataset))
+
+
+@pytest.mark.parametrize("architecture", ["sde", "ade_spl"])
+def test_a_step_on_tokenised_batches_equals_the_step_on_raw_strings(architecture):
+    config = TrainConfig(model="tiny", architecture=architecture, batch_size=8, hard_negatives=2, steps=5,
+                         learning_rate=1e-3, learnable_temperature=True)
+    batch = _batch()
+    results = []
+    for tokenized in (False, True):
+        # Dropout off: its masks depend on the padded shapes, which differ between the two paths.
+        model = tiny_dual_encoder(TINY_VOCABULARY, architecture, learnable_temperature=True, dropout=0.0)
+        compile_for_training(model, config)
+        inputs = batch
+        if tokenized:
+            texts, ids = split_batch(batch)
+            inputs = {**model.tokenize_inputs(texts), **ids}
+            assert not [k for k, v in inputs.items() if v.dtype == tf.string and not k.endswith(("_id", "_ids"))]
+        step = make_train_step(tf.distribute.get_strategy(), model)
+        losses = [step(inputs) for _ in range(3)]
+        results.append((losses, [w.numpy() for w in model.trainable_weights]))
+    (raw_losses, raw_weights), (token_losses, token_weights) = results
+    np.testing.assert_allclose(token_losses, raw_losses, atol=1e-5)
+    assert raw_losses[2] < raw_losses[0]
+    for got, want in zip(token_weights, raw_weights):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_the_traced_replica_step_has_no_string_op():
+    config = TrainConfig(model="tiny", batch_size=8, hard_negatives=2, steps=5)
+    model = tiny_dual_encoder(TINY_VOCABULARY, "ade")
+    compile_for_training(model, config)
+    dataset = training_dataset(pairs(), 8, seed=0, hard_negatives=2, tokenize=model.tokenize_inputs)
+    batch = next(iter(dataset))
+    x, y = split_batch(batch)
+    # The ids stay strings for the loss's masks; hash them as the pipeline would on a TPU.
+    ids = {key: tf.strings.to_hash_bucket_fast(value, 2**62) for key, value in y.items()}
+
+    @tf.function
+    def replica_step(x, ids):
+        return model.train_step((x, ids))
+
+    graph = replica_step.get_concrete_function(x, ids).graph
+    functions = [graph.as_graph_def().node] + [f.node_def for f in graph.as_graph_def().library.function]
+    string_ops = sorted({node.op for nodes in functions for node in nodes
+                         if node.op.startswith(("String", "Regex", "Wordpiece", "NormalizeUTF8", "Lookup"))
+                         or any(value.type == tf.string.as_datatype_enum for value in node.attr.values())})
+    assert not string_ops, string_ops
+
+
+def test_the_command_step_is_keras_fit_step():
+    config = TrainConfig(model="tiny", batch_size=8, steps=5, learning_rate=1e-3)
+    batch = _batch(hard=False)
+    weights = []
+    for use_fit in (False, True):
+        keras.utils.set_random_seed(3)
+        model = tiny_dual_encoder(TINY_VOCABULARY, "ade")
+        compile_for_training(model, config)
+        if use_fit:
+            x, y = split_batch(batch)
+            model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(2), epochs=1, verbose=0)
+        else:
+            step = make_train_step(tf.distribute.get_strategy(), model)
+            step(batch)
+            step(batch)
+        weights.append([w.numpy() for w in model.trainable_weights])
+    for got, want in zip(*weights):
+        np.testing.assert_allclose(got, want, atol=1e-6)
