@@ -254,12 +254,13 @@ class DualEncoder(SamToNeLossMixin, keras.Model):
             return tower.encode_tokens(inputs[f"{key}_token_ids"], inputs[f"{key}_padding_mask"], training=training)
         return tower(inputs[key], training=training)
 
-    def tokenize_inputs(self, inputs, length_bucket=32):
+    def tokenize_inputs(self, inputs, length_bucket=1):
         """String inputs {"query": [B], "document": [B], "hard_negatives": [B, H] (optional)} -> integer inputs
         {"query_token_ids": int32 [B, Lq], "query_padding_mask": bool [B, Lq], "document_...": [B, Ld],
-        "hard_negatives_...": [B, H, Ld]}, each length rounded up to a multiple of `length_bucket` (at most the
-        side's max length) so that a compiled step sees few shapes. For a `tf.data` map on the host: the
-        replica step then runs on integer tensors only (TPUs take no strings; GPUs get no string copies)."""
+        "hard_negatives_...": [B, H, Ld]}, each padded to its longest text (as the in-graph tokenizer pads, so
+        training is the same either way), or rounded up to a multiple of `length_bucket` (at most the side's
+        max length) so that an XLA-compiled step sees few shapes. For a `tf.data` map on the host: the replica
+        step then runs on integer tensors only (TPUs take no strings; GPUs get no string copies)."""
         result = {}
         for key, tower in (("query", self.query_tower), ("document", self.document_tower)):
             tokens = _bucketed(tower.tokenizer(inputs[key]), tower.tokenizer, length_bucket)

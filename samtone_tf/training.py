@@ -146,7 +146,7 @@ def make_train_step(strategy, model):
     `strategy`: Keras's own `train_step`. -> step(batch) returning the mean loss over the global batch
     (a Python float)."""
 
-    @tf.function
+    @tf.function(reduce_retracing=True)
     def replicated(batch):
         strategy.run(model.train_step, args=(split_batch(batch),))
 

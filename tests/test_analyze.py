@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from samtone_tf.analyze import main, similarity_statistics
+from samtone_tf.analysis import similarity_statistics
+from samtone_tf.analyze import main
 from samtone_tf.towers import tiny_dual_encoder
 from tests.helpers import TINY_VOCABULARY
 

@@ -18,7 +18,7 @@ LAYERS = [
      "data.squad", "data.wikiqa", "data.pipeline"},
     {"pretrained", "serving", "data.datasets", "data.tfds_builders"},
     {"models"},
-    {"training_run"},
+    {"training_run", "analysis"},
     {"train", "evaluate", "export", "analyze", "data.__main__"},  # the commands
 ]
 COMMANDS = LAYERS[-1]
