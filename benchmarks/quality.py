@@ -1,22 +1,28 @@
-"""Does SamToNe train better dual encoders than the standard loss? (the paper's claim)
+"""Does SamToNe train better dual encoders than the standard loss? (the paper's claim, at full model size)
 
-    python benchmarks/quality.py --results docs/results/quality.json [--num_layers 2 --steps 150 ...]
+    python benchmarks/quality.py                       # the published grid; resumes where it stopped
+    python benchmarks/quality.py --report              # the RESULTS tables, from the results file
+    python benchmarks/quality.py --eval_sets beir:/path/to/my-beir-dir --save_models /tmp/quality-models
 
-With identical data, initialisation, steps, batch size and seeds, trains the
-standard in-batch softmax (same_tower "none"), SamToNe ("query") and SamToNe on
-both sides ("both", bidirectional) for the SDE, ADE and ADE-SPL architectures, and
-evaluates every model and the initial checkpoint (zero-shot) on every real
-evaluation set in ../shared/data:
+With identical data, initialisation, steps, batch size and seeds, fine-tunes the full all-MiniLM-L6-v2
+(6 layers) with the standard in-batch softmax (same_tower "none") and with SamToNe (same_tower "query"), for
+ADE, ADE-SPL and SDE (in that order: the goal is about ADE and ADE-SPL), seeds 0, 1, 2, and evaluates every
+model and the same checkpoint untrained (zero-shot, same sequence lengths) on sets none of them trained on:
 
-    ReQA SQuAD, held-out articles   P@1, MRR@10  (SQuAD 2.0 dev sample: 5 articles never trained on)
-    WikiQA test                     P@1, MRR@10
-    BEIR SciFact, Cranfield, Medline, CACM, NPL, TREC DL 2019 pool: nDCG@10
+    MultiReQA SQuAD dev, official candidates   P@1, MRR@10     (10,570 questions, 10,250 sentences)
+    WikiQA test                                 P@1, MRR@10
+    BEIR SciFact test (documents up to 256 tokens), Cranfield, Medline, CACM, NPL, TREC DL 2019 pool: nDCG@10
 
-Training data is all the training data there: ReQA pairs from SQuAD v1.1 train,
-WikiQA train, SciFact train claims, MS MARCO triples and the FlagEmbedding samples
-(ids prefixed by source). The summary score of a run is the mean over the 8 sets of
-their primary metric (P@1 or nDCG@10). Results are written after every run, so an
-interrupted benchmark resumes where it stopped; --report only prints the tables.
+The summary score of a run is the mean of the sets' primary metrics (P@1 or nDCG@10). Significance: for each
+architecture, a paired randomisation test over queries (per-query metric averaged over the seeds, SamToNe
+against standard; 10,000 sign flips) per set and on the average. Results, per-query metrics included, are
+written after every run, so the grid can be run in parts and resumes where it stopped (`--seeds`,
+`--architectures`, `--losses` choose a part); `--eval_sets` adds sets (dataset names, or beir:<directory>),
+evaluating saved models (`--save_models`) where they exist.
+
+Training data: ReQA pairs of SQuAD v1.1 train (in-domain for the MultiReQA SQuAD dev set, whose questions and
+articles are not in train) and the other training data in ../shared/data (WikiQA train, SciFact train claims,
+MS MARCO triples, FlagEmbedding samples), ids prefixed by source; steps x batch pairs in all, one pass.
 """
 
 from __future__ import annotations
@@ -33,18 +39,20 @@ from pathlib import Path
 
 import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment)
 import keras
+import numpy as np
 import tensorflow as tf
 
 from samtone_tf.atomic import atomic_write_text
 from samtone_tf.data.datasets import load_evaluation, load_training_pairs
 from samtone_tf.data.pipeline import distributed_training_dataset
 from samtone_tf.data.records import TrainingPair
+from samtone_tf.metrics import paired_randomization_test
 from samtone_tf.pretrained import dual_encoder_from_checkpoint
 from samtone_tf.retrieval import evaluate_encoder
 from samtone_tf.training import TrainConfig, compile_for_training, make_train_step
 
 EVALUATION_SETS = [  # (label, dataset name, primary metric)
-    ("SQuAD held-out", "reqa:squad2-dev-sample/dev-v2.0-sample.json", "P@1"),
+    ("MultiReQA SQuAD", "multireqa:squad", "P@1"),
     ("WikiQA", "wikiqa", "P@1"),
     ("SciFact", "beir:scifact", "nDCG@10"),
     ("Cranfield", "beir:cranfield", "nDCG@10"),
@@ -53,40 +61,47 @@ EVALUATION_SETS = [  # (label, dataset name, primary metric)
     ("NPL", "beir:npl", "nDCG@10"),
     ("DL19 pool", "beir:trec-dl-2019-pool", "nDCG@10"),
 ]
+# The first study (docs/results/quality.json): one transformer layer, a 5-article SQuAD sample.
+LEGACY_SETS = [("SQuAD held-out", "reqa:squad2-dev-sample/dev-v2.0-sample.json", "P@1")] + EVALUATION_SETS[1:]
 LOSSES = {  # label -> (same_tower, bidirectional)
     "standard": ("none", False),
     "SamToNe": ("query", False),
     "SamToNe both+bi": ("both", True),
 }
-ARCHITECTURES = ("sde", "ade", "ade_spl")
-TRAINING_SOURCES = [  # (id prefix, dataset, split)
-    ("squad", "reqa:squad", "train"),
+ARCHITECTURES = ("ade", "ade_spl", "sde")
+OTHER_TRAINING_SOURCES = [  # (id prefix, dataset, split)
     ("wikiqa", "wikiqa", "train"),
     ("scifact", "beir:scifact", "train"),
     ("marco", "msmarco:msmarco/train-triples-sample", "train"),
     ("nq", "flagembedding:flagembedding-samples/nq.jsonl", "train"),
     ("marcofe", "flagembedding:flagembedding-samples/msmarco.jsonl", "train"),
 ]
+REPORTED = ("P@1", "MRR@10", "nDCG@10", "Recall@100")
 
 
-def training_mixture(squad_pairs):
-    """Every training pair available, ids prefixed by source; SQuAD capped at `squad_pairs`."""
+def training_pairs(total):
+    """`total` pairs: every pair of the other sources, then ReQA SQuAD train to fill up; ids prefixed by source."""
     pairs = []
-    for prefix, name, split in TRAINING_SOURCES:
-        limit = squad_pairs if prefix == "squad" else None
-        for pair in load_training_pairs(name, split, max_pairs=limit):
-            pairs.append(TrainingPair(f"{prefix}:{pair.query_id}", pair.query, f"{prefix}:{pair.document_id}",
-                                      pair.document))
-    return pairs
+    for prefix, name, split in OTHER_TRAINING_SOURCES:
+        pairs += [_prefixed(prefix, pair) for pair in load_training_pairs(name, split)]
+    squad = load_training_pairs("reqa:squad", "train", max_pairs=max(0, total - len(pairs)))
+    return [_prefixed("squad", pair) for pair in squad] + pairs
+
+
+def _prefixed(prefix, pair):
+    return TrainingPair(f"{prefix}:{pair.query_id}", pair.query, f"{prefix}:{pair.document_id}", pair.document)
+
+
+def new_model(architecture, args):
+    return dual_encoder_from_checkpoint(architecture=architecture, num_layers=args.num_layers,
+                                        query_max_length=args.query_max_length,
+                                        document_max_length=args.document_max_length, temperature=args.temperature)
 
 
 def train_one(pairs, architecture, loss, seed, args):
     same_tower, bidirectional = LOSSES[loss]
     keras.utils.set_random_seed(seed)
-    model = dual_encoder_from_checkpoint(architecture=architecture, num_layers=args.num_layers,
-                                         query_max_length=args.query_max_length,
-                                         document_max_length=args.document_max_length,
-                                         temperature=args.temperature)
+    model = new_model(architecture, args)
     config = TrainConfig(batch_size=args.batch_size, same_tower=same_tower, bidirectional=bidirectional,
                          optimizer="adamw", weight_decay=0.01, learning_rate=args.learning_rate, steps=args.steps,
                          temperature=args.temperature)
@@ -101,62 +116,99 @@ def train_one(pairs, architecture, loss, seed, args):
     return model, losses
 
 
-def evaluate_all(model, evaluation_sets, batch_size):
+def evaluate_all(model, evaluation_sets, batch_size, done=()):
+    """{label: {measure: value, "per_query": {query_id: primary metric}}} for the sets not in `done`."""
     results = {}
-    for label, data, _ in evaluation_sets:
-        result = evaluate_encoder(model, data, batch_size=batch_size, verbose=False)
-        results[label] = {m: result[m] for m in ("P@1", "MRR@10", "nDCG@10", "Recall@100")}
+    for label, data, metric in evaluation_sets:
+        if label in done:
+            continue
+        result = evaluate_encoder(model, data, batch_size=batch_size, verbose=False, keep_run=True)
+        results[label] = {m: result[m] for m in REPORTED}
+        results[label]["per_query"] = {q: round(v[metric], 6) for q, v in result["per_query"].items()}
     return results
 
 
-def summary(results):
-    return statistics.fmean(results[label][metric] for label, _, metric in EVALUATION_SETS)
+def summary(results, sets):
+    return statistics.fmean(results[label][metric] for label, _, metric in sets)
 
 
-def report(store, args):
+def report(store, args=None):
+    """The Markdown tables and verdicts of a results store (the full study, or the legacy 1-layer one)."""
+    sets = [tuple(s) for s in store.get("sets", LEGACY_SETS)]
     lines = []
+    header = "| architecture | loss | " + " | ".join(f"{label} {metric}" for label, _, metric in sets) + " | average |"
+    lines += [header, "|---|---|" + "---:|" * (len(sets) + 1)]
     zero = store.get("zero-shot")
-    header = "| architecture | loss | " + " | ".join(
-        f"{label} {metric}" for label, _, metric in EVALUATION_SETS) + " | average |"
-    lines += [header, "|---|---|" + "---:|" * (len(EVALUATION_SETS) + 1)]
     if zero:
-        cells = [f"{zero['results'][label][metric]:.3f}" for label, _, metric in EVALUATION_SETS]
-        lines.append("| (initial checkpoint) | zero-shot | " + " | ".join(cells) + f" | {summary(zero['results']):.3f} |")
-    verdicts = []
-    for architecture in ARCHITECTURES:
+        cells = [f"{zero['results'][label][metric]:.3f}" for label, _, metric in sets]
+        lines.append("| (initial checkpoint) | zero-shot | " + " | ".join(cells) + f" | {summary(zero['results'], sets):.3f} |")
+    verdicts, significance = [], []
+    runs = {key: value for key, value in store.items() if key.count("|") == 2}
+    architectures = [a for a in ("sde", "ade", "ade_spl") if any(k.startswith(f"{a}|") for k in runs)]
+    for architecture in architectures:
         averages = {}
         for loss in LOSSES:
-            runs = [store[k] for k in store if k.startswith(f"{architecture}|{loss}|")]
-            if not runs:
+            chosen = [runs[k] for k in sorted(runs) if k.startswith(f"{architecture}|{loss}|")]
+            if not chosen:
                 continue
-            cells = []
-            for label, _, metric in EVALUATION_SETS:
-                values = [r["results"][label][metric] for r in runs]
-                cells.append(_mean_std(values))
-            averages[loss] = [summary(r["results"]) for r in runs]
+            cells = [_mean_std([r["results"][label][metric] for r in chosen]) for label, _, metric in sets]
+            averages[loss] = [summary(r["results"], sets) for r in chosen]
             lines.append(f"| {architecture} | {loss} | " + " | ".join(cells) + f" | {_mean_std(averages[loss])} |")
         base = averages.get("standard")
         for loss in ("SamToNe", "SamToNe both+bi"):
-            if base and loss in averages and len(base) > 1 and len(averages[loss]) > 1:
-                gain = statistics.fmean(averages[loss]) - statistics.fmean(base)
+            if not (base and loss in averages):
+                continue
+            gain = statistics.fmean(averages[loss]) - statistics.fmean(base)
+            seeds = [s for s in _seeds(runs) if f"{architecture}|{loss}|{s}" in runs
+                     and f"{architecture}|standard|{s}" in runs]
+            paired = [summary(runs[f"{architecture}|{loss}|{s}"]["results"], sets)
+                      - summary(runs[f"{architecture}|standard|{s}"]["results"], sets) for s in seeds]
+            if len(base) > 1 and len(averages[loss]) > 1:
                 spread = max(statistics.stdev(base), statistics.stdev(averages[loss]))
-                # A seed fixes initialisation of new layers and the data order for both losses: pair by seed.
-                paired = [summary(store[f"{architecture}|{loss}|{seed}"]["results"])
-                          - summary(store[f"{architecture}|standard|{seed}"]["results"])
-                          for seed in _seeds(store)
-                          if f"{architecture}|{loss}|{seed}" in store and f"{architecture}|standard|{seed}" in store]
-                verdicts.append(f"- {architecture}: {loss} − standard = {gain:+.4f} on the average "
-                                f"(largest standard deviation {spread:.4f}): "
-                                + ("beyond one standard deviation" if gain > spread else
-                                   "better, within one standard deviation" if gain > 0 else "not better")
-                                + f"; paired by seed: {', '.join(f'{d:+.4f}' for d in paired)}")
-    text = ("\n".join(lines) + "\n\nMean ± standard deviation over the seeds run (" + ", ".join(map(str, _seeds(store)))
-            + "); a single number is one run (seed 0).\n\n")
-    return text + "\n".join(verdicts) + "\n"
+                beyond = ("beyond one standard deviation" if gain > spread else
+                          "better, within one standard deviation" if gain > 0 else "not better")
+                spread_text = f" (largest standard deviation {spread:.4f}): {beyond}"
+            else:
+                spread_text = " (one seed so far)"
+            line = (f"- {architecture}: {loss} − standard = {gain:+.4f} on the average{spread_text}; "
+                    f"paired by seed: {', '.join(f'{d:+.4f}' for d in paired)}")
+            tests = _query_tests(runs, architecture, loss, seeds, sets)
+            if tests:
+                line += f"; over queries p = {tests['average']:.4f} on the average"
+                significance.append(f"| {architecture} | {loss} | " + " | ".join(
+                    f"{tests[label]:.3f}" if label in tests else "–" for label, _, _ in sets)
+                    + f" | {tests['average']:.4f} |")
+            verdicts.append(line)
+    text = "\n".join(lines) + "\n\nMean ± standard deviation over the seeds run (" + ", ".join(
+        map(str, _seeds(runs))) + "); a single number is one run.\n\n" + "\n".join(verdicts) + "\n"
+    if significance:
+        text += ("\nPaired randomisation test over queries (two-sided p; per-query metric averaged over the seeds; "
+                 "10,000 sign flips), SamToNe against standard:\n\n"
+                 "| architecture | loss | " + " | ".join(label for label, _, _ in sets) + " | average |\n"
+                 "|---|---|" + "---:|" * (len(sets) + 1) + "\n" + "\n".join(significance) + "\n")
+    return text
 
 
-def _seeds(store):
-    return sorted({int(k.rsplit("|", 1)[1]) for k in store if k.count("|") == 2})
+def _query_tests(runs, architecture, loss, seeds, sets):
+    """{set label: p, "average": p} of the paired randomisation test over queries, when per-query values exist."""
+    if not seeds or any("per_query" not in runs[f"{architecture}|{name}|{s}"]["results"][label]
+                        for s in seeds for name in (loss, "standard") for label, _, _ in sets):
+        return {}
+    differences = {}
+    for label, _, _ in sets:
+        per_seed = {name: [runs[f"{architecture}|{name}|{s}"]["results"][label]["per_query"] for s in seeds]
+                    for name in (loss, "standard")}
+        queries = sorted(per_seed["standard"][0])
+        ours = np.mean([[values[q] for q in queries] for values in per_seed[loss]], axis=0)
+        theirs = np.mean([[values[q] for q in queries] for values in per_seed["standard"]], axis=0)
+        differences[label] = ours - theirs
+    tests = {label: paired_randomization_test(d) for label, d in differences.items()}
+    tests["average"] = paired_randomization_test(list(differences.values()))
+    return tests
+
+
+def _seeds(runs):
+    return sorted({int(k.rsplit("|", 1)[1]) for k in runs})
 
 
 def _mean_std(values):
@@ -165,24 +217,30 @@ def _mean_std(values):
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def _extra_sets(names):
+    """(label, dataset name[@split], primary metric) of the --eval_sets."""
+    return [(name, name, "nDCG@10") for name in names]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", default="docs/results/quality.json")
-    parser.add_argument("--num_layers", type=int, default=2, help="first layers of all-MiniLM-L6-v2 to keep")
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--results", default="docs/results/quality-full.json")
+    parser.add_argument("--num_layers", type=int, default=None, help="first layers of all-MiniLM-L6-v2 (default: all 6)")
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--learning_rate", type=float, default=3e-5)
     parser.add_argument("--temperature", type=float, default=0.05)
-    parser.add_argument("--query_max_length", type=int, default=32)
-    parser.add_argument("--document_max_length", type=int, default=64)
-    parser.add_argument("--squad_pairs", type=int, default=3000, help="SQuAD pairs in the training mixture")
+    parser.add_argument("--query_max_length", type=int, default=64)
+    parser.add_argument("--document_max_length", type=int, default=256)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES))
-    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES),
+    parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES), choices=list(ARCHITECTURES))
+    parser.add_argument("--losses", nargs="+", default=["standard", "SamToNe"], choices=list(LOSSES),
                         help="loss variants to train (labels as in the tables)")
-    parser.add_argument("--eval_batch_size", type=int, default=256)
-    parser.add_argument("--save_models", default=None,
-                        help="save seed 0's models (model.keras) under this directory, for analyze.py")
+    parser.add_argument("--eval_sets", nargs="*", default=[],
+                        help="more evaluation sets (dataset names or beir:<directory>; nDCG@10 as their metric)")
+    parser.add_argument("--eval_batch_size", type=int, default=128)
+    parser.add_argument("--save_models", default=None, help="save every trained model (model.keras) here")
+    parser.add_argument("--max_runs", type=int, default=None, help="stop after this many new runs (run in parts)")
     parser.add_argument("--report", action="store_true", help="only print the tables of --results")
     args = parser.parse_args(argv)
 
@@ -191,50 +249,70 @@ def main(argv=None):
     if args.report:
         print(report(store, args))
         return 0
-    # Which runs to do (seeds, architectures, losses) may change between invocations of one results file;
-    # what a run means may not.
+    # Which runs and which extra sets may change between invocations of one results file; what a run means may not.
     settings = {k: v for k, v in vars(args).items()
-                if k not in ("results", "report", "save_models", "seeds", "architectures", "losses")}
+                if k not in ("results", "report", "save_models", "seeds", "architectures", "losses", "eval_sets",
+                             "max_runs", "eval_batch_size")}
     if store.get("settings", settings) != settings:
         sys.exit(f"{path} holds results of other settings: {store['settings']}; use another --results")
-    store["settings"] = settings
+    sets = [list(s) for s in EVALUATION_SETS + _extra_sets(args.eval_sets)]
+    known = [list(s) for s in store.get("sets", [])]
+    store.update(settings=settings, sets=known + [s for s in sets if s not in known])
     store["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}"
+    sets = [tuple(s) for s in store["sets"]]
 
     started = time.perf_counter()
-    evaluation_sets = [(label, load_evaluation(name), metric) for label, name, metric in EVALUATION_SETS]
-    pairs = training_mixture(args.squad_pairs)
-    print(f"{len(pairs)} training pairs; {len(evaluation_sets)} evaluation sets, "
+    evaluation_sets = [(label, load_evaluation(name.partition("@")[0], name.partition("@")[2] or None), metric)
+                       for label, name, metric in sets]
+    pairs = training_pairs(args.steps * args.batch_size)
+    print(f"{len(pairs)} training pairs ({args.steps} steps of {args.batch_size}); {len(evaluation_sets)} evaluation "
+          f"sets, {sum(len(d.queries) for _, d, _ in evaluation_sets)} queries, "
           f"{sum(len(d.corpus) for _, d, _ in evaluation_sets)} documents", flush=True)
 
-    if "zero-shot" not in store:
-        model = dual_encoder_from_checkpoint(architecture="sde", num_layers=args.num_layers,
-                                             query_max_length=args.query_max_length,
-                                             document_max_length=args.document_max_length)
-        start = time.perf_counter()
-        store["zero-shot"] = {"results": evaluate_all(model, evaluation_sets, args.eval_batch_size),
-                              "seconds": time.perf_counter() - start}
+    def save():
         atomic_write_text(path, json.dumps(store, indent=1))
-        print(f"zero-shot: average {summary(store['zero-shot']['results']):.4f} "
-              f"({store['zero-shot']['seconds']:.0f} s)", flush=True)
 
+    zero = store.setdefault("zero-shot", {"results": {}})
+    missing = [label for label, _, _ in sets if label not in zero["results"]]
+    if missing:
+        start = time.perf_counter()
+        zero["results"].update(evaluate_all(new_model("sde", args), evaluation_sets, args.eval_batch_size,
+                                            done=zero["results"]))
+        zero["seconds"] = zero.get("seconds", 0) + time.perf_counter() - start
+        save()
+        print(f"zero-shot: average {summary(zero['results'], sets):.4f} ({zero['seconds']:.0f} s)", flush=True)
+
+    new_runs = 0
     for seed in args.seeds:
         for architecture in args.architectures:
             for loss in args.losses:
                 key = f"{architecture}|{loss}|{seed}"
-                if key in store:
+                saved = Path(args.save_models or "") / f"{architecture}-{loss.replace(' ', '_')}-{seed}.keras"
+                if key in store and all(label in store[key]["results"] for label, _, _ in sets):
                     continue
+                if key in store and args.save_models and saved.is_file():
+                    model = keras.saving.load_model(saved)
+                    store[key]["results"].update(evaluate_all(model, evaluation_sets, args.eval_batch_size,
+                                                              done=store[key]["results"]))
+                    save()
+                    continue
+                if args.max_runs is not None and new_runs >= args.max_runs:
+                    print(report(store, args))
+                    return 0
                 start = time.perf_counter()
                 model, losses = train_one(pairs, architecture, loss, seed, args)
                 trained = time.perf_counter()
                 results = evaluate_all(model, evaluation_sets, args.eval_batch_size)
-                store[key] = {"results": results, "train_seconds": trained - start,
-                              "eval_seconds": time.perf_counter() - trained,
-                              "final_loss": statistics.fmean(losses[-10:])}
-                atomic_write_text(path, json.dumps(store, indent=1))
-                if args.save_models and seed == 0:
-                    Path(args.save_models).mkdir(parents=True, exist_ok=True)
-                    model.save(Path(args.save_models) / f"{architecture}-{loss.replace(' ', '_')}.keras")
-                print(f"{key}: average {summary(results):.4f}  (train {trained - start:.0f} s, "
+                store[key] = {"results": results, "train_seconds": round(trained - start, 1),
+                              "eval_seconds": round(time.perf_counter() - trained, 1),
+                              "first_loss": round(statistics.fmean(losses[:10]), 4),
+                              "final_loss": round(statistics.fmean(losses[-10:]), 4)}
+                save()
+                new_runs += 1
+                if args.save_models:
+                    saved.parent.mkdir(parents=True, exist_ok=True)
+                    model.save(saved)
+                print(f"{key}: average {summary(results, sets):.4f}  (train {trained - start:.0f} s, "
                       f"eval {time.perf_counter() - trained:.0f} s, total {time.perf_counter() - started:.0f} s)",
                       flush=True)
                 del model

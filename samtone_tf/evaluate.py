@@ -23,6 +23,7 @@ from samtone_tf.atomic import atomic_write_text
 from samtone_tf.cli import HelpFormatter, add_verbose, fail, positive_int, quiet_native_logs
 from samtone_tf.data.datasets import load_evaluation
 from samtone_tf.index import ExactIndex, ScannIndex
+from samtone_tf.metrics import trec_run_text
 from samtone_tf.models import load_encoder
 from samtone_tf.retrieval import DEFAULT_MEASURES, evaluate_encoder
 
@@ -31,21 +32,25 @@ IGNORE_IDENTICAL_IDS = ("arguana", "quora")
 
 
 def evaluate(model_path, dataset, split=None, index="exact", k=100, batch_size=64, data_dir=None,
-             version=None, verbose=True, ignore_identical_ids=None):
-    """The metrics JSON (as a dict) of the model at `model_path` on `dataset`."""
+             version=None, verbose=True, ignore_identical_ids=None, keep_run=False):
+    """The metrics JSON (as a dict) of the model at `model_path` on `dataset`; with `keep_run`, also the
+    ranking scored ("run") and the per-query metrics ("per_query")."""
     encoder = load_encoder(model_path, version)
     data = load_evaluation(dataset, split, data_dir)
     if ignore_identical_ids is None:
         ignore_identical_ids = any(name in dataset for name in IGNORE_IDENTICAL_IDS)
     factory = ExactIndex if index == "exact" else (lambda e, ids: ScannIndex(e, ids, k=k))
     result = evaluate_encoder(encoder, data, DEFAULT_MEASURES, k=k, batch_size=batch_size, verbose=verbose,
-                              index_factory=factory, ignore_identical_ids=ignore_identical_ids)
-    return {
+                              index_factory=factory, ignore_identical_ids=ignore_identical_ids, keep_run=keep_run)
+    summary = {
         "model": str(model_path), "dataset": dataset, "split": data.split, "index": index, "k": k,
         "ignore_identical_ids": ignore_identical_ids,
         "metrics": {m: result[m] for m in DEFAULT_MEASURES},
         "queries": result["queries"], "documents": result["documents"], "seconds": result["seconds"],
     }
+    if keep_run:
+        summary.update(run=result["run"], per_query=result["per_query"])
+    return summary
 
 
 def main(argv=None):
@@ -62,13 +67,16 @@ def main(argv=None):
     parser.add_argument("--version", type=positive_int, default=None,
                         help="export version (default: the one the export's manifest commits)")
     add_verbose(parser)
+    parser.add_argument("--run_out", default=None,
+                        help="also write the ranking scored as a TREC run file here (for trec_eval, pytrec_eval) "
+                             "and the per-query metrics beside it (<run_out>.per_query.json); default: none")
     parser.add_argument("--out", default=None,
                         help="metrics JSON path (default: <model>/evaluation/<dataset>-<split>.json)")
     args = parser.parse_args(argv)
     quiet_native_logs(args.verbose)
     try:
         result = evaluate(args.model, args.dataset, args.split, args.index, args.k, args.batch_size,
-                          args.data_dir, args.version)
+                          args.data_dir, args.version, keep_run=bool(args.run_out))
     except (OSError, ValueError) as error:
         return fail(error)
     print(f"\n{result['dataset']} ({result['split']}): {result['queries']} queries, {result['documents']} "
@@ -79,11 +87,17 @@ def main(argv=None):
     base = model_path.parent if model_path.suffix == ".keras" else model_path
     out = Path(args.out) if args.out else (
         base / "evaluation" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.dataset)}-{result['split']}.json")
+    run, per_query = result.pop("run", None), result.pop("per_query", None)
     try:
         atomic_write_text(out, json.dumps(result, indent=1))
+        print(f"wrote {out}")
+        if args.run_out:
+            tag = re.sub(r"\s+", "_", str(args.model))
+            atomic_write_text(args.run_out, trec_run_text(run, tag))
+            atomic_write_text(f"{args.run_out}.per_query.json", json.dumps(per_query, indent=1, sort_keys=True))
+            print(f"wrote {args.run_out} (TREC run) and {args.run_out}.per_query.json")
     except OSError as error:
-        return fail(f"cannot write {out}: {error}")
-    print(f"wrote {out}")
+        return fail(f"cannot write the results: {error}")
     return 0
 
 

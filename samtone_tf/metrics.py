@@ -89,6 +89,49 @@ def evaluate(run, qrels, measures=("P@1", "MRR@10", "nDCG@10", "Recall@10", "Rec
     return {m: float(np.mean([values[m] for values in table.values()])) for m in measures}
 
 
+def paired_randomization_test(differences, rounds=10_000, seed=0):
+    """Two-sided p-value that paired per-query differences (system A − system B) average zero.
+
+    `differences` is one array [Q] (the statistic is its mean) or a list of arrays, one per evaluation set
+    (the statistic is the mean over sets of each set's mean: the "average" column of a results table). Under
+    the null hypothesis each difference's sign is arbitrary, so the statistic is compared with the statistics
+    of sign-flipped differences (Fisher's randomisation test, as used for IR evaluation by Smucker et al.,
+    CIKM 2007): exactly over all 2^Q flips for Q <= 16, else over `rounds` random flips (seeded), with the
+    observed assignment counted: p = (hits + 1) / (rounds + 1).
+    """
+    groups = [np.asarray(differences, np.float64)] if np.ndim(differences[0]) == 0 else [
+        np.asarray(d, np.float64) for d in differences]
+    groups = [g for g in groups if g.size]
+    if not groups:
+        raise ValueError("no differences to test")
+    sizes = [g.size for g in groups]
+    values = np.concatenate(groups)
+    weights = np.concatenate([np.full(n, 1.0 / (n * len(groups))) for n in sizes])  # mean of set means
+    observed = abs(float(np.dot(weights, values)))
+    tolerance = 1e-12 * max(1.0, observed)
+    if values.size <= 16:
+        signs = 1 - 2 * ((np.arange(2 ** values.size)[:, None] >> np.arange(values.size)) & 1)
+        statistics = np.abs(signs @ (weights * values))
+        return float(np.mean(statistics >= observed - tolerance))
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for start in range(0, rounds, 1000):
+        signs = rng.choice((-1.0, 1.0), size=(min(1000, rounds - start), values.size))
+        hits += int(np.sum(np.abs(signs @ (weights * values)) >= observed - tolerance))
+    return (hits + 1) / (rounds + 1)
+
+
+def trec_run_text(run, tag="samtone_tf"):
+    """A run {query_id: {doc_id: score}} as a TREC run file ("qid Q0 docid rank score tag" lines, each query's
+    documents in trec_eval's order), readable by trec_eval and pytrec_eval."""
+    lines = []
+    for query_id in sorted(run):
+        scores = run[query_id]
+        for rank, doc_id in enumerate(ranked(scores), start=1):
+            lines.append(f"{query_id} Q0 {doc_id} {rank} {scores[doc_id]:.6f} {tag}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 def _parse(measure):
     name, _, cut = measure.partition("@")
     if name not in METRICS:

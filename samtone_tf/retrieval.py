@@ -34,14 +34,21 @@ def run_retrieval(encoder, data, k=100, batch_size=64, verbose=True, index_facto
 
 
 def evaluate_encoder(encoder, data, measures=DEFAULT_MEASURES, k=100, batch_size=64, verbose=True,
-                     index_factory=ExactIndex, ignore_identical_ids=False):
-    """{measure: value} of `encoder` on `data`, plus the query and document counts and seconds taken."""
+                     index_factory=ExactIndex, ignore_identical_ids=False, keep_run=False):
+    """{measure: value} of `encoder` on `data`, plus the query and document counts and seconds taken; with
+    `keep_run`, also "run" ({query_id: {doc_id: score}}, the ranking scored) and "per_query"
+    ({query_id: {measure: value}})."""
     start = time.perf_counter()
     run = run_retrieval(encoder, data, k=max(k, _largest_cutoff(measures)), batch_size=batch_size,
                         verbose=verbose, index_factory=index_factory, ignore_identical_ids=ignore_identical_ids)
-    result = metrics.evaluate(run, data.qrels, measures)
+    table = metrics.per_query(run, data.qrels, measures)
+    if not table:
+        raise ValueError(f"{data.name}: no judged query has a relevant document")
+    result = {m: float(sum(values[m] for values in table.values()) / len(table)) for m in measures}
     result.update(queries=len(data.queries), documents=len(data.corpus),
                   seconds=round(time.perf_counter() - start, 2))
+    if keep_run:
+        result.update(run=run, per_query=table)
     return result
 
 

@@ -43,3 +43,26 @@ def test_missing_model_is_one_clear_error(tmp_path):
                             timeout=300)
     assert result.returncode == 2
     assert "not a model_dir, a .keras file or an export directory" in result.stderr
+
+
+def test_run_out_is_a_trec_run_that_standard_tools_score_alike(tmp_path, shared_data, tiny_model_dir):
+    import pytrec_eval
+
+    from samtone_tf.data.datasets import load_evaluation
+
+    printed, result = evaluate(tiny_model_dir, tmp_path / "m.json", "--run_out", str(tmp_path / "medline.run"))
+    assert "medline.run (TREC run)" in printed
+    lines = (tmp_path / "medline.run").read_text().splitlines()
+    first = lines[0].split()
+    assert len(first) == 6 and first[1] == "Q0" and first[3] == "1"
+    with open(tmp_path / "medline.run") as f:
+        run = pytrec_eval.parse_run(f)
+    qrels = load_evaluation("beir:medline", None, shared_data).qrels
+    scored = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recip_rank", "P.10"}).evaluate(run)
+    per_query = json.loads((tmp_path / "medline.run.per_query.json").read_text())
+    judged = [q for q in per_query]
+    assert len(judged) == 30
+    for query_id in judged:
+        assert per_query[query_id]["nDCG@10"] == pytest.approx(scored[query_id]["ndcg_cut_10"], abs=1e-4)
+    mean_ndcg = sum(scored[q]["ndcg_cut_10"] for q in judged) / len(judged)
+    assert result["metrics"]["nDCG@10"] == pytest.approx(mean_ndcg, abs=1e-4)

@@ -68,3 +68,30 @@ def test_unknown_measures_are_rejected():
         evaluate({}, {"q": {"d": 1}}, ["F1@3"])
     with pytest.raises(ValueError, match="needs a cut-off"):
         evaluate({}, {"q": {"d": 1}}, ["nDCG"])
+
+
+def test_paired_randomization_test_matches_scipy_exact_permutation_test():
+    from scipy import stats
+
+    from samtone_tf.metrics import paired_randomization_test
+
+    rng = np.random.default_rng(4)
+    for shift in (0.0, 0.3, 1.0):
+        differences = rng.normal(shift, 1.0, size=12)
+        want = stats.permutation_test((differences,), np.mean, permutation_type="samples", n_resamples=np.inf,
+                                      alternative="two-sided").pvalue
+        assert paired_randomization_test(differences) == pytest.approx(want, abs=1e-9)
+
+
+def test_paired_randomization_test_sampled_and_over_sets():
+    from samtone_tf.metrics import paired_randomization_test
+
+    rng = np.random.default_rng(5)
+    clear = rng.normal(0.2, 1.0, size=2000)
+    assert paired_randomization_test(clear) < 0.01
+    null = rng.normal(0.0, 1.0, size=2000)
+    assert paired_randomization_test(null) > 0.05
+    # Over sets: the mean of the set means, each set flipped on its own.
+    small, large = rng.normal(0.5, 0.1, size=8), rng.normal(-0.01, 1.0, size=3000)
+    p = paired_randomization_test([small, large])
+    assert 0.0 < p < 0.05  # the small set's large mean difference carries the average
