@@ -14,12 +14,13 @@ LAYERS = [
     {"locations", "atomic", "distributed", "encoding", "losses", "metrics", "text", "torch_checkpoint", "cli",
      "data", "data.errors", "data.ids"},
     {"keras_loss", "index", "run_dir", "data.textfiles", "data.records", "data.sentences"},
+    {"mining"},
     {"towers", "training", "retrieval", "data.beir", "data.flagembedding", "data.msmarco", "data.multireqa",
      "data.squad", "data.wikiqa", "data.pipeline"},
     {"pretrained", "serving", "data.datasets", "data.tfds_builders"},
     {"models"},
     {"training_run", "analysis"},
-    {"train", "evaluate", "export", "analyze", "data.__main__"},  # the commands
+    {"train", "evaluate", "export", "analyze", "mine", "data.__main__"},  # the commands
 ]
 COMMANDS = LAYERS[-1]
 # The package root sets TensorFlow's environment and re-exports the loss: any module may import it,
