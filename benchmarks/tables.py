@@ -80,8 +80,30 @@ def quality(results):
     return report(results, None)
 
 
+def mining(results):
+    """In-batch negatives only against mined hard negatives, per task: mean ± standard deviation over seeds."""
+    import statistics
+
+    lines = ["| task | metric | zero-shot | in-batch only | mined hard negatives | difference | seeds |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for task, metric in (("scifact", "nDCG@10"), ("squad", "P@1")):
+        runs = results.get(task, {})
+        values = {c: [v[metric] for k, v in runs.items() if k.startswith(f"{c}|")] for c in ("in-batch", "mined")}
+        if not values["in-batch"] or not values["mined"]:
+            continue
+
+        def cell(xs):
+            return f"{statistics.fmean(xs):.4f}" + (f" ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else "")
+
+        zero = runs.get("zero-shot", {}).get(metric)
+        lines.append(f"| {task} | {metric} | {zero:.4f} | {cell(values['in-batch'])} | {cell(values['mined'])} | "
+                     f"{statistics.fmean(values['mined']) - statistics.fmean(values['in-batch']):+.4f} | "
+                     f"{min(len(values['in-batch']), len(values['mined']))} |")
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS = {"loss_overhead": loss_overhead, "encode_speed": encode_speed, "speed": speed, "analysis": analysis,
-             "quality": quality}
+             "quality": quality, "mining": mining}
 
 
 def render(path):

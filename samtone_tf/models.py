@@ -81,8 +81,11 @@ def load_trained_model(model_dir):
 
 
 def load_encoder(path, version=None):
-    """Anything with encode_queries/encode_documents: a training model_dir, a .keras file, or an
-    export directory (the version its manifest commits, or `version`)."""
+    """Anything with encode_queries/encode_documents: a training model_dir, a .keras file, an export
+    directory (the version its manifest commits, or `version`), or a pretrained Hugging Face checkpoint (a
+    directory, or a name under the models directory) as an untrained SDE: the zero-shot model."""
+    from samtone_tf.pretrained import resolve_checkpoint
+
     path = Path(path)
     if (path / "query_encoder").is_dir() or (path / "manifest.json").is_file():
         from samtone_tf.serving import ExportedEncoder
@@ -90,6 +93,12 @@ def load_encoder(path, version=None):
         return ExportedEncoder(path, version)
     if path.suffix == ".keras":
         return load_keras_file(path)
+    if (path / "vocab.txt").is_file() and not (path / "checkpoints").is_dir():
+        return dual_encoder_from_checkpoint(str(path), architecture="sde")
     if path.is_dir():
         return load_trained_model(path)
-    raise FileNotFoundError(f"{path}: not a model_dir, a .keras file or an export directory")
+    try:
+        return dual_encoder_from_checkpoint(str(resolve_checkpoint(str(path))), architecture="sde")
+    except FileNotFoundError:
+        pass
+    raise FileNotFoundError(f"{path}: not a model_dir, a .keras file, an export directory or a pretrained checkpoint")

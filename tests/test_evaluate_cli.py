@@ -42,7 +42,7 @@ def test_missing_model_is_one_clear_error(tmp_path):
                              "--dataset", "wikiqa"], cwd=REPOSITORY_ROOT, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 2
-    assert "not a model_dir, a .keras file or an export directory" in result.stderr
+    assert "not a model_dir, a .keras file, an export directory or a pretrained checkpoint" in result.stderr
 
 
 def test_run_out_is_a_trec_run_that_standard_tools_score_alike(tmp_path, shared_data, tiny_model_dir):
