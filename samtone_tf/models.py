@@ -30,11 +30,14 @@ def build_model(config):
     if name == "tiny" or name.startswith("config:"):
         vocabulary = config.vocabulary or str(read_checkpoint(None, config.models_dir).vocabulary_path)
         if name == "tiny":
-            return tiny_dual_encoder(vocabulary, seed=config.seed, **options)
+            dropout = {} if config.dropout is None else {"dropout": config.dropout}
+            return tiny_dual_encoder(vocabulary, seed=config.seed, **dropout, **options)
         import keras_hub
 
         spec = name[len("config:"):]
         arguments = json.loads(Path(spec).read_text() if Path(spec).is_file() else spec)
+        if config.dropout is not None:
+            arguments["dropout"] = config.dropout
         return DualEncoder(keras_hub.models.BertBackbone(**arguments), vocabulary, **options)
     if name.startswith("preset:"):
         import keras_hub
@@ -44,7 +47,7 @@ def build_model(config):
         vocabulary = keras_hub.models.BertTokenizer.from_preset(preset).vocabulary
         return DualEncoder(backbone, vocabulary, **options)
     return dual_encoder_from_checkpoint(name, models_directory=config.models_dir,
-                                        num_layers=config.num_layers, **options)
+                                        num_layers=config.num_layers, dropout=config.dropout, **options)
 
 
 def load_keras_file(path):

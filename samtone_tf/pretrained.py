@@ -187,6 +187,7 @@ def dual_encoder_from_checkpoint(
     query_max_length=None,
     document_max_length=None,
     num_layers=None,
+    dropout=None,
     **dual_encoder_options,
 ):
     """A `DualEncoder` whose towers start from a local pretrained checkpoint.
@@ -201,7 +202,7 @@ def dual_encoder_from_checkpoint(
     checkpoint = read_checkpoint(name_or_path, models_directory)
     dual_encoder_options.setdefault("pooling", checkpoint.pooling)
     return DualEncoder(
-        load_backbone(checkpoint, num_layers=num_layers),
+        load_backbone(checkpoint, dropout=dropout, num_layers=num_layers),
         str(checkpoint.vocabulary_path),
         architecture=architecture,
         query_max_length=query_max_length or checkpoint.max_length,

@@ -71,11 +71,17 @@ def build_parser():
     loss.add_argument("--temperature", type=positive_float, default=0.05, help="softmax temperature")
     loss.add_argument("--learnable_temperature", action="store_true",
                       help="learn the temperature (log scale, clipped to [0.01, 1.0]), starting at --temperature")
+    model.add_argument("--dropout", type=non_negative_float, default=None,
+                       help="dropout rate of the towers (default: the checkpoint's; 0 turns it off)")
     loss.add_argument("--hard_negatives", type=non_negative_int, default=0, help="hard negatives per pair (from the data)")
 
     optimization = parser.add_argument_group("optimization")
     optimization.add_argument("--batch_size", type=positive_int, default=32,
                               help="GLOBAL batch size; each replica gets batch_size / replicas")
+    optimization.add_argument("--gradient_cache_chunk", type=positive_int, default=None,
+                              help="gradient caching: encode this many rows of a replica's batch at a time (the "
+                                   "same loss and gradients, activation memory of one chunk: much larger batches "
+                                   "fit; default: off)")
     optimization.add_argument("--steps", type=positive_int, default=50, help="training steps")
     optimization.add_argument("--optimizer", default="adamw", choices=("adamw", "adafactor"), help="the optimizer")
     optimization.add_argument("--learning_rate", type=positive_float, default=3e-5, help="peak learning rate")

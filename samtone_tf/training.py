@@ -48,6 +48,8 @@ class TrainConfig:
     temperature: float = 0.05
     learnable_temperature: bool = False
     hard_negatives: int = 0
+    dropout: float | None = None  # None: the checkpoint's rate
+    gradient_cache_chunk: int | None = None  # None: no gradient caching
     batch_size: int = 32
     steps: int = 50
     optimizer: str = "adamw"
@@ -79,7 +81,9 @@ class TrainConfig:
         for name in ("hard_negatives", "eval_every", "seed", "warmup_steps"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 problems.append(f"{name} must be a non-negative integer; got {getattr(self, name)!r}")
-        for name in ("max_train_pairs", "num_layers", "projection_dim", "cpu_replicas"):
+        if self.dropout is not None and not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            problems.append(f"dropout must be in [0, 1); got {self.dropout!r}")
+        for name in ("max_train_pairs", "num_layers", "projection_dim", "cpu_replicas", "gradient_cache_chunk"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < (0 if name == "max_train_pairs" else 1)):
                 problems.append(f"{name} must be {'a non-negative' if name == 'max_train_pairs' else 'a positive'} "
@@ -141,10 +145,23 @@ def split_batch(batch):
     return x, y
 
 
-def make_train_step(strategy, model):
+def make_train_step(strategy, model, gradient_cache_chunk=None):
     """One optimisation step of `model` (compiled by `compile_for_training`) on every replica of
-    `strategy`: Keras's own `train_step`. -> step(batch) returning the mean loss over the global batch
-    (a Python float)."""
+    `strategy`: Keras's own `train_step`, or with `gradient_cache_chunk` the gradient-cached step (same loss
+    and gradients, activations of one chunk of rows at a time). -> step(batch) returning the mean loss over
+    the global batch (a Python float)."""
+    if gradient_cache_chunk:
+        @tf.function(reduce_retracing=True)
+        def cached(batch):
+            x, y = split_batch(batch)
+            losses = strategy.run(lambda x, y: gradient_cached_step(model, x, y, gradient_cache_chunk), args=(x, y))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+        def cached_step(batch):
+            return float(cached(batch))
+
+        cached_step.traced = cached
+        return cached_step
 
     @tf.function(reduce_retracing=True)
     def replicated(batch):
@@ -157,6 +174,91 @@ def make_train_step(strategy, model):
 
     step.traced = replicated
     return step
+
+
+EMBEDDING_KEYS = ("query", "document", "hard_negatives")
+
+
+def seed_states(model):
+    """The state variables of the model's random seed generators (dropout): restoring them replays the masks."""
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
+def _rows(inputs, start, end):
+    return {key: value[start:end] for key, value in inputs.items()}
+
+
+def gradient_cached_gradients(model, x, y, chunk):
+    """Loss and gradients of one step by gradient caching (Gao et al., 2021, "Scaling Deep Contrastive Learning
+    Batch Size under Memory Limited Setup"), on this replica's rows.
+
+    1. Embed the rows `chunk` at a time without a tape (no activations kept), noting each chunk's seed state.
+    2. The loss on all the embeddings (gathered across replicas inside the loss, as always), and its gradient
+       with respect to this replica's embeddings (and the learnable temperature).
+    3. Re-embed each chunk under a tape with the same seed state (the same dropout masks) and back-propagate
+       the cached embedding gradients: sum(embedding * gradient) has the weights' gradient of the loss.
+    -> (loss, [gradient per model.trainable_variables]); equal to the uncached step's (with dropout off: with
+    dropout, the masks are drawn per chunk, not for the whole batch).
+    """
+    variables = model.trainable_variables
+    seeds = seed_states(model)
+    size = next(iter(x.values())).shape[0]
+    if size is None:
+        raise ValueError("gradient caching needs a static per-replica batch size (the pipeline drops remainders)")
+    bounds = [(start, min(start + chunk, size)) for start in range(0, size, chunk)]
+    snapshots, pieces = [], []
+    for start, end in bounds:
+        snapshots.append([tf.identity(v.value) for v in seeds])
+        outputs = model(_rows(x, start, end), training=True)
+        pieces.append({key: tf.stop_gradient(outputs[key]) for key in EMBEDDING_KEYS if key in outputs})
+    after_first_pass = [tf.identity(v.value) for v in seeds]
+    embeddings = {key: tf.concat([piece[key] for piece in pieces], axis=0) for key in pieces[0]}
+    with tf.GradientTape() as tape:
+        tape.watch(list(embeddings.values()))
+        y_pred = dict(embeddings)
+        if getattr(model, "learnable_temperature", False):
+            y_pred["temperature"] = model.current_temperature()
+        loss = model.compute_loss(x=x, y=y, y_pred=y_pred)
+    keys = list(embeddings)
+    temperature_variables = [v for v in variables if "temperature" in v.path]
+    cached = tape.gradient(loss, [embeddings[key] for key in keys] + temperature_variables)
+    embedding_gradients = dict(zip(keys, cached[: len(keys)]))
+    parts = [[] for _ in variables]
+    for (start, end), snapshot in zip(bounds, snapshots):
+        for variable, value in zip(seeds, snapshot):
+            variable.assign(value)
+        with tf.GradientTape() as tape:
+            outputs = model(_rows(x, start, end), training=True)
+            surrogate = tf.add_n([tf.reduce_sum(tf.cast(outputs[key], tf.float32) * embedding_gradients[key][start:end])
+                                  for key in keys if embedding_gradients[key] is not None])
+        for index, gradient in enumerate(tape.gradient(surrogate, variables)):
+            if gradient is not None:
+                parts[index].append(gradient)
+    for variable, value in zip(seeds, after_first_pass):
+        variable.assign(value)
+    for variable, gradient in zip(temperature_variables, cached[len(keys):]):
+        if gradient is not None:
+            parts[next(i for i, v in enumerate(variables) if v is variable)].append(gradient)
+    return loss, [_combine(p, v) for p, v in zip(parts, variables)]
+
+
+def _combine(parts, variable):
+    """The chunks' gradients of one variable as the uncached step has it: embedding lookups give sparse
+    gradients (one slice per looked-up row), which optimizers such as Adam update per slice, so the chunks'
+    slices are concatenated rather than summed into a dense tensor."""
+    if not parts:
+        return tf.zeros_like(variable)
+    if all(isinstance(p, tf.IndexedSlices) for p in parts):
+        return tf.IndexedSlices(tf.concat([p.values for p in parts], 0), tf.concat([p.indices for p in parts], 0),
+                                parts[0].dense_shape)
+    return tf.add_n([tf.convert_to_tensor(p) for p in parts])
+
+
+def gradient_cached_step(model, x, y, chunk):
+    """`gradient_cached_gradients`, then the optimizer's update. -> this replica's loss value."""
+    loss, gradients = gradient_cached_gradients(model, x, y, chunk)
+    model.optimizer.apply(gradients, model.trainable_variables)
+    return loss
 
 
 def all_finite(model):

@@ -68,6 +68,9 @@ def _train(config, strategy, chief, model_dir, log):
         f"{replicas} x {config.batch_size // replicas}; each query sees {documents + queries + hard} negatives "
         f"({documents} documents + {queries} other queries + {hard} hard negatives)")
 
+    if config.gradient_cache_chunk:
+        log(f"gradient caching: each replica encodes its {config.batch_size // replicas} rows "
+            f"{config.gradient_cache_chunk} at a time")
     pairs = load_training_pairs(config.dataset, config.train_split, config.data_dir,
                                 max_pairs=config.max_train_pairs)
     log(f"training data {config.dataset} ({config.train_split}): "
@@ -116,7 +119,7 @@ def _train(config, strategy, chief, model_dir, log):
             strategy, pairs, config.batch_size, seed=config.seed, hard_negatives=config.hard_negatives,
             unique_ids=config.unique_ids, skip_batches=start_step, tokenize=model.tokenize_inputs,
         )
-        step_fn = make_train_step(strategy, model)
+        step_fn = make_train_step(strategy, model, config.gradient_cache_chunk)
         iterator = iter(dataset)
         window_start, window_steps = time.perf_counter(), 0
         progress = _Progress(start_step, config.steps, enabled=chief and sys.stdout.isatty())

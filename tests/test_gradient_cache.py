@@ -1,0 +1,146 @@
+"""Gradient caching: the cached step's loss and gradients equal the uncached step's (dropout off), on one
+device and across replicas, for every architecture; dropout masks are replayed exactly."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from samtone_tf.data.pipeline import training_dataset
+from samtone_tf.towers import ARCHITECTURES, tiny_dual_encoder
+from samtone_tf.training import (TrainConfig, compile_for_training, gradient_cached_gradients, make_train_step,
+                                 seed_states, split_batch)
+from tests.helpers import TINY_VOCABULARY, mirrored_strategy
+from tests.test_training import pairs
+
+CONFIG = TrainConfig(model="tiny", batch_size=8, hard_negatives=2, steps=10, learning_rate=1e-3,
+                     same_tower="both", bidirectional=True, learnable_temperature=True)
+
+
+def model_and_batch(architecture="ade", dropout=0.0, seed=0):
+    model = tiny_dual_encoder(TINY_VOCABULARY, architecture, seed=seed, dropout=dropout, learnable_temperature=True)
+    compile_for_training(model, CONFIG)
+    dataset = training_dataset(pairs(), 8, seed=0, hard_negatives=2, tokenize=model.tokenize_inputs)
+    return model, next(iter(dataset))
+
+
+def uncached_gradients(model, x, y):
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=True))
+    return loss, tape.gradient(loss, model.trainable_variables)
+
+
+def assert_same(got, want):
+    (got_loss, got_grads), (want_loss, want_grads) = got, want
+    np.testing.assert_allclose(float(got_loss), float(want_loss), atol=1e-5)
+    for variable, g, w in zip(CURRENT_VARIABLES, got_grads, want_grads):
+        w_raw = w
+        w = np.zeros(variable.shape) if w is None else tf.convert_to_tensor(w).numpy()
+        # Within 1e-5 of the tensor's scale (float32 sums in another order; gradients here reach ~30).
+        scale = max(1.0, float(np.max(np.abs(w))))
+        np.testing.assert_allclose(tf.convert_to_tensor(g).numpy(), w, atol=1e-5 * scale, err_msg=variable.path)
+        assert isinstance(g, tf.IndexedSlices) == isinstance(w_raw, tf.IndexedSlices), variable.path
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8, 16])
+def test_cached_loss_and_gradients_equal_uncached(chunk):
+    global CURRENT_VARIABLES
+    model, batch = model_and_batch()
+    CURRENT_VARIABLES = model.trainable_variables
+    x, y = split_batch(batch)
+    assert_same(gradient_cached_gradients(model, x, y, chunk), uncached_gradients(model, x, y))
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_every_architecture_including_frozen_variables(architecture):
+    global CURRENT_VARIABLES
+    model, batch = model_and_batch(architecture)
+    CURRENT_VARIABLES = model.trainable_variables
+    x, y = split_batch(batch)
+    assert any("temperature" in v.path for v in model.trainable_variables)
+    assert_same(gradient_cached_gradients(model, x, y, 3), uncached_gradients(model, x, y))
+
+
+def test_dropout_masks_are_replayed_exactly():
+    model, batch = model_and_batch(dropout=0.3)
+    x, _ = split_batch(batch)
+    seeds = seed_states(model)
+    snapshot = [tf.identity(v.value) for v in seeds]
+    first = model(x, training=True)["query"].numpy()
+    different = model(x, training=True)["query"].numpy()
+    for variable, value in zip(seeds, snapshot):
+        variable.assign(value)
+    again = model(x, training=True)["query"].numpy()
+    np.testing.assert_array_equal(again, first)
+    assert not np.allclose(different, first)  # dropout is on: without the replay the masks differ
+
+
+def _train(strategy, chunk, steps=3):
+    with strategy.scope():
+        model, batch = model_and_batch()
+    step = make_train_step(strategy, model, gradient_cache_chunk=chunk)
+    dataset = training_dataset(pairs(), 8 // strategy.num_replicas_in_sync, seed=0, hard_negatives=2,
+                               tokenize=model.tokenize_inputs)
+    if strategy.num_replicas_in_sync > 1:
+        dataset = strategy.experimental_distribute_dataset(dataset.unbatch().batch(8, drop_remainder=True))
+    losses = [step(b) for b, _ in zip(dataset, range(steps))]
+    return losses, [w.numpy() for w in model.trainable_weights]
+
+
+def test_three_cached_steps_train_the_same_weights_as_uncached():
+    default = tf.distribute.get_strategy()
+    cached_losses, cached = _train(default, 3)
+    plain_losses, plain = _train(default, None)
+    np.testing.assert_allclose(cached_losses, plain_losses, atol=1e-5)
+    for got, want in zip(cached, plain):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_two_replicas_equal_one_device():
+    one_losses, one = _train(tf.distribute.get_strategy(), 3)
+    two_losses, two = _train(mirrored_strategy(2), 3)
+    np.testing.assert_allclose(two_losses, one_losses, atol=1e-5)
+    for got, want in zip(two, one):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def _checkpoint_weights(model_dir):
+    reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
+    names = sorted(n for n in reader.get_variable_to_shape_map() if n.startswith("model/") and "seed" not in n)
+    return {n: reader.get_tensor(n) for n in names}
+
+
+def test_the_command_with_gradient_caching_on_two_workers_trains_like_one_uncached_process(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPOSITORY_ROOT, free_ports
+
+    def command(model_dir, *extra):
+        return [sys.executable, "-m", "samtone_tf.train", "--model", "tiny", "--model_dir", str(model_dir),
+                "--eval_datasets", "", "--batch_size", "8", "--steps", "3", "--dropout", "0", "--hard_negatives", "0",
+                "--no-export", "--learning_rate", "1e-3", *extra]
+
+    plain = subprocess.run(command(tmp_path / "plain"), cwd=REPOSITORY_ROOT, capture_output=True, text=True,
+                           timeout=600)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": {"worker": workers},
+                                                     "task": {"type": "worker", "index": index}}))
+        env["TMPDIR"] = str(tmp_path / f"tmp{index}")
+        os.makedirs(env["TMPDIR"])
+        processes.append(subprocess.Popen(command(tmp_path / "cached", "--strategy", "multi_worker",
+                                                  "--gradient_cache_chunk", "3"),
+                                          cwd=REPOSITORY_ROOT, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for process, (_, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-3000:]
+    assert "gradient caching: each replica encodes its 4 rows 3 at a time" in outputs[0][0]
+    want, got = _checkpoint_weights(tmp_path / "plain"), _checkpoint_weights(tmp_path / "cached")
+    assert want.keys() == got.keys()
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], atol=1e-5, err_msg=name)
