@@ -15,8 +15,10 @@ from samtone_tf.towers import DualEncoder, tiny_dual_encoder
 from samtone_tf.training import TrainConfig
 
 
-def build_model(config):
-    """The DualEncoder a `TrainConfig` (or its dict, e.g. a run's config.json) asks for, freshly initialised."""
+def build_model(config, load_pretrained_weights=True):
+    """The DualEncoder a `TrainConfig` (or its dict, e.g. a run's config.json) asks for, freshly initialised
+    (from the pretrained checkpoint's weights unless `load_pretrained_weights` is False: the architecture only,
+    for weights restored from a training checkpoint)."""
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     options = dict(
@@ -46,8 +48,8 @@ def build_model(config):
         backbone = keras_hub.models.Backbone.from_preset(preset)
         vocabulary = keras_hub.models.BertTokenizer.from_preset(preset).vocabulary
         return DualEncoder(backbone, vocabulary, **options)
-    return dual_encoder_from_checkpoint(name, models_directory=config.models_dir,
-                                        num_layers=config.num_layers, dropout=config.dropout, **options)
+    return dual_encoder_from_checkpoint(name, models_directory=config.models_dir, num_layers=config.num_layers,
+                                        dropout=config.dropout, load_weights=load_pretrained_weights, **options)
 
 
 def load_keras_file(path):
@@ -75,11 +77,13 @@ def load_trained_model(model_dir):
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{model_dir}: neither model.keras nor config.json (not a training model_dir)")
-    model = build_model(json.loads(config_path.read_text()))
     latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
     if latest is None:
         raise FileNotFoundError(f"{model_dir}: no checkpoint to export")
-    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    # The architecture only: every weight comes from the run's checkpoint, not the pretrained one.
+    model = build_model(json.loads(config_path.read_text()), load_pretrained_weights=False)
+    status = tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    status.assert_existing_objects_matched()
     return model
 
 

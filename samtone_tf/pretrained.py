@@ -34,7 +34,7 @@ class Checkpoint:
     max_length: int
     pooling: str  # "mean" or "cls"
     normalize: bool
-    weights_path: Path
+    weights_path: Path | None
 
 
 def resolve_checkpoint(name_or_path=None, models_directory=None):
@@ -100,7 +100,7 @@ def read_checkpoint(name_or_path=None, models_directory=None):
         max_length=max_length,
         pooling=pooling,
         normalize=normalize,
-        weights_path=_weights_file(path),
+        weights_path=_weights_file(path),  # None when the directory holds no weights
     )
 
 
@@ -112,6 +112,8 @@ def load_backbone(checkpoint, dropout=None, num_layers=None):
     from pretrained weights); `dropout` overrides the checkpoint's rate. A `pytorch_model.bin` (which
     keras_hub reads only through PyTorch) is read without PyTorch and handed over as safetensors.
     """
+    if checkpoint.weights_path is None:
+        raise FileNotFoundError(f"{checkpoint.path}: neither model.safetensors nor pytorch_model.bin")
     overrides = {}
     if dropout is not None:
         overrides["dropout"] = dropout
@@ -165,7 +167,7 @@ def _weights_file(path):
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (path / name).is_file():
             return path / name
-    raise FileNotFoundError(f"{path}: neither model.safetensors nor pytorch_model.bin")
+    return None
 
 
 def _read_json(path, default=None):
@@ -188,21 +190,29 @@ def dual_encoder_from_checkpoint(
     document_max_length=None,
     num_layers=None,
     dropout=None,
+    load_weights=True,
     **dual_encoder_options,
 ):
     """A `DualEncoder` whose towers start from a local pretrained checkpoint.
 
     Pooling and casing follow the checkpoint (sentence-transformers files when
     present); max lengths default to the checkpoint's; `num_layers` keeps the first
-    layers only. Other keyword arguments go to `DualEncoder` (projection_dim,
-    learnable_temperature, ...).
+    layers only; `load_weights=False` builds the same architecture without reading the weights (for
+    weights restored from a training checkpoint). Other keyword arguments go to `DualEncoder`
+    (projection_dim, learnable_temperature, ...).
     """
     from samtone_tf.towers import DualEncoder
 
     checkpoint = read_checkpoint(name_or_path, models_directory)
     dual_encoder_options.setdefault("pooling", checkpoint.pooling)
+    if load_weights:
+        backbone = load_backbone(checkpoint, dropout=dropout, num_layers=num_layers)
+    else:  # the architecture only, for weights restored from elsewhere (a training run's checkpoint)
+        config = dict(checkpoint.backbone_config)
+        config.update({k: v for k, v in (("dropout", dropout), ("num_layers", num_layers)) if v is not None})
+        backbone = keras_hub.models.BertBackbone(**config)
     return DualEncoder(
-        load_backbone(checkpoint, dropout=dropout, num_layers=num_layers),
+        backbone,
         str(checkpoint.vocabulary_path),
         architecture=architecture,
         query_max_length=query_max_length or checkpoint.max_length,

@@ -104,7 +104,7 @@ def test_unsupported_or_broken_checkpoints_get_clear_errors(tmp_path):
         read_checkpoint(tmp_path)
     (tmp_path / "vocab.txt").write_text((TINY_BERT / "vocab.txt").read_text())
     with pytest.raises(FileNotFoundError, match="neither model.safetensors nor pytorch_model.bin"):
-        read_checkpoint(tmp_path)
+        load_backbone(read_checkpoint(tmp_path))
     # A checkpoint whose shapes disagree with its config.
     (tmp_path / "pytorch_model.bin").write_bytes((TINY_BERT / "pytorch_model.bin").read_bytes())
     (tmp_path / "config.json").write_text(json.dumps(dict(config, hidden_size=64, intermediate_size=64)))
