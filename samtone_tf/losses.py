@@ -228,11 +228,16 @@ def _id_key(name, ids):
         return None
     ids = tf.convert_to_tensor(ids)
     if ids.dtype == tf.string:
-        # 64-bit fingerprints: a collision inside one batch is ~B^2 / 2^64.
-        ids = tf.strings.to_hash_bucket_fast(ids, 2**63 - 1)
+        ids = id_fingerprints(ids)
     elif not ids.dtype.is_integer:
         raise ValueError(f"{name} must be integers or strings; got {ids.dtype.name}")
     return tf.cast(ids, tf.int64)
+
+
+def id_fingerprints(ids):
+    """String ids -> the int64 keys the loss compares (64-bit fingerprints: a collision inside one batch is
+    ~B^2 / 2^64). Input pipelines apply it on the host so that a compiled step sees no string."""
+    return tf.strings.to_hash_bucket_fast(ids, 2**63 - 1)
 
 
 def _shared_id_mask(local_keys, global_keys, is_positive):

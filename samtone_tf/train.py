@@ -82,6 +82,14 @@ def build_parser():
                               help="gradient caching: encode this many rows of a replica's batch at a time (the "
                                    "same loss and gradients, activation memory of one chunk: much larger batches "
                                    "fit; default: off)")
+    optimization.add_argument("--mixed_precision", default="none", choices=("none", "bf16", "fp16"),
+                              help="bf16: TPUs, recent GPUs (Ampere+), CPUs with AVX-512 BF16 or AMX (elsewhere it is "
+                                   "emulated and slow; a warning says so); fp16: GPUs, with dynamic loss scaling. "
+                                   "Variables, checkpoints, the loss and exported embeddings stay float32")
+    optimization.add_argument("--jit_compile", action="store_true",
+                              help="compile the step with XLA on one device (token lengths bucketed to multiples of 32 "
+                                   "so that it compiles once per bucket; the log counts the compilations); not with "
+                                   "--strategy mirrored or multi_worker, whose gathers XLA cannot hold")
     optimization.add_argument("--steps", type=positive_int, default=50, help="training steps")
     optimization.add_argument("--optimizer", default="adamw", choices=("adamw", "adafactor"), help="the optimizer")
     optimization.add_argument("--learning_rate", type=positive_float, default=3e-5, help="peak learning rate")

@@ -22,6 +22,8 @@ ARCHITECTURES = ("sde", "ade", "ade_spl", "ade_ste", "ade_fte")
 OPTIMIZERS = ("adamw", "adafactor")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 ID_KEYS = ("query_id", "document_id", "hard_negative_ids")
+PRECISION_POLICIES = {"none": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+LENGTH_BUCKET = 32  # token lengths rounded up to a multiple of this when the step is compiled
 
 
 @dataclasses.dataclass
@@ -50,6 +52,8 @@ class TrainConfig:
     hard_negatives: int = 0
     dropout: float | None = None  # None: the checkpoint's rate
     gradient_cache_chunk: int | None = None  # None: no gradient caching
+    mixed_precision: str = "none"  # "bf16" or "fp16": Keras mixed-precision policies
+    jit_compile: bool = False  # the replica step compiled with XLA
     batch_size: int = 32
     steps: int = 50
     optimizer: str = "adamw"
@@ -94,7 +98,8 @@ class TrainConfig:
         if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
             problems.append(f"weight_decay must be non-negative; got {self.weight_decay!r}")
         for name, allowed in (("architecture", ARCHITECTURES), ("same_tower", SAME_TOWER_OPTIONS),
-                              ("optimizer", OPTIMIZERS), ("strategy", STRATEGIES), ("pooling", (None, "mean", "cls"))):
+                              ("optimizer", OPTIMIZERS), ("strategy", STRATEGIES), ("pooling", (None, "mean", "cls")),
+                              ("mixed_precision", tuple(PRECISION_POLICIES))):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {allowed}; got {getattr(self, name)!r}")
         if self.same_tower in ("document", "both") and not self.bidirectional:
@@ -130,12 +135,34 @@ def _is_int(value):
 
 def compile_for_training(model, config):
     """Compiles `model` (a DualEncoder) with the configuration's optimizer and SamToNeLoss, building the
-    optimizer's state (so a checkpoint can restore it). -> the optimizer."""
+    optimizer's state (so a checkpoint can restore it). Under a float16 policy Keras wraps the optimizer in a
+    LossScaleOptimizer (dynamic loss scaling). -> the model's optimizer."""
     optimizer = make_optimizer(config, config.schedule)
     model.compile(optimizer=optimizer, loss=SamToNeLoss(temperature=config.temperature, same_tower=config.same_tower,
                                                         bidirectional=config.bidirectional))
-    optimizer.build(model.trainable_variables)
-    return optimizer
+    model.optimizer.build(model.trainable_variables)
+    return model.optimizer
+
+
+def precision_policy(mixed_precision):
+    """Sets Keras's global dtype policy for models built next: "none" (float32), "bf16" (mixed_bfloat16:
+    TPUs, recent GPUs, CPUs with AVX-512 BF16 or AMX) or "fp16" (mixed_float16, with loss scaling: GPUs).
+    Variables stay float32 (checkpoints and exports too); the loss and its logits are computed in float32.
+    -> a warning (str) when bf16 is asked on a CPU without native bf16 (emulated there, and slow), else None."""
+    keras.mixed_precision.set_dtype_policy(PRECISION_POLICIES[mixed_precision])
+    if mixed_precision == "bf16" and not tf.config.list_logical_devices("GPU") and not _cpu_has_bf16():
+        return ("--mixed_precision bf16 on a CPU without native bf16 (avx512_bf16 or amx_bf16): it is emulated "
+                "and slower than float32 here")
+    return None
+
+
+def _cpu_has_bf16():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return True  # cannot tell: do not warn
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def split_batch(batch):
@@ -145,34 +172,43 @@ def split_batch(batch):
     return x, y
 
 
-def make_train_step(strategy, model, gradient_cache_chunk=None):
+def make_train_step(strategy, model, gradient_cache_chunk=None, jit_compile=False):
     """One optimisation step of `model` (compiled by `compile_for_training`) on every replica of
     `strategy`: Keras's own `train_step`, or with `gradient_cache_chunk` the gradient-cached step (same loss
-    and gradients, activations of one chunk of rows at a time). -> step(batch) returning the mean loss over
-    the global batch (a Python float)."""
-    if gradient_cache_chunk:
-        @tf.function(reduce_retracing=True)
-        def cached(batch):
-            x, y = split_batch(batch)
-            losses = strategy.run(lambda x, y: gradient_cached_step(model, x, y, gradient_cache_chunk), args=(x, y))
-            return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+    and gradients, activations of one chunk of rows at a time); with `jit_compile` the replica step is
+    compiled by XLA (feed it batches whose lengths are bucketed: `tokenize_inputs(length_bucket=...)`).
+    -> step(batch) returning the mean loss over the global batch (a Python float); `step.compilations` counts
+    the traces of the replica step (one per distinct batch shape)."""
+    traces = []
 
-        def cached_step(batch):
-            return float(cached(batch))
+    def replica_step(x, y):
+        traces.append(1)  # runs once per trace, not per step
+        if gradient_cache_chunk:
+            return gradient_cached_step(model, x, y, gradient_cache_chunk)
+        model.train_step((x, y))
+        return tf.constant(0.0)
 
-        cached_step.traced = cached
-        return cached_step
+    if jit_compile and strategy.num_replicas_in_sync > 1 and not isinstance(strategy, tf.distribute.TPUStrategy):
+        raise ValueError("--jit_compile works on one device (and TPUs compile every step anyway): under "
+                         f"{type(strategy).__name__} the loss's cross-replica gathers cannot run inside an XLA "
+                         "cluster (Keras, too, turns XLA off under tf.distribute)")
+    replica = tf.function(replica_step, jit_compile=True) if jit_compile else replica_step
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=not jit_compile)
     def replicated(batch):
-        strategy.run(model.train_step, args=(split_batch(batch),))
+        x, y = split_batch(batch)
+        losses = strategy.run(replica, args=(x, y))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
     def step(batch):
+        if gradient_cache_chunk:
+            return float(replicated(batch))
         model.reset_metrics()
         replicated(batch)
         return float(model.get_metrics_result()["loss"])
 
     step.traced = replicated
+    step.compilations = lambda: len(traces)
     return step
 
 

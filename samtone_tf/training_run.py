@@ -24,7 +24,7 @@ from samtone_tf.models import build_model
 from samtone_tf.retrieval import evaluate_encoder
 from samtone_tf.run_dir import RunLock, check_resumable, checkpoint_candidates, read_jsonl_records, restore_latest
 from samtone_tf.serving import export
-from samtone_tf.training import all_finite, compile_for_training, make_train_step
+from samtone_tf.training import LENGTH_BUCKET, all_finite, compile_for_training, make_train_step, precision_policy
 
 DEFAULT_EVALUATION = ("reqa:squad2-dev-sample/dev-v2.0-sample.json", "wikiqa")
 EVALUATION_LABELS = {
@@ -81,9 +81,15 @@ def _train(config, strategy, chief, model_dir, log):
             name, _, split = spec.partition("@")
             evaluation_sets.append((spec, load_evaluation(name, split or None, config.data_dir)))
 
-    with strategy.scope():
-        model = build_model(config)
-        optimizer = compile_for_training(model, config)
+    warning = precision_policy(config.mixed_precision)
+    if warning:
+        log(f"warning: {warning}", error=True)
+    try:
+        with strategy.scope():
+            model = build_model(config)
+            optimizer = compile_for_training(model, config)
+    finally:
+        precision_policy("none")  # the model keeps its layers' policies; nothing built later inherits it
     schedule = config.schedule
 
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
@@ -117,9 +123,10 @@ def _train(config, strategy, chief, model_dir, log):
         # Tokenised on the host by the input pipeline: the replica step sees integer tensors only.
         dataset = distributed_training_dataset(
             strategy, pairs, config.batch_size, seed=config.seed, hard_negatives=config.hard_negatives,
-            unique_ids=config.unique_ids, skip_batches=start_step, tokenize=model.tokenize_inputs,
+            unique_ids=config.unique_ids, skip_batches=start_step,
+            tokenize=lambda texts: model.tokenize_inputs(texts, LENGTH_BUCKET if config.jit_compile else 1),
         )
-        step_fn = make_train_step(strategy, model, config.gradient_cache_chunk)
+        step_fn = make_train_step(strategy, model, config.gradient_cache_chunk, config.jit_compile)
         iterator = iter(dataset)
         window_start, window_steps = time.perf_counter(), 0
         progress = _Progress(start_step, config.steps, enabled=chief and sys.stdout.isatty())
@@ -179,6 +186,8 @@ def _train(config, strategy, chief, model_dir, log):
             return 130
         progress.clear()
         writer.flush()
+        if config.jit_compile:
+            log(f"XLA compilations of the replica step: {step_fn.compilations()} (one per distinct batch shape)")
     else:
         log(f"already trained to step {start_step} of {config.steps}")
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from samtone_tf.losses import id_fingerprints
 from samtone_tf.data.records import TrainingPair
 
 
@@ -54,7 +55,8 @@ def training_dataset(
         step sees exactly the batches an uninterrupted run would).
       tokenize: optional function of the text inputs {"query", "document",
         "hard_negatives"} returning integer inputs (e.g. `DualEncoder.tokenize_inputs`),
-        applied on the host in parallel; the batch then holds those and the ids.
+        applied on the host in parallel; the batch then holds those and the ids as the
+        loss's int64 fingerprints (`losses.id_fingerprints`): no string is left.
     """
     if per_replica_batch < 1:
         raise ValueError(f"per_replica_batch must be positive; got {per_replica_batch}")
@@ -102,7 +104,9 @@ def training_dataset(
     if tokenize is not None:
         def tokenized(batch):
             texts = {key: batch[key] for key in ("query", "document", "hard_negatives") if key in batch}
-            ids = {key: value for key, value in batch.items() if key.endswith("_id") or key.endswith("_ids")}
+            # Ids as the loss's int64 fingerprints: the replica step then holds no string at all.
+            ids = {key: id_fingerprints(value) for key, value in batch.items()
+                   if key.endswith("_id") or key.endswith("_ids")}
             return {**tokenize(texts), **ids}
 
         dataset = dataset.map(tokenized, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -1,0 +1,101 @@
+"""Mixed precision (bf16, fp16 with loss scaling) and the XLA-compiled step: the same losses as float32 and
+the eager step, training that lowers the loss, float32 checkpoints and exports."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from samtone_tf import training
+from samtone_tf.data.pipeline import training_dataset
+from samtone_tf.serving import export, run_like_tf_serving
+from samtone_tf.towers import tiny_dual_encoder
+from samtone_tf.training import TrainConfig, compile_for_training, make_train_step, precision_policy
+from tests.helpers import TINY_VOCABULARY
+from tests.test_training import pairs
+
+CONFIG = TrainConfig(model="tiny", batch_size=8, hard_negatives=2, steps=20, learning_rate=1e-3)
+TEXTS = ["who sat on the mat", "the dog was in the mat", ""]
+
+
+def build(precision, length_bucket=1):
+    precision_policy(precision)
+    try:
+        model = tiny_dual_encoder(TINY_VOCABULARY, "ade", dropout=0.0)
+        compile_for_training(model, CONFIG)
+    finally:
+        precision_policy("none")
+    dataset = training_dataset(pairs(), 8, seed=0, hard_negatives=2,
+                               tokenize=lambda t: model.tokenize_inputs(t, length_bucket))
+    return model, dataset
+
+
+@pytest.mark.parametrize("precision,tolerance", [("bf16", 0.05), ("fp16", 0.01)])
+def test_mixed_precision_steps_match_float32_and_train(precision, tolerance):
+    reference, dataset = build("none")
+    batch = next(iter(dataset))
+    reference_loss = make_train_step(tf.distribute.get_strategy(), reference)(batch)
+    model, dataset = build(precision)
+    assert model.query_tower.backbone.compute_dtype == {"bf16": "bfloat16", "fp16": "float16"}[precision]
+    assert all(v.dtype == "float32" for v in model.weights if "seed" not in v.path)
+    if precision == "fp16":
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    step = make_train_step(tf.distribute.get_strategy(), model)
+    losses = [step(b) for b, _ in zip(dataset, range(12))]
+    assert losses[0] == pytest.approx(reference_loss, rel=tolerance)
+    assert np.mean(losses[-3:]) < losses[0]
+    # Exports of a mixed-precision model serve float32 embeddings equal to the in-memory model.
+    import tempfile
+    from pathlib import Path
+
+    out = Path(tempfile.mkdtemp()) / "export"
+    export(model, out, verbose=False)
+    served = run_like_tf_serving(out / "query_encoder" / "1", TEXTS)["embedding"]
+    assert served.dtype == np.float32
+    np.testing.assert_allclose(served, model.query_tower(tf.constant(TEXTS)).numpy(), atol=1e-3)
+
+
+def test_the_compiled_step_equals_the_eager_step():
+    results = []
+    for jit in (False, True):
+        model, dataset = build("none", length_bucket=training.LENGTH_BUCKET)
+        step = make_train_step(tf.distribute.get_strategy(), model, jit_compile=jit)
+        losses = [step(b) for b, _ in zip(dataset, range(4))]
+        results.append((losses, [w.numpy() for w in model.trainable_weights], step.compilations()))
+    (eager_losses, eager_weights, _), (jit_losses, jit_weights, compilations) = results
+    np.testing.assert_allclose(jit_losses, eager_losses, atol=1e-4)
+    for got, want in zip(jit_weights, eager_weights):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    assert 1 <= compilations <= 2  # bucketed lengths: one compilation per distinct batch shape
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch):
+    monkeypatch.setattr(training, "_cpu_has_bf16", lambda: False)
+    try:
+        assert "emulated" in precision_policy("bf16")
+    finally:
+        precision_policy("none")
+    monkeypatch.setattr(training, "_cpu_has_bf16", lambda: True)
+    try:
+        assert precision_policy("bf16") is None
+    finally:
+        precision_policy("none")
+
+
+def test_the_command_with_xla_and_bf16_and_its_refusal_under_mirrored(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import REPOSITORY_ROOT
+
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "samtone_tf.train", "--model", "tiny", "--eval_datasets", "",
+                               "--steps", "4", "--batch_size", "8", "--no-export", "--log_every", "2", *extra],
+                              cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=600)
+
+    compiled = run("--model_dir", str(tmp_path / "a"), "--jit_compile", "--mixed_precision", "bf16")
+    assert compiled.returncode == 0, compiled.stderr[-3000:]
+    assert "step 4/4" in compiled.stdout and "XLA compilations of the replica step: 1" in compiled.stdout
+    refused = run("--model_dir", str(tmp_path / "b"), "--jit_compile", "--strategy", "mirrored",
+                  "--cpu_replicas", "2")
+    assert refused.returncode == 2 and "--jit_compile works on one device" in refused.stderr
