@@ -102,8 +102,25 @@ def mining(results):
     return "\n".join(lines) + "\n"
 
 
+def gradient_cache(results):
+    """Peak memory and step time, cached against uncached, per global batch."""
+    def cell(m, key, fmt):
+        return format(m[key], fmt) if m.get("fits") else "does not fit"
+
+    one = results["one_chunk_uncached"]
+    lines = ["| global batch | uncached s/step | uncached peak GB | cached s/step | cached peak GB | cached / uncached time | "
+             "cached peak / one chunk's |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in results["rows"]:
+        u, c = row["uncached"], row["cached"]
+        ratio = f"{c['seconds'] / u['seconds']:.2f}" if u.get("fits") and c.get("fits") else "–"
+        peak = f"{c['peak_rss_gb'] / one['peak_rss_gb']:.2f}" if c.get("fits") and one.get("fits") else "–"
+        lines.append(f"| {row['batch']} | {cell(u, 'seconds', '.2f')} | {cell(u, 'peak_rss_gb', '.1f')} | "
+                     f"{cell(c, 'seconds', '.2f')} | {cell(c, 'peak_rss_gb', '.1f')} | {ratio} | {peak} |")
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS = {"loss_overhead": loss_overhead, "encode_speed": encode_speed, "speed": speed, "analysis": analysis,
-             "quality": quality, "mining": mining}
+             "quality": quality, "mining": mining, "gradient_cache": gradient_cache}
 
 
 def render(path):

@@ -1,0 +1,86 @@
+"""Gradient caching against the uncached step: peak memory and step time at growing global batches.
+
+    python benchmarks/gradient_cache.py --json docs/results/gradient_cache.json [--batches 64 256 1024 4096]
+
+Each measurement runs in a fresh process (so its peak resident memory is its own): all-MiniLM-L6-v2 (SDE),
+query and document length 64, query-side SamToNe, AdamW; 2 warm-up steps, then the median of `--steps` timed
+steps. Uncached at each batch while it fits in `--memory_limit_gb`; cached with chunks of `--chunk` rows
+(one chunk's uncached step is the memory reference). Needs the machine to itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+WORKER = r"""
+import json, resource, statistics, sys, time
+import samtone_tf
+import numpy as np
+import tensorflow as tf
+from samtone_tf.data.datasets import load_training_pairs
+from samtone_tf.data.pipeline import training_dataset
+from samtone_tf.pretrained import dual_encoder_from_checkpoint
+from samtone_tf.training import TrainConfig, compile_for_training, make_train_step
+batch, chunk, steps = int(sys.argv[1]), int(sys.argv[2]) or None, int(sys.argv[3])
+model = dual_encoder_from_checkpoint(architecture="sde", query_max_length=64, document_max_length=64)
+config = TrainConfig(batch_size=batch, steps=1000, learning_rate=2e-5)
+compile_for_training(model, config)
+pairs = load_training_pairs("reqa:squad", max_pairs=batch * (steps + 2))
+dataset = training_dataset(pairs, batch, seed=0, tokenize=model.tokenize_inputs)
+step = make_train_step(tf.distribute.get_strategy(), model, gradient_cache_chunk=chunk)
+times = []
+for i, b in zip(range(steps + 2), dataset):
+    start = time.perf_counter()
+    step(b)
+    if i >= 2:
+        times.append(time.perf_counter() - start)
+print(json.dumps({"seconds": statistics.median(times),
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
+
+
+def measure(batch, chunk, steps, limit_gb):
+    command = [sys.executable, "-c", WORKER, str(batch), str(chunk or 0), str(steps)]
+    limit = int(limit_gb * 2**30)
+    result = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    if result.returncode != 0:
+        return {"fits": False, "error": result.stderr.strip().splitlines()[-1][:200] if result.stderr else ""}
+    return {"fits": True, **json.loads(result.stdout.strip().splitlines()[-1])}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", default="docs/results/gradient_cache.json")
+    parser.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024, 4096])
+    parser.add_argument("--chunk", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--memory_limit_gb", type=float, default=22.0)
+    args = parser.parse_args(argv)
+    cpu_flags = sorted({f for line in open("/proc/cpuinfo") if line.startswith("flags")
+                        for f in line.split(":")[1].split() if f.startswith(("avx512", "avx2", "amx"))})
+    results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "cpu_flags": cpu_flags,
+               "chunk": args.chunk, "rows": []}
+    results["one_chunk_uncached"] = measure(args.chunk, None, args.steps, args.memory_limit_gb)
+    for batch in args.batches:
+        row = {"batch": batch, "uncached": measure(batch, None, args.steps, args.memory_limit_gb),
+               "cached": measure(batch, args.chunk, args.steps, args.memory_limit_gb)}
+        results["rows"].append(row)
+        print(json.dumps(row), flush=True)
+    Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
