@@ -102,9 +102,9 @@ def mine_hard_negatives(encoder, data, options=MiningOptions(), corpus=None, ind
     text)}) replaces data.corpus as the pool to mine from. -> (kept: [MinedQuery], dropped: [MinedQuery]),
     dropped holding the queries left with fewer than options.min_negatives candidates.
     """
-    pool = data.corpus if corpus is None else corpus
-    doc_ids = list(pool)
-    texts = {d: f"{pool[d][0]} {pool[d][1]}".strip() for d in doc_ids}
+    pool = _pool(data, corpus)
+    doc_ids = list(pool.corpus)
+    texts = {d: pool.document_text(d) for d in doc_ids}
     query_ids = [q for q in data.queries if any(g > 0 for g in data.qrels.get(q, {}).values())]
     documents = encoder.encode_documents([texts[d] for d in doc_ids], batch_size=batch_size, verbose=verbose)
     queries = encoder.encode_queries([data.queries[q] for q in query_ids], batch_size=batch_size, verbose=verbose)
@@ -113,7 +113,7 @@ def mine_hard_negatives(encoder, data, options=MiningOptions(), corpus=None, ind
     # Positives outside the pool (mining another corpus) are encoded once, for their scores.
     outside = sorted({d for ids in positives.values() for d in ids if d not in row_of})
     outside_rows = {d: i for i, d in enumerate(outside)}
-    outside_embeddings = encoder.encode_documents([_text_of(data, d) for d in outside], batch_size=batch_size,
+    outside_embeddings = encoder.encode_documents([data.document_text(d) for d in outside], batch_size=batch_size,
                                                   verbose=False) if outside else None
     # Every positive and every text duplicate of one can take a slot above the range: search past them.
     depth = min(len(doc_ids), options.range_max + max(len(p) for p in positives.values()) + 16)
@@ -122,7 +122,7 @@ def mine_hard_negatives(encoder, data, options=MiningOptions(), corpus=None, ind
     for i, query_id in enumerate(query_ids):
         query_text = data.queries[query_id].strip()
         positive_ids = positives[query_id]
-        positive_texts = {texts[d] if d in texts else _text_of(data, d) for d in positive_ids}
+        positive_texts = {texts[d] if d in texts else data.document_text(d) for d in positive_ids}
         positive_scores = [float(np.dot(queries[i], documents[row_of[d]])) if d in row_of
                            else float(np.dot(queries[i], outside_embeddings[outside_rows[d]])) for d in positive_ids]
         excluded = set(positive_ids)
@@ -136,9 +136,9 @@ def mine_hard_negatives(encoder, data, options=MiningOptions(), corpus=None, ind
     return kept, dropped
 
 
-def _text_of(data, doc_id):
-    title, text = data.corpus[doc_id]
-    return f"{title} {text}".strip()
+def _pool(data, corpus):
+    """`data` with the corpus to mine from (its own, or `corpus`): document texts as `data` joins them."""
+    return data if corpus is None else dataclasses.replace(data, corpus=corpus)
 
 
 def summarize(kept, dropped, options):
@@ -163,12 +163,10 @@ def summarize(kept, dropped, options):
 
 def flagembedding_record(mined, data, corpus=None):
     """One JSONL record: FlagEmbedding's query/pos/neg plus ids and scores."""
-    pool = data.corpus if corpus is None else corpus
+    pool = _pool(data, corpus)
 
     def text(doc_id):
-        source = pool if doc_id in pool else data.corpus
-        title, body = source[doc_id]
-        return f"{title} {body}".strip()
+        return (pool if doc_id in pool.corpus else data).document_text(doc_id)
 
     return {
         "query": mined.query, "pos": [text(d) for d in mined.positive_ids], "neg": [text(d) for d in mined.negative_ids],
