@@ -83,38 +83,51 @@ def samtone_loss(
     distributed = all_queries is not query
 
     global_batch = tf.shape(all_queries)[0]
-    positive_column = offset + tf.range(local_batch)  # [B]
-    is_positive = tf.equal(
-        positive_column[:, None], tf.range(global_batch)[None, :]
-    )  # [B, G]
-    is_excluded = _shared_id_mask([query_key, document_key], [all_query_key, all_document_key],
-                                  is_positive)  # [B, G]
+    has_ids = query_key is not None or document_key is not None
+    is_positive = None
+    is_excluded = None
+    if has_ids or all_hard_key is not None:
+        positive_column = offset + tf.range(local_batch)  # [B]
+        is_positive = tf.equal(positive_column[:, None], tf.range(global_batch)[None, :])  # [B, G]
+    if has_ids:
+        is_excluded = _shared_id_mask([query_key, document_key], [all_query_key, all_document_key],
+                                      is_positive)  # [B, G]
 
+    # Scaling the [B, D] anchors by 1/t costs one pass over B*D numbers instead of one over every [B, G]
+    # block of logits; the temperature's gradient flows through the scaled anchors.
+    inverse_temperature = 1.0 / temperature
+    scaled_query = query * inverse_temperature
     # s(q_i, p_i) = s(p_i, q_i): one positive logit serves both directions.
-    positive_logit = tf.reduce_sum(query * document, axis=1) / temperature
-    query_document = tf.matmul(query, all_documents, transpose_b=True) / temperature
+    positive_logit = tf.reduce_sum(scaled_query * document, axis=1)
+    query_document = tf.matmul(scaled_query, all_documents, transpose_b=True)  # [B, G]
     columns = [_drop(query_document, is_excluded)]
     if all_hard is not None:
         flat_hard = tf.reshape(all_hard, [-1, tf.shape(all_hard)[-1]])
-        hard_logits = tf.matmul(query, flat_hard, transpose_b=True) / temperature  # [B, G*H]
+        hard_logits = tf.matmul(scaled_query, flat_hard, transpose_b=True)  # [B, G*H]
         if all_hard_key is not None:
             hard_logits = _drop(hard_logits, _hard_negative_is_positive(
                 query_key, all_query_key, all_document_key, tf.reshape(all_hard_key, [-1]), is_positive))
         columns.append(hard_logits)
     if same_tower in ("query", "both"):
-        query_query = _similarity(query, all_queries, distributed) / temperature
-        columns.append(_drop(query_query, is_excluded | is_positive))
+        if distributed:
+            query_query = tf.matmul(scaled_query, all_queries, transpose_b=True)
+        else:
+            query_query = _scaled_self_similarity(query, inverse_temperature)
+        columns.append(_drop_self(query_query, is_excluded, offset))
     loss = samtone_objective(positive_logit, columns)
 
     if bidirectional:
         if distributed:
-            document_query = tf.matmul(document, all_queries, transpose_b=True) / temperature
+            document_query = tf.matmul(document * inverse_temperature, all_queries, transpose_b=True)
         else:  # one device: s(p_i, q_j) = s(q_j, p_i), no second product
             document_query = tf.transpose(query_document)
         columns = [_drop(document_query, is_excluded)]
         if same_tower in ("document", "both"):
-            document_document = _similarity(document, all_documents, distributed) / temperature
-            columns.append(_drop(document_document, is_excluded | is_positive))
+            if distributed:
+                document_document = tf.matmul(document * inverse_temperature, all_documents, transpose_b=True)
+            else:
+                document_document = _scaled_self_similarity(document, inverse_temperature)
+            columns.append(_drop_self(document_document, is_excluded, offset))
         loss += samtone_objective(positive_logit, columns)
     return loss
 
@@ -141,7 +154,14 @@ def samtone_objective(positive_logit, logit_blocks):
     Returns:
       float [B]: logsumexp over all blocks minus the positive logit (= L_i).
     """
-    return tf.reduce_logsumexp(tf.concat(logit_blocks, axis=1), axis=1) - positive_logit
+    # logsumexp block by block: concatenating the blocks would copy every logit forward and backward.
+    row_max = tf.reduce_max(logit_blocks[0], axis=1)
+    for block in logit_blocks[1:]:
+        row_max = tf.maximum(row_max, tf.reduce_max(block, axis=1))
+    # A shift, not part of the function: no gradient (as in tf.reduce_logsumexp); 0 for an all -inf row.
+    shift = tf.stop_gradient(tf.where(tf.math.is_finite(row_max), row_max, tf.zeros_like(row_max)))
+    total = tf.add_n([tf.reduce_sum(tf.exp(block - shift[:, None]), axis=1) for block in logit_blocks])
+    return tf.math.log(total) + shift - positive_logit
 
 
 def check_options(same_tower, bidirectional, temperature):
@@ -287,24 +307,30 @@ def gather_across_replicas(query, document, hard_negatives=None, query_key=None,
             gather(hard_key), offset)
 
 
-def _similarity(anchors, keys, distributed):
-    """anchors @ keys^T; on one device keys IS anchors, and the symmetric product
-    gets a backward pass of one matmul instead of two."""
-    if distributed:
-        return tf.matmul(anchors, keys, transpose_b=True)
-    return _self_similarity(anchors)
-
-
 @tf.custom_gradient
-def _self_similarity(x):
-    """x @ x^T [B, B]; gradient (G + G^T) @ x."""
+def _scaled_self_similarity(x, scale):
+    """scale * x @ x^T [B, B] for a scalar scale; the product is symmetric, so its gradient with respect to x
+    is one product, (G + G^T) @ (scale * x), where autodiff would spend two."""
+    scaled = x * scale
+    similarity = tf.matmul(scaled, x, transpose_b=True)
 
     def grad(upstream):
-        return tf.matmul(upstream + tf.transpose(upstream), x)
+        return (tf.matmul(upstream + tf.transpose(upstream), scaled),
+                tf.reduce_sum(upstream * similarity) / scale)
 
-    return tf.matmul(x, x, transpose_b=True), grad
+    return similarity, grad
 
 
 def _drop(logits, mask):
-    """Removes masked entries from a softmax by setting their logits to -inf."""
+    """Removes masked entries from a softmax by setting their logits to -inf (mask None: nothing)."""
+    if mask is None:
+        return logits
     return tf.where(mask, tf.constant(float("-inf"), logits.dtype), logits)
+
+
+def _drop_self(same_tower_logits, is_excluded, offset):
+    """[B, G] same-tower logits without row i's own column (offset + i) and the masked ones: a diagonal
+    write instead of a [B, G] mask."""
+    logits = _drop(same_tower_logits, is_excluded)
+    rows = tf.shape(logits)[0]
+    return tf.linalg.set_diag(logits, tf.fill([rows], tf.constant(float("-inf"), logits.dtype)), k=offset)
