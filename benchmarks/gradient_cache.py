@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from machine import cpu_flags, describe, run_with_memory_limit  # benchmarks/machine.py, beside this script
+
+from samtone_tf.atomic import atomic_write_text
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -51,13 +49,14 @@ print(json.dumps({"seconds": statistics.median(times),
 
 
 def measure(batch, chunk, steps, limit_gb):
+    """One configuration in a fresh process. -> {"fits": True, "seconds", "peak_rss_gb"} or {"fits": False, ...}."""
     command = [sys.executable, "-c", WORKER, str(batch), str(chunk or 0), str(steps)]
-    limit = int(limit_gb * 2**30)
-    result = subprocess.run(command, cwd=REPOSITORY, capture_output=True, text=True,
-                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
-    if result.returncode != 0:
-        return {"fits": False, "error": result.stderr.strip().splitlines()[-1][:200] if result.stderr else ""}
-    return {"fits": True, **json.loads(result.stdout.strip().splitlines()[-1])}
+    returncode, stdout, stderr, peak, killed = run_with_memory_limit(command, limit_gb, cwd=REPOSITORY)
+    if killed:
+        return {"fits": False, "error": f"resident memory passed {limit_gb} GiB", "peak_rss_gb": peak}
+    if returncode != 0:
+        return {"fits": False, "error": stderr.strip().splitlines()[-1][:200] if stderr else f"exit {returncode}"}
+    return {"fits": True, **json.loads(stdout.strip().splitlines()[-1])}
 
 
 def main(argv=None):
@@ -68,17 +67,21 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--memory_limit_gb", type=float, default=22.0)
     args = parser.parse_args(argv)
-    cpu_flags = sorted({f for line in open("/proc/cpuinfo") if line.startswith("flags")
-                        for f in line.split(":")[1].split() if f.startswith(("avx512", "avx2", "amx"))})
-    results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "cpu_flags": cpu_flags,
-               "chunk": args.chunk, "rows": []}
+    results = {"machine": describe(), "cpu_flags": cpu_flags(), "chunk": args.chunk, "steps": args.steps,
+               "memory_limit_gb": args.memory_limit_gb, "rows": []}
     results["one_chunk_uncached"] = measure(args.chunk, None, args.steps, args.memory_limit_gb)
+    print(json.dumps({"one_chunk_uncached": results["one_chunk_uncached"]}), flush=True)
+    uncached_fits = True
     for batch in args.batches:
-        row = {"batch": batch, "uncached": measure(batch, None, args.steps, args.memory_limit_gb),
-               "cached": measure(batch, args.chunk, args.steps, args.memory_limit_gb)}
+        # Past the first batch the uncached step could not fit, larger ones cannot either.
+        uncached = (measure(batch, None, args.steps, args.memory_limit_gb) if uncached_fits
+                    else {"fits": False, "error": "a smaller batch already did not fit"})
+        uncached_fits = uncached["fits"]
+        row = {"batch": batch, "uncached": uncached, "cached": measure(batch, args.chunk, args.steps,
+                                                                       args.memory_limit_gb)}
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
-    Path(args.json).write_text(json.dumps(results, indent=1))
+        atomic_write_text(args.json, json.dumps(results, indent=1))  # after every row: the run can be cut
     return 0
 
 

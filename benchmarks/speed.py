@@ -31,12 +31,18 @@ import numpy as np
 import tensorflow as tf
 
 import tables  # noqa: I001  (benchmarks/tables.py, beside this script)
+from machine import cpu_flags
 from samtone_tf.atomic import atomic_write_text
 from samtone_tf.data.datasets import load_evaluation, load_training_pairs
 from samtone_tf.index import ExactIndex, ScannIndex, scann_defaults
 from samtone_tf.locations import models_dir
 from samtone_tf.pretrained import dual_encoder_from_checkpoint
-from samtone_tf.training import TrainConfig, compile_for_training, make_train_step
+from samtone_tf.losses import id_fingerprints
+from samtone_tf.training import (LENGTH_BUCKET, TrainConfig, compile_for_training, make_train_step,
+                                 precision_policy)
+
+SETTINGS = {"float32": ("none", False), "bf16": ("bf16", False), "jit": ("none", True),
+            "bf16+jit": ("bf16", True)}  # --train_settings: (mixed precision, XLA-compiled step)
 
 REAL_CORPORA = ["wikiqa", "beir:scifact", "beir:cacm", "beir:cranfield", "beir:medline",
                 "reqa:squad2-dev-sample/dev-v2.0-sample.json", "beir:npl"]
@@ -52,19 +58,39 @@ def training_throughput(args, results):
     pairs = load_training_pairs("reqa:squad", max_pairs=steps_needed * args.batch_size)
     batches = [pairs[i : i + args.batch_size] for i in range(0, len(pairs), args.batch_size)]
 
-    model = dual_encoder_from_checkpoint(checkpoint, architecture="sde", query_max_length=args.seq_len,
-                                         document_max_length=args.seq_len, temperature=args.temperature)
     config = TrainConfig(batch_size=args.batch_size, same_tower="query", bidirectional=False, optimizer="adamw",
                          weight_decay=0.01, learning_rate=2e-5, warmup_steps=1, steps=10_000,
                          temperature=args.temperature)
-    compile_for_training(model, config)
-    step = make_train_step(tf.distribute.get_strategy(), model)
 
-    def ours(batch):
-        tensors = {key: tf.constant([getattr(p, attr) for p in batch]) for key, attr in
-                   (("query", "query"), ("document", "document"), ("query_id", "query_id"),
-                    ("document_id", "document_id"))}
-        step(tensors)
+    def trainer(setting):
+        """One of our settings: a fresh model under its precision policy, its (compiled) step, and a function
+        that trains on a batch of pairs, tokenising in the timed loop as the peer does."""
+        precision, jit_compile = SETTINGS[setting]
+        warning = precision_policy(precision)
+        if warning:
+            print(f"  {setting}: {warning}", flush=True)
+        model = dual_encoder_from_checkpoint(checkpoint, architecture="sde", query_max_length=args.seq_len,
+                                             document_max_length=args.seq_len, temperature=args.temperature)
+        precision_policy("none")
+        compile_for_training(model, config)
+        step = make_train_step(tf.distribute.get_strategy(), model, jit_compile=jit_compile)
+        bucket = LENGTH_BUCKET if jit_compile else 1
+
+        def run(batch):
+            inputs = model.tokenize_inputs({"query": tf.constant([p.query for p in batch]),
+                                            "document": tf.constant([p.document for p in batch])}, bucket)
+            for key, attr in (("query_id", "query_id"), ("document_id", "document_id")):
+                inputs[key] = id_fingerprints(tf.constant([getattr(p, attr) for p in batch]))
+            padded_tokens.setdefault(setting, []).append(
+                sum(int(tf.size(inputs[f"{side}_token_ids"])) for side in ("query", "document")))
+            step(inputs)
+
+        return run, step
+
+    padded_tokens = {}
+    runners, steps = {}, {}
+    for setting in args.train_settings:
+        runners[f"samtone_tf {setting}"], steps[setting] = trainer(setting)
 
     peer = SentenceTransformer(checkpoint, device="cpu")
     peer.max_seq_length = args.seq_len
@@ -80,27 +106,47 @@ def training_throughput(args, results):
         peer_optimizer.step()
         peer_optimizer.zero_grad()
 
+    runners["sentence-transformers"] = theirs
     position = 0
-    for _ in range(args.train_warmup):  # tracing, allocation
-        ours(batches[position])
-        theirs(batches[position])
+    for _ in range(args.train_warmup):  # tracing (every bucketed length a compiled step meets), allocation
+        for run in runners.values():
+            run(batches[position])
         position += 1
-    times = {"samtone_tf": [], "sentence-transformers": []}
+    times = {name: [] for name in runners}
     for _ in range(args.train_rounds):
         chunk = batches[position : position + args.train_steps_per_round]
         position += args.train_steps_per_round
-        for name, run in (("samtone_tf", ours), ("sentence-transformers", theirs)):
+        for name, run in runners.items():
             start = time.perf_counter()
             for batch in chunk:
                 run(batch)
             times[name].append(len(chunk) * args.batch_size / (time.perf_counter() - start))
     rates = {name: statistics.median(values) for name, values in times.items()}
+    peer_rate = rates["sentence-transformers"]
     results["training"] = dict(
         checkpoint="all-MiniLM-L6-v2", batch_size=args.batch_size, seq_len=args.seq_len,
         rounds=args.train_rounds, steps_per_round=args.train_steps_per_round, torch_threads=torch.get_num_threads(),
-        pairs_per_second=rates, ratio=rates["samtone_tf"] / rates["sentence-transformers"], all_rounds=times)
-    print(f"training: {rates['samtone_tf']:.1f} vs {rates['sentence-transformers']:.1f} pairs/s "
-          f"(x{results['training']['ratio']:.2f})", flush=True)
+        cpu_flags=cpu_flags(), pairs_per_second=rates,
+        ratio={name: rate / peer_rate for name, rate in rates.items() if name != "sentence-transformers"},
+        compilations={setting: step.compilations() for setting, step in steps.items()},
+        mean_padded_tokens_per_step={s: statistics.mean(n) for s, n in padded_tokens.items()},
+        matmul_gflops=matmul_gflops(), all_rounds=times)
+    for name, rate in rates.items():
+        print(f"training {name}: {rate:.1f} pairs/s (x{rate / peer_rate:.2f} the peer)", flush=True)
+
+
+def matmul_gflops(size=2048, repeats=5):
+    """GFLOP/s of a float32 [size, size] x [size, size] product in TensorFlow: what this CPU can reach, for
+    judging how close a training step comes to it."""
+    a = tf.random.normal([size, size])
+    product = tf.function(lambda x: tf.reduce_sum(tf.matmul(x, x)))
+    product(a).numpy()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product(a).numpy()
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
 
 
 def loss_parity(args, results):
@@ -232,6 +278,8 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--seq_len", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.05)
+    parser.add_argument("--train_settings", nargs="+", default=["float32", "bf16", "jit"], choices=tuple(SETTINGS),
+                        help="our training settings to time against the peer")
     parser.add_argument("--train_warmup", type=int, default=3)
     parser.add_argument("--train_rounds", type=int, default=4)
     parser.add_argument("--train_steps_per_round", type=int, default=5)
@@ -246,6 +294,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     results = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).is_file() else {}
     results["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}"
+    results["cpu_flags"] = cpu_flags()
     parts = {"training": training_throughput, "parity": loss_parity, "search": search_speed,
              "encoding": encoding_speed}
     for part in args.parts:

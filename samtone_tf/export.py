@@ -23,6 +23,7 @@ from pathlib import Path
 import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment before TensorFlow loads)
 
 from samtone_tf.cli import HelpFormatter, add_verbose, fail, positive_int, quiet_native_logs
+from samtone_tf.run_dir import read_jsonl_records
 from samtone_tf.serving import DEFAULT_SERVING_ROOT, check_export, export
 
 
@@ -85,17 +86,10 @@ def main(argv=None):
 
 
 def last_evaluation(model_dir):
-    path = Path(model_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    evaluations = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a torn last line of a killed run
-            continue
-        if isinstance(record, dict) and "evaluation" in record:
-            evaluations.append(record["evaluation"])
+    """The last evaluation the training run in `model_dir` logged, or None (read only: the run's log is its own)."""
+    evaluations = [record["evaluation"] for record in
+                   read_jsonl_records(Path(model_dir) / "metrics.jsonl", repair=False)
+                   if isinstance(record, dict) and "evaluation" in record]
     return evaluations[-1] if evaluations else None
 
 

@@ -150,9 +150,10 @@ def restore_latest(checkpoint, directory, say=print):
     return None
 
 
-def read_jsonl_records(path, say=print):
-    """The records of a metrics log; a torn last line (a kill mid-write) is dropped and the file
-    repaired, a damaged line elsewhere is an error naming it."""
+def read_jsonl_records(path, say=print, repair=True):
+    """The records of a metrics log; a torn last line (a kill mid-write) is dropped (and, with `repair`, the
+    file rewritten without it: a reader that does not own the run passes repair=False), a damaged line
+    elsewhere is an error naming it."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -165,8 +166,9 @@ def read_jsonl_records(path, say=print):
             records.append(json.loads(line))
         except ValueError:
             if number == len(lines):
-                say(f"repairing {path}: dropping its torn last line {number} (a run was killed while writing it)")
-                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+                if repair:
+                    say(f"repairing {path}: dropping its torn last line {number} (a run was killed while writing it)")
+                    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
                 break
             raise ValueError(f"{path}:{number}: not a JSON record; fix or delete the file") from None
     return records

@@ -185,8 +185,8 @@ def make_train_step(strategy, model, gradient_cache_chunk=None, jit_compile=Fals
         traces.append(1)  # runs once per trace, not per step
         if gradient_cache_chunk:
             return gradient_cached_step(model, x, y, gradient_cache_chunk)
-        model.train_step((x, y))
-        return tf.constant(0.0)
+        model.train_step((x, y))  # the loss is in the model's metrics
+        return None
 
     if jit_compile and strategy.num_replicas_in_sync > 1 and not isinstance(strategy, tf.distribute.TPUStrategy):
         raise ValueError("--jit_compile works on one device (and TPUs compile every step anyway): under "
@@ -198,6 +198,8 @@ def make_train_step(strategy, model, gradient_cache_chunk=None, jit_compile=Fals
     def replicated(batch):
         x, y = split_batch(batch)
         losses = strategy.run(replica, args=(x, y))
+        if losses is None:  # Keras's train_step: nothing to reduce
+            return None
         return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
     def step(batch):

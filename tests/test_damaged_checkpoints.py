@@ -70,3 +70,18 @@ def test_a_torn_last_line_of_metrics_is_repaired(trained):
     assert "dropping its torn last line" in result.stderr
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps == [2, 4, 6]
+
+
+def test_export_reads_a_torn_metrics_log_without_rewriting_it(tmp_path):
+    from samtone_tf.export import last_evaluation
+
+    metrics = tmp_path / "metrics.jsonl"
+    text = ('{"step": 2, "evaluation": {"MRR": 0.25}}\n{"step": 4, "evaluation": {"MRR": 0.5}}\n'
+            '{"step": 6, "evaluation": {"MRR": 0.')
+    metrics.write_text(text)
+    assert last_evaluation(tmp_path) == {"MRR": 0.5}
+    assert metrics.read_text() == text  # the run's log is the run's to repair
+    metrics.write_text('{"step": 2, "evaluation": {"MRR": 0.25}}\nnot json\n{"step": 4}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON record"):
+        last_evaluation(tmp_path)
+    assert last_evaluation(tmp_path / "no run here") is None
