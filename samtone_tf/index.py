@@ -143,11 +143,13 @@ class ScannIndex:
     def __len__(self):
         return len(self.doc_ids)
 
-    def search(self, query_embeddings, k=10, leaves_to_search=None, parallel=True):
+    def search(self, query_embeddings, k=10, leaves_to_search=None, parallel=True, reorder=None, ids=True):
         """-> (doc_ids: object array [Q, k'], scores: float32 [Q, k']), best first.
 
-        `leaves_to_search` overrides the built setting for this search (recall/speed
-        trade-off without rebuilding); `parallel` searches query batches on all cores.
+        The settings' `num_leaves_to_search` and `reorder` (a tuned index's choice: `tune_scann`) apply unless
+        `leaves_to_search` or `reorder` override them for this search (recall/speed trade-off without
+        rebuilding); `parallel` searches query batches on all cores; `ids=False` returns corpus rows (int64)
+        instead of document ids.
         """
         queries = np.asarray(query_embeddings, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dimension:
@@ -155,12 +157,12 @@ class ScannIndex:
         k = min(int(k), len(self))
         extra = {}
         if self.settings["mode"] != "brute_force":
-            extra["pre_reorder_num_neighbors"] = max(self.settings["reorder"], k)
-            if leaves_to_search:
-                extra["leaves_to_search"] = int(leaves_to_search)
+            extra["pre_reorder_num_neighbors"] = max(int(reorder or self.settings["reorder"]), k)
+            extra["leaves_to_search"] = int(leaves_to_search or self.settings["num_leaves_to_search"])
         search = self.searcher.search_batched_parallel if parallel else self.searcher.search_batched
         rows, scores = search(queries, final_num_neighbors=k, **extra)
-        return self.doc_ids[np.asarray(rows, dtype=np.int64)], np.asarray(scores, dtype=np.float32)
+        rows = np.asarray(rows, dtype=np.int64)
+        return (self.doc_ids[rows] if ids else rows), np.asarray(scores, dtype=np.float32)
 
     def save(self, directory):
         """Writes the index to `directory` (which must not exist) via a temporary sibling."""

@@ -14,7 +14,7 @@ LAYERS = [
     {"locations", "atomic", "distributed", "encoding", "losses", "metrics", "text", "torch_checkpoint", "cli",
      "data", "data.errors", "data.ids"},
     {"keras_loss", "index", "run_dir", "data.textfiles", "data.records", "data.sentences"},
-    {"mining"},
+    {"mining", "index_tuning"},
     {"towers", "training", "retrieval", "data.beir", "data.flagembedding", "data.msmarco", "data.multireqa",
      "data.squad", "data.wikiqa", "data.pipeline"},
     {"pretrained", "serving", "data.datasets", "data.tfds_builders"},

@@ -1,0 +1,163 @@
+"""ScaNN indexes built to a recall target: the fastest configuration that reaches recall@k >= R on held-out
+queries, measured against exact search on this machine.
+
+ScaNN's speed and recall depend on the corpus and on the CPU (the exact search it is compared with is itself
+5x faster with AVX-512 than with AVX2), so a default cannot serve every user. `tune_scann` builds a few trees
+(numbers of leaves around sqrt(N)), and for each searches a grid of leaves searched x re-ordering depth,
+measuring recall@k against exact search and queries/s; the fastest configuration reaching the target wins.
+Recall is then measured again on queries the tuning did not see, and both figures go into the index manifest.
+
+Build time is bounded: at most `max_builds` trees (each a build of the default size), and the search grid is
+walked from the cheapest setting upwards, stopping for each tree and depth at the first setting that reaches
+the target, so at most `len(LEAF_FRACTIONS) x len(REORDER_DEPTHS)` searches of the tuning queries per tree.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from samtone_tf.index import SCANN_BRUTE_FORCE_BELOW, ExactIndex, ScannIndex, scann_defaults
+
+LEAF_FRACTIONS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)  # of the tree's leaves, searched per query
+REORDER_DEPTHS = (50, 100, 250, 500)  # candidates re-scored exactly (never fewer than k)
+LEAF_MULTIPLIERS = (1.0, 0.5, 2.0)  # trees of sqrt(N) x these leaves, in this order, up to max_builds
+
+
+def recall_at_k(found_rows, true_rows):
+    """Mean over queries of |found ∩ true| / |true| (rows [Q, k] each)."""
+    return float(np.mean([len(set(f) & set(t)) / max(len(t), 1) for f, t in zip(found_rows, true_rows)]))
+
+
+def tuning_queries(query_embeddings, document_embeddings, size=2000, seed=0):
+    """The queries to tune on: the real ones when there are any (at most `size`), otherwise a seeded sample of
+    documents standing in for queries, each excluded from its own results.
+    -> (queries [Q, D] float32, excluded_rows [Q] int64: the corpus row to leave out, -1 for none)."""
+    rng = np.random.default_rng(seed)
+    if query_embeddings is not None and len(query_embeddings):
+        queries = np.asarray(query_embeddings, np.float32)
+        chosen = np.sort(rng.choice(len(queries), size=min(size, len(queries)), replace=False))
+        return queries[chosen], np.full(len(chosen), -1, np.int64)
+    documents = np.asarray(document_embeddings, np.float32)
+    chosen = np.sort(rng.choice(len(documents), size=min(size, len(documents)), replace=False))
+    return documents[chosen], chosen.astype(np.int64)
+
+
+def tune_scann(embeddings, doc_ids, queries, target_recall, k=10, excluded_rows=None, max_builds=3,
+               held_out_fraction=0.5, seed=0, say=print):
+    """The fastest ScaNN index over `embeddings` [N, D] reaching recall@k >= `target_recall` on `queries` [Q, D].
+
+    Half the queries (`held_out_fraction`) are held out: the configuration is chosen on the others, and the
+    recall reported (`index.settings["tuning"]["held_out_recall"]`) is measured on the held-out half.
+    `excluded_rows` [Q] names, per query, a corpus row not to count (a document standing in for a query is
+    its own nearest neighbour), -1 for none. Corpora below the brute-force size are searched exactly by ScaNN
+    (recall 1). When no configuration reaches the target, the one with the highest recall is kept and the
+    manifest says so (`reached: false`). -> ScannIndex whose settings hold the choice and the measurements.
+    """
+    embeddings = np.asarray(embeddings, np.float32)
+    queries = np.asarray(queries, np.float32)
+    if not 0.0 < float(target_recall) <= 1.0:
+        raise ValueError(f"target_recall must be in (0, 1]; got {target_recall}")
+    if len(queries) < 2:
+        raise ValueError(f"tuning needs at least 2 queries; got {len(queries)}")
+    excluded_rows = np.full(len(queries), -1, np.int64) if excluded_rows is None else np.asarray(excluded_rows)
+    k = min(int(k), len(embeddings) - int((excluded_rows >= 0).any()))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(queries))
+    held = order[: max(1, int(round(len(queries) * held_out_fraction)))]
+    tune = order[len(held):]
+    row_ids = np.arange(len(embeddings))
+    truth = _exact_rows(embeddings, row_ids, queries, k, excluded_rows)
+
+    size, dimension = embeddings.shape
+    if size < SCANN_BRUTE_FORCE_BELOW:
+        index = ScannIndex(embeddings, doc_ids, k=k)
+        found = _scann_rows(index, queries, k, excluded_rows, None, None)
+        index.settings["tuning"] = dict(target_recall=float(target_recall), k=k, reached=True,
+                                        tuning_recall=recall_at_k(found[tune], truth[tune]),
+                                        held_out_recall=recall_at_k(found[held], truth[held]),
+                                        queries=len(tune), held_out_queries=len(held), tried=[])
+        return index
+
+    defaults = scann_defaults(size, dimension)
+    leaf_counts = []
+    for multiplier in LEAF_MULTIPLIERS:
+        leaves = int(min(max(round(defaults["num_leaves"] * multiplier), 16), size // 10))
+        if leaves not in leaf_counts:
+            leaf_counts.append(leaves)
+    tried, best, best_index = [], None, None
+    for leaves in leaf_counts[:max_builds]:
+        settings = dict(num_leaves=leaves, training_sample_size=min(size, max(100_000, 30 * leaves)))
+        start = time.perf_counter()
+        index = ScannIndex(embeddings, row_ids, k=k, settings=settings)
+        build_seconds = time.perf_counter() - start
+        for depth in sorted({max(d, k) for d in REORDER_DEPTHS}):
+            for fraction in LEAF_FRACTIONS:
+                searched = max(1, int(round(leaves * fraction)))
+                found, qps = _timed(lambda: _scann_rows(index, queries[tune], k, excluded_rows[tune], searched,
+                                                        depth))
+                trial = dict(num_leaves=leaves, num_leaves_to_search=searched, reorder=depth,
+                             recall=recall_at_k(found, truth[tune]), queries_per_second=qps,
+                             build_seconds=build_seconds)
+                tried.append(trial)
+                if _better(trial, best, target_recall):
+                    best, best_index = trial, index
+                if trial["recall"] >= target_recall:
+                    break  # more leaves only cost time at this depth
+        say(f"tuning: {leaves} leaves: best so far {best['num_leaves_to_search']}/{best['num_leaves']} leaves, "
+            f"reorder {best['reorder']}: recall@{k} {best['recall']:.3f} at {best['queries_per_second']:.0f} q/s")
+
+    chosen = dict(best_index.settings, num_leaves_to_search=best["num_leaves_to_search"], reorder=best["reorder"])
+    best_index.settings = chosen
+    best_index.doc_ids = np.asarray(doc_ids, dtype=object)
+    held_found = _scann_rows(best_index, queries[held], k, excluded_rows[held], None, None)
+    best_index.settings["tuning"] = dict(
+        target_recall=float(target_recall), k=k, reached=best["recall"] >= target_recall,
+        tuning_recall=best["recall"], held_out_recall=recall_at_k(held_found, truth[held]),
+        queries_per_second=best["queries_per_second"], queries=len(tune), held_out_queries=len(held),
+        builds=len(leaf_counts[:max_builds]), tried=tried)
+    return best_index
+
+
+def _better(trial, best, target):
+    """Reaching the target beats not reaching it; among those reaching it, faster wins; among those
+    not reaching it, higher recall wins."""
+    if best is None:
+        return True
+    reached, best_reached = trial["recall"] >= target, best["recall"] >= target
+    if reached != best_reached:
+        return reached
+    if reached:
+        return trial["queries_per_second"] > best["queries_per_second"]
+    return trial["recall"] > best["recall"]
+
+
+def _timed(search, repeats=2):
+    """(result, queries/s): the best of `repeats` runs (the first may pay for warming caches)."""
+    best_seconds, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = search()
+        best_seconds = min(best_seconds, time.perf_counter() - start)
+    return result, len(result) / best_seconds
+
+
+def _drop_excluded(rows, excluded_rows, k):
+    """Row lists of k+1 candidates -> [Q, k] without each query's excluded row."""
+    out = np.empty((len(rows), k), np.int64)
+    for i, (candidates, excluded) in enumerate(zip(rows, excluded_rows)):
+        kept = [int(r) for r in candidates if r != excluded][:k]
+        out[i] = kept + [-1] * (k - len(kept))  # fewer candidates than k: -1 never matches a true row
+    return out
+
+
+def _exact_rows(embeddings, row_ids, queries, k, excluded_rows):
+    found, _ = ExactIndex(embeddings, row_ids).search(queries, k + 1)
+    return _drop_excluded(found.astype(np.int64), excluded_rows, k)
+
+
+def _scann_rows(index, queries, k, excluded_rows, leaves_to_search, reorder):
+    """Corpus rows ScaNN finds (the index's doc ids must be its rows while tuning)."""
+    found, _ = index.search(queries, k + 1, leaves_to_search=leaves_to_search, reorder=reorder, ids=False)
+    return _drop_excluded(found, excluded_rows, k)
