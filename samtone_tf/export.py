@@ -43,6 +43,9 @@ def build_parser():
     parser.add_argument("--serving_root", default=DEFAULT_SERVING_ROOT,
                         help="where the export directory is mounted for TF Serving; models.config's base paths "
                              f"are under it (default: {DEFAULT_SERVING_ROOT}, the TF Serving container's)")
+    parser.add_argument("--target_recall", type=float, default=None,
+                        help="with --corpus: build the fastest ScaNN index reaching this recall@k against exact "
+                             "search, measured on the corpus's queries on this machine (default: ScaNN's defaults)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version (default: off)")
     parser.add_argument("--batch_size", type=positive_int, default=64, help="corpus encoding batch (default: 64)")
     add_verbose(parser)
@@ -78,7 +81,8 @@ def main(argv=None):
         config_path = Path(args.model_dir) / "config.json"
         training_config = json.loads(config_path.read_text()) if config_path.is_file() else None
         manifest = export(model, args.out, args.version, corpus, args.k, args.overwrite, training_config,
-                          last_evaluation(args.model_dir), args.batch_size, serving_root=args.serving_root)
+                          last_evaluation(args.model_dir), args.batch_size, serving_root=args.serving_root,
+                          target_recall=args.target_recall)
     except (OSError, ValueError) as error:
         return fail(error)
     print(f"exported version {manifest['version']} of {', '.join(manifest['models'])} to {args.out}")

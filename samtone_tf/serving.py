@@ -117,12 +117,13 @@ def save_retriever(query_tower, embeddings, doc_ids, k, directory):
     tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
 
 
-def save_index(embeddings, doc_ids, k, directory):
+def save_index(embeddings, doc_ids, k, directory, index=None):
+    """The ScaNN index of `embeddings` (or the prebuilt, e.g. tuned, `index` of them) and its TF-ops searcher."""
     from samtone_tf.index import ScannIndex
 
     directory = Path(directory)
     directory.mkdir()
-    index = ScannIndex(embeddings, doc_ids, k=k)
+    index = index if index is not None else ScannIndex(embeddings, doc_ids, k=k)
     index.write_files(directory)
     tf.saved_model.save(index.tensorflow_searcher(embeddings).serialize_to_module(), str(directory / "scann_tf"))
 
@@ -181,10 +182,12 @@ def serving_config(names, version, serving_root=DEFAULT_SERVING_ROOT):
 
 
 def export(model, out, version=None, corpus=None, k=10, overwrite=False, training_config=None, metrics=None,
-           batch_size=64, verbose=True, serving_root=DEFAULT_SERVING_ROOT):
+           batch_size=64, verbose=True, serving_root=DEFAULT_SERVING_ROOT, target_recall=None):
     """Exports `model` (a DualEncoder) as version `version` (default: the next) under `out`.
 
-    `corpus` (RetrievalData or None) adds a retriever and a ScaNN index of its documents. The
+    `corpus` (RetrievalData or None) adds a retriever and a ScaNN index of its documents; with
+    `target_recall` the index is the fastest reaching recall@k >= target_recall on the corpus's queries
+    (or, without queries, documents standing in for them): `samtone_tf.index_tuning.tune_scann`. The
     version is whole or absent: on any failure the previous version, the manifest and
     models.config are left as they were. -> the manifest (dict).
     """
@@ -196,6 +199,8 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
         raise ValueError(f"k must be a positive integer; got {k!r}")
     if corpus is not None and not corpus.corpus:
         raise ValueError(f"the corpus {corpus.name} has no documents")
+    if target_recall is not None and (corpus is None or not 0.0 < float(target_recall) <= 1.0):
+        raise ValueError(f"target_recall {target_recall}: needs a corpus and a value in (0, 1]")
     out.mkdir(parents=True, exist_ok=True)
     previous = read_manifest(out)
     remove_leftovers(out, previous, say)
@@ -218,7 +223,15 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
                                                 batch_size=batch_size, verbose=verbose)
             save_retriever(model.query_tower, embeddings, doc_ids, k, staging / RETRIEVER)
             say(f"wrote {RETRIEVER} version {version}")
-            save_index(embeddings, doc_ids, k, staging / INDEX)
+            tuned = None
+            if target_recall is not None:
+                from samtone_tf.index_tuning import tune_scann, tuning_queries
+
+                real = (model.encode_queries(list(corpus.queries.values()), batch_size=batch_size, verbose=verbose)
+                        if corpus.queries else None)
+                queries, excluded = tuning_queries(real, embeddings)
+                tuned = tune_scann(embeddings, doc_ids, queries, target_recall, k=k, excluded_rows=excluded, say=say)
+            save_index(embeddings, doc_ids, k, staging / INDEX, index=tuned)
             say(f"wrote {INDEX} version {version}")
             top = min(k, len(doc_ids))
             manifest["models"][RETRIEVER] = {
@@ -226,6 +239,11 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
                 "inputs": {"text": "string [None]"},
                 "outputs": {"doc_ids": f"string [None, {top}]", "scores": f"float32 [None, {top}]"}}
             manifest["corpus"] = {"name": corpus.name, "documents": len(doc_ids), "index": f"{INDEX}/{version}"}
+            if tuned is not None:
+                report = tuned.settings["tuning"]
+                manifest["corpus"]["index_tuning"] = {
+                    key: report.get(key) for key in ("target_recall", "k", "reached", "tuning_recall",
+                                                     "held_out_recall", "queries_per_second")}
         serving_names = [name for name in names if name != INDEX]
         manifest["serving_root"] = str(serving_root)
         _commit(out, staging, names, version, serving_config(serving_names, version, serving_root),

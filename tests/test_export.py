@@ -198,3 +198,22 @@ def test_exporting_over_a_version_refuses_unless_overwrite(model_dir, tmp_path):
     nxt = subprocess.run(export_command(model_dir, out), cwd=REPOSITORY_ROOT, capture_output=True, text=True,
                          timeout=300)
     assert nxt.returncode == 0 and (out / "document_encoder" / "4").is_dir()
+
+
+def test_export_builds_its_index_to_a_recall_target(model_dir, tmp_path, shared_data):
+    from samtone_tf.index import ScannIndex
+
+    out = tmp_path / "out"
+    result = subprocess.run(export_command(model_dir, out, "--corpus", "beir:scifact", "--data_dir", str(shared_data),
+                                           "--target_recall", "0.95", "--k", "10"),
+                            cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    tuning = json.loads((out / "manifest.json").read_text())["corpus"]["index_tuning"]
+    # SciFact's 5,183 documents are below ScaNN's tree size: searched exactly, so the target is met exactly.
+    assert tuning["target_recall"] == 0.95 and tuning["reached"] and tuning["held_out_recall"] == 1.0
+    index = ScannIndex.load(out / "index" / "1")
+    assert index.settings["tuning"]["queries"] + index.settings["tuning"]["held_out_queries"] == 300  # real queries
+    refused = subprocess.run(export_command(model_dir, tmp_path / "other", "--corpus", "beir:scifact",
+                                            "--target_recall", "1.5"),
+                             cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "target_recall 1.5: needs a corpus and a value in (0, 1]" in refused.stderr
