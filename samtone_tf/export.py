@@ -46,6 +46,10 @@ def build_parser():
     parser.add_argument("--target_recall", type=float, default=None,
                         help="with --corpus: build the fastest ScaNN index reaching this recall@k against exact "
                              "search, measured on the corpus's queries on this machine (default: ScaNN's defaults)")
+    parser.add_argument("--retriever", default="exact", choices=("exact", "partitioned"),
+                        help="with --corpus: the retriever SavedModel searches every document (exact) or the "
+                             "nearest k-means partitions, as few as reach --target_recall (default 0.95) "
+                             "(partitioned: for corpora too large to search exactly per query)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version (default: off)")
     parser.add_argument("--batch_size", type=positive_int, default=64, help="corpus encoding batch (default: 64)")
     add_verbose(parser)
@@ -82,7 +86,7 @@ def main(argv=None):
         training_config = json.loads(config_path.read_text()) if config_path.is_file() else None
         manifest = export(model, args.out, args.version, corpus, args.k, args.overwrite, training_config,
                           last_evaluation(args.model_dir), args.batch_size, serving_root=args.serving_root,
-                          target_recall=args.target_recall)
+                          target_recall=args.target_recall, retriever=args.retriever)
     except (OSError, ValueError) as error:
         return fail(error)
     print(f"exported version {manifest['version']} of {', '.join(manifest['models'])} to {args.out}")

@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from samtone_tf.atomic import atomic_write_text, readable_mode
+from samtone_tf.partitioned import partitioned_top_k
 
 ENCODERS = ("query_encoder", "document_encoder")
 RETRIEVER = "retriever"
@@ -101,6 +102,28 @@ class RetrieverModule(_TowerModule):
         return {"doc_ids": tf.gather(self.doc_ids, top.indices), "scores": top.values}
 
 
+class PartitionedRetrieverModule(_TowerModule):
+    """Query text -> top-k document ids and scores by partitioned search (`samtone_tf.partitioned`): the
+    `probes` nearest k-means partitions searched exactly, in TensorFlow ops only (TF Serving runs it)."""
+
+    def __init__(self, query_tower, partitions, doc_ids, probes, k):
+        super().__init__(query_tower)
+        sorted_ids = np.asarray([str(doc_ids[row]) for row in partitions.rows], dtype=object)
+        self.centroids = tf.Variable(partitions.centroids, trainable=False, name="centroids")
+        self.embeddings = tf.Variable(partitions.embeddings, trainable=False, name="embeddings")
+        self.offsets = tf.Variable(partitions.offsets, trainable=False, name="offsets")
+        self.doc_ids = tf.Variable(sorted_ids, trainable=False, dtype=tf.string, name="doc_ids")
+        self.probes = int(probes)
+        self.k = min(int(k), len(sorted_ids))
+
+    @tf.function(input_signature=[_TEXT])
+    def serve(self, text):
+        scores, positions = partitioned_top_k(self._encode(text), self.centroids, self.embeddings, self.offsets,
+                                              self.probes, self.k)
+        ids = tf.gather(self.doc_ids, tf.maximum(positions, 0))
+        return {"doc_ids": tf.where(positions >= 0, ids, tf.constant("")), "scores": scores}
+
+
 def _lookup_tables(tower):
     tokenizer = getattr(tower, "tokenizer", None)
     table = getattr(tokenizer, "lookup_table", None)
@@ -114,6 +137,11 @@ def save_encoder(tower, directory):
 
 def save_retriever(query_tower, embeddings, doc_ids, k, directory):
     module = RetrieverModule(query_tower, embeddings, doc_ids, k)
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
+
+
+def save_partitioned_retriever(query_tower, partitions, doc_ids, probes, k, directory):
+    module = PartitionedRetrieverModule(query_tower, partitions, doc_ids, probes, k)
     tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
 
 
@@ -182,12 +210,14 @@ def serving_config(names, version, serving_root=DEFAULT_SERVING_ROOT):
 
 
 def export(model, out, version=None, corpus=None, k=10, overwrite=False, training_config=None, metrics=None,
-           batch_size=64, verbose=True, serving_root=DEFAULT_SERVING_ROOT, target_recall=None):
+           batch_size=64, verbose=True, serving_root=DEFAULT_SERVING_ROOT, target_recall=None, retriever="exact"):
     """Exports `model` (a DualEncoder) as version `version` (default: the next) under `out`.
 
     `corpus` (RetrievalData or None) adds a retriever and a ScaNN index of its documents; with
     `target_recall` the index is the fastest reaching recall@k >= target_recall on the corpus's queries
-    (or, without queries, documents standing in for them): `samtone_tf.index_tuning.tune_scann`. The
+    (or, without queries, documents standing in for them): `samtone_tf.index_tuning.tune_scann`.
+    `retriever` "partitioned" makes the retriever SavedModel search k-means partitions instead of every
+    document, probing the fewest partitions that reach `target_recall` (default 0.95) on those queries. The
     version is whole or absent: on any failure the previous version, the manifest and
     models.config are left as they were. -> the manifest (dict).
     """
@@ -199,6 +229,8 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
         raise ValueError(f"k must be a positive integer; got {k!r}")
     if corpus is not None and not corpus.corpus:
         raise ValueError(f"the corpus {corpus.name} has no documents")
+    if retriever not in ("exact", "partitioned"):
+        raise ValueError(f"retriever must be 'exact' or 'partitioned'; got {retriever!r}")
     if target_recall is not None and (corpus is None or not 0.0 < float(target_recall) <= 1.0):
         raise ValueError(f"target_recall {target_recall}: needs a corpus and a value in (0, 1]")
     out.mkdir(parents=True, exist_ok=True)
@@ -221,15 +253,24 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
             say(f"encoding the corpus {corpus.name}: {len(doc_ids)} documents")
             embeddings = model.encode_documents([corpus.document_text(d) for d in doc_ids],
                                                 batch_size=batch_size, verbose=verbose)
-            save_retriever(model.query_tower, embeddings, doc_ids, k, staging / RETRIEVER)
-            say(f"wrote {RETRIEVER} version {version}")
-            tuned = None
-            if target_recall is not None:
-                from samtone_tf.index_tuning import tune_scann, tuning_queries
+            queries = excluded = None
+            if target_recall is not None or retriever == "partitioned":
+                from samtone_tf.index_tuning import tuning_queries
 
                 real = (model.encode_queries(list(corpus.queries.values()), batch_size=batch_size, verbose=verbose)
                         if corpus.queries else None)
                 queries, excluded = tuning_queries(real, embeddings)
+            retriever_report = {"kind": retriever}
+            if retriever == "partitioned":
+                retriever_report.update(_save_partitioned(model.query_tower, embeddings, doc_ids, k, queries,
+                                                          excluded, target_recall or 0.95, staging / RETRIEVER))
+            else:
+                save_retriever(model.query_tower, embeddings, doc_ids, k, staging / RETRIEVER)
+            say(f"wrote {RETRIEVER} version {version} ({retriever})")
+            tuned = None
+            if target_recall is not None:
+                from samtone_tf.index_tuning import tune_scann
+
                 tuned = tune_scann(embeddings, doc_ids, queries, target_recall, k=k, excluded_rows=excluded, say=say)
             save_index(embeddings, doc_ids, k, staging / INDEX, index=tuned)
             say(f"wrote {INDEX} version {version}")
@@ -237,7 +278,8 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
             manifest["models"][RETRIEVER] = {
                 "path": f"{RETRIEVER}/{version}", "signature": "serving_default",
                 "inputs": {"text": "string [None]"},
-                "outputs": {"doc_ids": f"string [None, {top}]", "scores": f"float32 [None, {top}]"}}
+                "outputs": {"doc_ids": f"string [None, {top}]", "scores": f"float32 [None, {top}]"},
+                "search": retriever_report}
             manifest["corpus"] = {"name": corpus.name, "documents": len(doc_ids), "index": f"{INDEX}/{version}"}
             if tuned is not None:
                 report = tuned.settings["tuning"]
@@ -251,6 +293,22 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def _save_partitioned(query_tower, embeddings, doc_ids, k, queries, excluded, target_recall, directory):
+    """The partitioned retriever, probing the fewest partitions that reach `target_recall` on `queries`.
+    -> what the manifest records of it."""
+    from samtone_tf.index import ExactIndex
+    from samtone_tf.partitioned import build_partitions, tune_probes
+
+    partitions = build_partitions(embeddings)
+    depth = min(k, len(doc_ids) - int((excluded >= 0).any()))
+    truth, _ = ExactIndex(embeddings, np.arange(len(doc_ids))).search(queries, depth + 1)
+    truth = [[int(r) for r in row if r != skip][:depth] for row, skip in zip(truth, excluded)]
+    probes, recall = tune_probes(partitions, queries, truth, target_recall, depth, excluded)
+    save_partitioned_retriever(query_tower, partitions, doc_ids, probes, k, directory)
+    return {"partitions": partitions.count, "probes": probes, "target_recall": float(target_recall),
+            "recall": recall, "k": depth, "tuning_queries": len(queries)}
 
 
 def _manifest(model, version, earlier_versions, training_config, metrics):

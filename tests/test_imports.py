@@ -13,7 +13,7 @@ PACKAGE = REPOSITORY_ROOT / "samtone_tf"
 LAYERS = [
     {"locations", "atomic", "distributed", "encoding", "losses", "metrics", "text", "torch_checkpoint", "cli",
      "data", "data.errors", "data.ids"},
-    {"keras_loss", "index", "run_dir", "data.textfiles", "data.records", "data.sentences"},
+    {"keras_loss", "index", "partitioned", "run_dir", "data.textfiles", "data.records", "data.sentences"},
     {"mining", "index_tuning"},
     {"towers", "training", "retrieval", "data.beir", "data.flagembedding", "data.msmarco", "data.multireqa",
      "data.squad", "data.wikiqa", "data.pipeline"},

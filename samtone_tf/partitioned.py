@@ -1,0 +1,183 @@
+"""Partitioned (IVF) search in pure TensorFlow ops: for corpora too large to search exactly per query, in a
+SavedModel that stock TensorFlow Serving runs (it does not link ScaNN's ops).
+
+The corpus is split into k-means partitions (spherical: the towers' embeddings are unit vectors). A query is
+scored against the partitions' centroids, the `probes` nearest partitions are searched exactly, and the top k of
+their documents is returned. Storage: the embeddings sorted by partition, [N, D], with the partition boundaries
+`offsets` [P + 1], so that each partition is one contiguous block (a slice, not a gather). The search walks the
+distinct partitions the batch probes; each is one matrix product with the queries that probe it, merged into a
+running top k per query. Probing every partition gives the exact top k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+
+@dataclass
+class Partitions:
+    """centroids [P, D] float32; embeddings [N, D] float32 sorted by partition; rows [N] int64, each sorted
+    embedding's row in the original corpus; offsets [P + 1] int64, partition p holds sorted rows
+    offsets[p]:offsets[p + 1]."""
+
+    centroids: np.ndarray
+    embeddings: np.ndarray
+    rows: np.ndarray
+    offsets: np.ndarray
+
+    @property
+    def count(self):
+        return len(self.centroids)
+
+
+def default_partition_count(size):
+    """About sqrt(N) partitions (the usual IVF choice: probing cost ~ P + N/P per probe)."""
+    return int(min(max(round(size ** 0.5), 1), 16_384))
+
+
+def spherical_kmeans(embeddings, count, iterations=10, sample_size=100_000, seed=0, block=65_536):
+    """`count` unit-norm centroids [P, D] of `embeddings` [N, D] by spherical k-means on a seeded sample of at
+    most `sample_size` rows (k-means++-free: seeded with distinct random rows; an emptied centroid is
+    re-seeded with a random row)."""
+    embeddings = np.asarray(embeddings, np.float32)
+    rng = np.random.default_rng(seed)
+    if count > len(embeddings):
+        raise ValueError(f"{count} partitions for {len(embeddings)} embeddings")
+    sample = embeddings[np.sort(rng.choice(len(embeddings), size=min(sample_size, len(embeddings)), replace=False))]
+    centroids = sample[rng.choice(len(sample), size=count, replace=False)].copy()
+    for _ in range(iterations):
+        assignment = assign(sample, centroids, block)
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, assignment, sample)
+        empty = np.bincount(assignment, minlength=count) == 0
+        sums[empty] = sample[rng.choice(len(sample), size=int(empty.sum()), replace=False)]
+        centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    return centroids.astype(np.float32)
+
+
+def assign(embeddings, centroids, block=65_536):
+    """The nearest centroid (by dot product) of each row [N] int64, computed in blocks of rows."""
+    centroid_tensor = tf.constant(centroids, tf.float32)
+    parts = [tf.argmax(tf.matmul(tf.constant(embeddings[start : start + block], tf.float32), centroid_tensor,
+                                 transpose_b=True), axis=1).numpy()
+             for start in range(0, len(embeddings), block)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+def build_partitions(embeddings, count=None, iterations=10, sample_size=100_000, seed=0):
+    """k-means partitions of `embeddings` [N, D] (default count: `default_partition_count(N)`)."""
+    embeddings = np.asarray(embeddings, np.float32)
+    if embeddings.ndim != 2 or not len(embeddings):
+        raise ValueError(f"embeddings must be a non-empty [N, D] array; got shape {embeddings.shape}")
+    count = count or default_partition_count(len(embeddings))
+    centroids = spherical_kmeans(embeddings, count, iterations, sample_size, seed)
+    assignment = assign(embeddings, centroids)
+    order = np.argsort(assignment, kind="stable")
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(assignment, minlength=count))]).astype(np.int64)
+    return Partitions(centroids, embeddings[order], order.astype(np.int64), offsets)
+
+
+def partitioned_top_k(queries, centroids, embeddings, offsets, probes, k):
+    """Top k by dot product among the documents of each query's `probes` nearest partitions.
+
+    queries [Q, D]; centroids [P, D]; embeddings [N, D] sorted by partition; offsets int64 [P + 1];
+    probes, k: int32 scalars. -> (scores float32 [Q, k], positions int64 [Q, k] into the sorted embeddings;
+    -1 with score -inf where the probed partitions hold fewer than k documents). TensorFlow ops only.
+    """
+    queries = tf.convert_to_tensor(queries, tf.float32)
+    k = tf.convert_to_tensor(k, tf.int32)
+    count = tf.shape(queries)[0]
+    probes = tf.minimum(tf.convert_to_tensor(probes, tf.int32), tf.shape(centroids)[0])
+    probed = tf.math.top_k(tf.matmul(queries, centroids, transpose_b=True), k=probes).indices  # [Q, n]
+    partitions, _ = tf.unique(tf.reshape(probed, [-1]))
+    initial_scores = tf.fill(tf.stack([count, k]), tf.constant(float("-inf"), tf.float32))
+    initial_positions = tf.fill(tf.stack([count, k]), tf.constant(-1, tf.int64))
+
+    def search_partition(i, best_scores, best_positions):
+        partition = partitions[i]
+        start, end = offsets[partition], offsets[partition + 1]
+        block = embeddings[start:end]  # [S, D]: contiguous, no copy of the corpus
+        who = tf.where(tf.reduce_any(tf.equal(probed, partition), axis=1))[:, 0]  # the queries probing it
+        scores = tf.matmul(tf.gather(queries, who), block, transpose_b=True)  # [Qp, S]
+        top = tf.math.top_k(scores, k=tf.minimum(k, tf.cast(end - start, tf.int32)))
+        merged_scores = tf.concat([tf.gather(best_scores, who), top.values], axis=1)
+        merged_positions = tf.concat([tf.gather(best_positions, who), tf.cast(top.indices, tf.int64) + start], axis=1)
+        best = tf.math.top_k(merged_scores, k=k)
+        kept_positions = tf.gather(merged_positions, best.indices, batch_dims=1)
+        return (i + 1, tf.tensor_scatter_nd_update(best_scores, who[:, None], best.values),
+                tf.tensor_scatter_nd_update(best_positions, who[:, None], kept_positions))
+
+    _, scores, positions = tf.while_loop(
+        lambda i, *_: i < tf.size(partitions), search_partition, [tf.constant(0), initial_scores, initial_positions])
+    return scores, positions
+
+
+class PartitionedIndex:
+    """`Partitions` searched in NumPy-in/NumPy-out form, with the same answer as the retriever SavedModel.
+    -> search(query_embeddings [Q, D], k, probes) = (doc_ids object [Q, k], scores float32 [Q, k])."""
+
+    def __init__(self, partitions, doc_ids, probes):
+        self.partitions = partitions
+        self.doc_ids = np.asarray(doc_ids, dtype=object)
+        self.probes = int(probes)
+        self._centroids = tf.constant(partitions.centroids)
+        self._embeddings = tf.constant(partitions.embeddings)
+        self._offsets = tf.constant(partitions.offsets)
+        self._search = tf.function(partitioned_top_k, reduce_retracing=True)
+
+    def __len__(self):
+        return len(self.doc_ids)
+
+    def search(self, query_embeddings, k=10, probes=None, batch=1024):
+        queries = np.asarray(query_embeddings, np.float32)
+        k = min(int(k), len(self))
+        all_ids, all_scores = [], []
+        for start in range(0, len(queries), batch):
+            scores, positions = self._search(queries[start : start + batch], self._centroids, self._embeddings,
+                                             self._offsets, tf.constant(int(probes or self.probes)), tf.constant(k))
+            positions = positions.numpy()
+            rows = self.partitions.rows[np.maximum(positions, 0)]
+            ids = self.doc_ids[rows]
+            ids[positions < 0] = ""
+            all_ids.append(ids)
+            all_scores.append(scores.numpy())
+        if not all_ids:
+            return np.zeros((0, k), object), np.zeros((0, k), np.float32)
+        return np.concatenate(all_ids), np.concatenate(all_scores)
+
+
+def tune_probes(partitions, queries, true_rows, target_recall, k=10, excluded_rows=None):
+    """The fewest probes whose recall@k against `true_rows` [Q, k] (corpus rows) reaches `target_recall`, by
+    doubling then bisecting. -> (probes, recall measured with them)."""
+    index = PartitionedIndex(partitions, np.arange(len(partitions.rows)), probes=1)
+    excluded = np.full(len(queries), -1) if excluded_rows is None else np.asarray(excluded_rows)
+    extra = int((excluded >= 0).any())
+
+    def recall(probes):
+        found, _ = index.search(queries, k + extra, probes=probes)
+        hits = []
+        for candidates, truth, skip in zip(found, true_rows, excluded):
+            kept = [int(r) for r in candidates if r != "" and int(r) != skip][:k]
+            hits.append(len(set(kept) & set(int(t) for t in truth)) / max(len(truth), 1))
+        return float(np.mean(hits))
+
+    low, high = 0, 1
+    measured = {}
+    while high < partitions.count:
+        measured[high] = recall(high)
+        if measured[high] >= target_recall:
+            break
+        low, high = high, min(high * 2, partitions.count)
+    else:
+        measured[high] = recall(high)
+    while high - low > 1:  # recall(low) < target <= recall(high)
+        middle = (low + high) // 2
+        measured[middle] = recall(middle)
+        if measured[middle] >= target_recall:
+            high = middle
+        else:
+            low = middle
+    return high, measured[high]
