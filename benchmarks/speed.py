@@ -4,10 +4,11 @@
 
 Needs torch 2.13.0 and sentence-transformers besides samtone_tf (benchmark only).
 
-training  pairs/s of one training step (forward, backward, AdamW) of samtone_tf (query-side SamToNe, SDE)
-          against sentence-transformers' MultipleNegativesRankingLoss(directions=("query_to_doc",
-          "query_to_query")), same checkpoint, same batches, batch size and sequence length; interleaved
-          rounds, median.
+training  pairs/s of one training step (forward, backward, AdamW) of samtone_tf (query-side SamToNe, SDE) in
+          each of --train_settings (float32, bf16, jit, bf16+jit) against sentence-transformers'
+          MultipleNegativesRankingLoss(directions=("query_to_doc", "query_to_query")), same checkpoint, same
+          batches, batch size and sequence length; interleaved rounds, median; with the CPU flags, the padded
+          tokens per step and the GFLOP/s of a bare float32 matrix product on this machine.
 parity    on identical embeddings, our query-side SamToNe equals that loss with scale = 1/temperature.
 search    exact search (batched TensorFlow matrix product and top-k) against ScaNN: queries/s and
           recall@10 at 100k and 1M corpus vectors of dimension 384: real embeddings of the benchmark
