@@ -149,9 +149,16 @@ class PartitionedIndex:
         return np.concatenate(all_ids), np.concatenate(all_scores)
 
 
+def probes_holding_k(partitions, k):
+    """The fewest probes that hold at least k documents whichever partitions are probed (the smallest ones
+    summed): with at least this many, every query gets k results, never an empty slot."""
+    sizes = np.sort(np.diff(partitions.offsets))
+    return int(min(np.searchsorted(np.cumsum(sizes), k) + 1, partitions.count))
+
+
 def tune_probes(partitions, queries, true_rows, target_recall, k=10, excluded_rows=None):
     """The fewest probes whose recall@k against `true_rows` [Q, k] (corpus rows) reaches `target_recall`, by
-    doubling then bisecting. -> (probes, recall measured with them)."""
+    doubling then bisecting, and never fewer than `probes_holding_k`. -> (probes, recall measured with them)."""
     index = PartitionedIndex(partitions, np.arange(len(partitions.rows)), probes=1)
     excluded = np.full(len(queries), -1) if excluded_rows is None else np.asarray(excluded_rows)
     extra = int((excluded >= 0).any())
@@ -180,4 +187,8 @@ def tune_probes(partitions, queries, true_rows, target_recall, k=10, excluded_ro
             high = middle
         else:
             low = middle
+    floor = probes_holding_k(partitions, k + extra)
+    if high < floor:
+        high = floor
+        measured[high] = recall(high)
     return high, measured[high]

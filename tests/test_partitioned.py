@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from samtone_tf.index import ExactIndex
-from samtone_tf.partitioned import PartitionedIndex, build_partitions, partitioned_top_k, tune_probes
+from samtone_tf.partitioned import (PartitionedIndex, build_partitions, partitioned_top_k, probes_holding_k,
+                                   tune_probes)
 from samtone_tf.serving import run_like_tf_serving, run_tf2
 from tests.helpers import REPOSITORY_ROOT
 from tests.test_index import clustered, unit
@@ -56,6 +57,22 @@ def test_the_search_is_the_exact_top_k_of_the_probed_partitions(corpus, probes):
     if probes == 40:  # every partition: the exact search
         exact_ids, _ = ExactIndex(documents, np.arange(len(documents))).search(queries, 7)
         np.testing.assert_array_equal(partitions.rows[positions.numpy()], exact_ids.astype(np.int64))
+
+
+def test_probes_always_hold_k_documents():
+    rng = np.random.default_rng(3)
+    documents = unit(rng.normal(size=(200, 8)))
+    partitions = build_partitions(documents, count=50)  # ~4 documents a partition, some fewer
+    sizes = np.sort(np.diff(partitions.offsets))
+    for k in (1, 10, 30):
+        probes = probes_holding_k(partitions, k)
+        assert sizes[:probes].sum() >= k and (probes == 1 or sizes[: probes - 1].sum() < k)
+        scores, positions = partitioned_top_k(documents[:40], partitions.centroids, partitions.embeddings,
+                                              partitions.offsets, probes, k)
+        assert np.isfinite(scores.numpy()).all() and (positions.numpy() >= 0).all()
+    truth = ExactIndex(documents, np.arange(200)).search(documents[:40], 30)[0].astype(np.int64)
+    probes, _ = tune_probes(partitions, documents[:40], truth, 0.01, k=30)
+    assert probes >= probes_holding_k(partitions, 30)
 
 
 def test_tuned_probes_meet_the_target_on_unseen_queries_and_are_the_fewest(corpus):
