@@ -116,6 +116,7 @@ def test_an_exported_partitioned_retriever_serves_alike_under_every_loader(tiny_
 import os
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 import json
+import tensorflow as tf
 import tensorflow_hub as hub
 import tensorflow_text  # noqa: F401
 layer = hub.KerasLayer({str(out / 'retriever' / '1')!r}, signature="serving_default", signature_outputs_as_dict=True)
