@@ -83,7 +83,7 @@ def training_throughput(args, results):
             for key, attr in (("query_id", "query_id"), ("document_id", "document_id")):
                 inputs[key] = id_fingerprints(tf.constant([getattr(p, attr) for p in batch]))
             padded_tokens.setdefault(setting, []).append(
-                sum(int(tf.size(inputs[f"{side}_token_ids"])) for side in ("query", "document")))
+                sum(inputs[f"{side}_token_ids"].shape.num_elements() for side in ("query", "document")))
             step(inputs)
 
         return run, step

@@ -68,7 +68,7 @@ def tune_scann(embeddings, doc_ids, queries, target_recall, k=10, excluded_rows=
     held = order[: max(1, int(round(len(queries) * held_out_fraction)))]
     tune = order[len(held):]
     row_ids = np.arange(len(embeddings))
-    truth = _exact_rows(embeddings, row_ids, queries, k, excluded_rows)
+    truth = exact_rows(embeddings, row_ids, queries, k, excluded_rows)
 
     size, dimension = embeddings.shape
     if size < SCANN_BRUTE_FORCE_BELOW:
@@ -152,7 +152,8 @@ def _drop_excluded(rows, excluded_rows, k):
     return out
 
 
-def _exact_rows(embeddings, row_ids, queries, k, excluded_rows):
+def exact_rows(embeddings, row_ids, queries, k, excluded_rows):
+    """The exact top-k corpus rows [Q, k] of each query, leaving out its excluded row (-1: none)."""
     found, _ = ExactIndex(embeddings, row_ids).search(queries, k + 1)
     return _drop_excluded(found.astype(np.int64), excluded_rows, k)
 

@@ -298,13 +298,12 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
 def _save_partitioned(query_tower, embeddings, doc_ids, k, queries, excluded, target_recall, directory):
     """The partitioned retriever, probing the fewest partitions that reach `target_recall` on `queries`.
     -> what the manifest records of it."""
-    from samtone_tf.index import ExactIndex
+    from samtone_tf.index_tuning import exact_rows
     from samtone_tf.partitioned import build_partitions, tune_probes
 
     partitions = build_partitions(embeddings)
     depth = min(k, len(doc_ids) - int((excluded >= 0).any()))
-    truth, _ = ExactIndex(embeddings, np.arange(len(doc_ids))).search(queries, depth + 1)
-    truth = [[int(r) for r in row if r != skip][:depth] for row, skip in zip(truth, excluded)]
+    truth = exact_rows(embeddings, np.arange(len(doc_ids)), queries, depth, excluded)
     probes, recall = tune_probes(partitions, queries, truth, target_recall, depth, excluded)
     save_partitioned_retriever(query_tower, partitions, doc_ids, probes, k, directory)
     return {"partitions": partitions.count, "probes": probes, "target_recall": float(target_recall),
