@@ -22,7 +22,7 @@ import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment b
 from samtone_tf.atomic import atomic_write_text
 from samtone_tf.cli import HelpFormatter, add_verbose, fail, positive_int, quiet_native_logs
 from samtone_tf.data.datasets import load_evaluation
-from samtone_tf.index import ExactIndex, ScannIndex
+from samtone_tf.index import ExactIndex, ScannIndex, load_index
 from samtone_tf.metrics import trec_run_text
 from samtone_tf.models import load_encoder
 from samtone_tf.retrieval import DEFAULT_MEASURES, evaluate_encoder
@@ -32,16 +32,23 @@ IGNORE_IDENTICAL_IDS = ("arguana", "quora")
 
 
 def evaluate(model_path, dataset, split=None, index="exact", k=100, batch_size=64, data_dir=None,
-             version=None, verbose=True, ignore_identical_ids=None, keep_run=False):
+             version=None, verbose=True, ignore_identical_ids=None, keep_run=False, index_dir=None):
     """The metrics JSON (as a dict) of the model at `model_path` on `dataset`; with `keep_run`, also the
-    ranking scored ("run") and the per-query metrics ("per_query")."""
+    ranking scored ("run") and the per-query metrics ("per_query"). With `index_dir`, the corpus is searched in
+    that prebuilt index (`python -m samtone_tf.index build`) instead of being encoded again."""
     encoder = load_encoder(model_path, version)
     data = load_evaluation(dataset, split, data_dir)
+    prebuilt = None
+    if index_dir is not None:
+        prebuilt = load_index(index_dir)
+        check_index_covers(prebuilt, data, encoder, index_dir)
+        index = f"prebuilt {'exact' if isinstance(prebuilt, ExactIndex) else 'scann'} index {index_dir}"
     if ignore_identical_ids is None:
         ignore_identical_ids = any(name in dataset for name in IGNORE_IDENTICAL_IDS)
     factory = ExactIndex if index == "exact" else (lambda e, ids: ScannIndex(e, ids, k=k))
     result = evaluate_encoder(encoder, data, DEFAULT_MEASURES, k=k, batch_size=batch_size, verbose=verbose,
-                              index_factory=factory, ignore_identical_ids=ignore_identical_ids, keep_run=keep_run)
+                              index_factory=factory, ignore_identical_ids=ignore_identical_ids, keep_run=keep_run,
+                              index=prebuilt)
     summary = {
         "model": str(model_path), "dataset": dataset, "split": data.split, "index": index, "k": k,
         "ignore_identical_ids": ignore_identical_ids,
@@ -53,6 +60,37 @@ def evaluate(model_path, dataset, split=None, index="exact", k=100, batch_size=6
     return summary
 
 
+def check_index_covers(index, data, encoder, index_dir, samples=16):
+    """A prebuilt index must hold this encoder's embeddings of documents of `data`'s corpus: its ids must be
+    corpus ids, and a sample of its documents, encoded now, must find themselves in it at their own score (ids
+    alone cannot tell two corpora numbered 1..N apart, nor two models). Corpus documents it lacks (dead letters of
+    the encoding run, such as empty documents) are reported, since they can never be retrieved."""
+    import numpy as np
+
+    corpus = data.corpus
+    foreign = [doc_id for doc_id in index.doc_ids if doc_id not in corpus]
+    if foreign:
+        raise ValueError(f"{index_dir}: {len(foreign)} of its {len(index.doc_ids)} documents are not in the corpus of "
+                         f"{data.name} (e.g. {foreign[0]!r}): it indexes another corpus")
+    rows = np.unique(np.linspace(0, len(index.doc_ids) - 1, min(samples, len(index.doc_ids))).astype(int))
+    sample = [index.doc_ids[row] for row in rows]
+    vectors = encoder.encode_documents([data.document_text(d) for d in sample], verbose=False)
+    found_ids, found_scores = index.search(vectors, 10)
+    own = np.sum(np.asarray(vectors, np.float64) ** 2, axis=1)
+    matched = sum(doc_id in list(ids) and abs(scores[list(ids).index(doc_id)] - score) <= 1e-3 * max(1.0, score)
+                  for doc_id, ids, scores, score in zip(sample, found_ids, found_scores, own))
+    if matched < 0.8 * len(sample):
+        raise ValueError(f"{index_dir}: only {matched} of {len(sample)} sampled documents, encoded by this model, "
+                         f"find themselves in the index: it holds another model's embeddings, or another corpus "
+                         f"with the same ids as {data.name}")
+    missing = len(corpus) - len(index.doc_ids)
+    if missing:
+        import warnings
+
+        warnings.warn(f"{index_dir}: {missing} documents of {data.name}'s corpus are not in the index "
+                      "(see the encoding run's dead letters); they cannot be retrieved", stacklevel=2)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m samtone_tf.evaluate", description=__doc__,
                                      formatter_class=HelpFormatter)
@@ -61,6 +99,9 @@ def main(argv=None):
                                                          "python -m samtone_tf.data --help)")
     parser.add_argument("--split", default=None, help="default: the dataset's evaluation split")
     parser.add_argument("--index", default="exact", choices=("exact", "scann"), help="search")
+    parser.add_argument("--index_dir", default=None,
+                        help="search this prebuilt index (python -m samtone_tf.index build) instead of encoding "
+                             "the corpus; --index is then ignored (default: none)")
     parser.add_argument("--k", type=positive_int, default=100, help="documents retrieved per query")
     parser.add_argument("--batch_size", type=positive_int, default=64, help="texts per encoding batch")
     parser.add_argument("--data_dir", default=None, help="default: $SAMTONE_DATA, then ../shared/data")
@@ -76,7 +117,8 @@ def main(argv=None):
     quiet_native_logs(args.verbose)
     try:
         result = evaluate(args.model, args.dataset, args.split, args.index, args.k, args.batch_size,
-                          args.data_dir, args.version, keep_run=bool(args.run_out))
+                          args.data_dir, args.version, keep_run=bool(args.run_out),
+                          index_dir=args.index_dir)
     except (OSError, ValueError) as error:
         return fail(error)
     print(f"\n{result['dataset']} ({result['split']}): {result['queries']} queries, {result['documents']} "

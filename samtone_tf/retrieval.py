@@ -15,15 +15,17 @@ DEFAULT_MEASURES = ("P@1", "MRR@10", "nDCG@10", "Recall@10", "Recall@100")
 
 
 def run_retrieval(encoder, data, k=100, batch_size=64, verbose=True, index_factory=ExactIndex,
-                  ignore_identical_ids=False):
-    """{query_id: {doc_id: score}}: the top k documents of every query of `data`."""
-    doc_ids = list(data.corpus)
-    documents = encoder.encode_documents([data.document_text(d) for d in doc_ids], batch_size=batch_size,
-                                         verbose=verbose)
+                  ignore_identical_ids=False, index=None):
+    """{query_id: {doc_id: score}}: the top k documents of every query of `data`. With a prebuilt `index` (of
+    the same encoder's document embeddings of `data`'s corpus) the corpus is not encoded again."""
     query_ids = list(data.queries)
     queries = encoder.encode_queries([data.queries[q] for q in query_ids], batch_size=batch_size,
                                      verbose=verbose)
-    index = index_factory(documents, doc_ids)
+    if index is None:
+        doc_ids = list(data.corpus)
+        documents = encoder.encode_documents([data.document_text(d) for d in doc_ids], batch_size=batch_size,
+                                             verbose=verbose)
+        index = index_factory(documents, doc_ids)
     extra = 1 if ignore_identical_ids else 0
     found_ids, found_scores = index.search(queries, k + extra)
     run = {}
@@ -34,13 +36,14 @@ def run_retrieval(encoder, data, k=100, batch_size=64, verbose=True, index_facto
 
 
 def evaluate_encoder(encoder, data, measures=DEFAULT_MEASURES, k=100, batch_size=64, verbose=True,
-                     index_factory=ExactIndex, ignore_identical_ids=False, keep_run=False):
+                     index_factory=ExactIndex, ignore_identical_ids=False, keep_run=False, index=None):
     """{measure: value} of `encoder` on `data`, plus the query and document counts and seconds taken; with
     `keep_run`, also "run" ({query_id: {doc_id: score}}, the ranking scored) and "per_query"
     ({query_id: {measure: value}})."""
     start = time.perf_counter()
     run = run_retrieval(encoder, data, k=max(k, _largest_cutoff(measures)), batch_size=batch_size,
-                        verbose=verbose, index_factory=index_factory, ignore_identical_ids=ignore_identical_ids)
+                        verbose=verbose, index_factory=index_factory, ignore_identical_ids=ignore_identical_ids,
+                        index=index)
     table = metrics.per_query(run, data.qrels, measures)
     if not table:
         raise ValueError(f"{data.name}: no judged query has a relevant document")

@@ -150,7 +150,7 @@ def save_index(embeddings, doc_ids, k, directory, index=None):
     from samtone_tf.index import ScannIndex
 
     directory = Path(directory)
-    directory.mkdir()
+    directory.mkdir(exist_ok=True)
     index = index if index is not None else ScannIndex(embeddings, doc_ids, k=k)
     index.write_files(directory)
     tf.saved_model.save(index.tensorflow_searcher(embeddings).serialize_to_module(), str(directory / "scann_tf"))

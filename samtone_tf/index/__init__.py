@@ -62,6 +62,69 @@ class ExactIndex:
         scores = np.concatenate(all_scores) if all_scores else np.zeros((0, k), np.float32)
         return self.doc_ids[rows], scores
 
+    MANIFEST = "manifest.json"
+    DOC_IDS = "doc_ids.json"
+    EMBEDDINGS = "embeddings.npy"
+
+    def save(self, directory):
+        """Writes the index to `directory` (which must not exist) via a temporary sibling."""
+        from samtone_tf.atomic import atomic_directory
+
+        with atomic_directory(directory) as staging:
+            self.write_files(staging)
+
+    def write_files(self, directory):
+        """Writes the embeddings (.npy, memory-mappable), the document ids and the manifest into `directory`."""
+        import json
+        from pathlib import Path
+
+        directory = Path(directory)
+        np.save(directory / self.EMBEDDINGS, np.asarray(self.embeddings, np.float32), allow_pickle=False)
+        (directory / self.DOC_IDS).write_text(json.dumps([str(d) for d in self.doc_ids]), encoding="utf-8")
+        manifest = dict(kind="exact", distance="dot_product", size=len(self), dimension=self.dimension,
+                        doc_ids=self.DOC_IDS, embeddings=self.EMBEDDINGS)
+        (directory / self.MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+    @classmethod
+    def load(cls, directory, mmap=True):
+        """Loads what `save` wrote: the embeddings memory-mapped (a corpus larger than memory is searched from
+        disk), never unpickled; files that disagree are refused with ValueError."""
+        import json
+        from pathlib import Path
+
+        directory = Path(directory)
+        try:
+            manifest = json.loads((directory / cls.MANIFEST).read_text(encoding="utf-8"))
+            if manifest.get("kind") != "exact":
+                raise ValueError(f"kind {manifest.get('kind')!r}")
+            doc_ids = json.loads((directory / cls.DOC_IDS).read_text(encoding="utf-8"))
+            embeddings = np.load(directory / cls.EMBEDDINGS, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{directory}: not a readable samtone_tf exact index "
+                             f"({type(error).__name__}: {error})") from None
+        if embeddings.dtype != np.float32 or embeddings.shape != (manifest["size"], manifest["dimension"]) \
+                or not isinstance(doc_ids, list) or len(doc_ids) != manifest["size"]:
+            raise ValueError(f"{directory}: embeddings {embeddings.dtype} {embeddings.shape} and {len(doc_ids)} "
+                             f"doc ids disagree with the manifest ({manifest['size']} x {manifest['dimension']})")
+        return cls(embeddings, [str(d) for d in doc_ids])
+
+
+def load_index(directory):
+    """The index saved in `directory` (an `ExactIndex` or a `ScannIndex`, by its manifest's kind)."""
+    import json
+    from pathlib import Path
+
+    path = Path(directory) / ExactIndex.MANIFEST
+    try:
+        kind = json.loads(path.read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError) as error:
+        raise ValueError(f"{path}: not a samtone_tf index manifest ({type(error).__name__}: {error})") from None
+    if kind == "exact":
+        return ExactIndex.load(directory)
+    if kind == "scann":
+        return ScannIndex.load(directory)
+    raise ValueError(f"{path}: unknown index kind {kind!r} (expected exact or scann)")
+
 
 @tf.function(reduce_retracing=True)
 def _block_top_k(queries, block, k):

@@ -1,0 +1,76 @@
+"""python -m samtone_tf.index build: an index of sharded corpus embeddings (what `python -m samtone_tf.encode`
+writes), for `evaluate --index_dir` and `export --index`.
+
+    python -m samtone_tf.index build --embeddings embeddings/scifact --out indexes/scifact --kind scann
+
+The shards are streamed (each checked against the manifest's checksum) into one preallocated array, the memory the
+index itself needs; no second copy of the corpus is made. --kind scann writes the layout `export` writes under
+index/N (ScaNN's files, the document ids, a manifest, and scann_tf/, the searcher as a TF-ops SavedModel);
+--kind exact writes the embeddings as a memory-mappable .npy with the ids. The index directory appears whole or not
+at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment before TensorFlow loads)
+
+from samtone_tf.cli import HelpFormatter, add_verbose, fail, positive_int, quiet_native_logs
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m samtone_tf.index", description=__doc__,
+                                     formatter_class=HelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="an index from embedding shards", formatter_class=HelpFormatter)
+    build.add_argument("--embeddings", required=True, help="a directory written by python -m samtone_tf.encode")
+    build.add_argument("--out", required=True, help="the index directory to write")
+    build.add_argument("--kind", choices=("scann", "exact"), default="scann", help="search")
+    build.add_argument("--k", type=positive_int, default=100, help="neighbours a ScaNN search returns by default")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
+    add_verbose(build)
+    return parser
+
+
+def build_index(embeddings_dir, out, kind="scann", k=100, overwrite=False):
+    """Builds and writes the index; returns its manifest (with the source embeddings and the build seconds)."""
+    from samtone_tf.atomic import atomic_directory
+    from samtone_tf.embedding_shards import load_embeddings, read_manifest
+    from samtone_tf.index import ExactIndex
+
+    start = time.perf_counter()
+    source = read_manifest(embeddings_dir)
+    with atomic_directory(out, overwrite=overwrite) as staging:
+        doc_ids, embeddings = load_embeddings(embeddings_dir)
+        if kind == "exact":
+            ExactIndex(embeddings, doc_ids).write_files(staging)
+        else:
+            from samtone_tf.serving import save_index
+
+            save_index(embeddings, doc_ids, k, staging)
+        manifest = json.loads((staging / "manifest.json").read_text())
+        manifest["source"] = {"embeddings": str(embeddings_dir), "model": source["model"],
+                              "corpus": source.get("corpus")}
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    manifest["seconds"] = round(time.perf_counter() - start, 2)
+    return manifest
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    quiet_native_logs(args.verbose)
+    try:
+        manifest = build_index(args.embeddings, args.out, args.kind, args.k, args.overwrite)
+    except (OSError, ValueError) as error:
+        return fail(error)
+    print(f"built the {manifest['kind']} index of {manifest['size']} documents (dimension {manifest['dimension']}) "
+          f"in {manifest['seconds']} s: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

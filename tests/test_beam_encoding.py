@@ -1,0 +1,230 @@
+"""Corpus encoding on Apache Beam (DirectRunner), as users run it: `python -m samtone_tf.encode` on a real corpus
+of ../shared/data, in memory and with 2 worker processes; `python -m samtone_tf.index build` on its shards;
+`python -m samtone_tf.evaluate --index_dir` on that index."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from samtone_tf.locations import REPOSITORY_ROOT
+from tests.helpers import TINY_VOCABULARY
+
+CORPUS = "beir:medline"  # 1,033 real documents: small enough to encode three times in CI
+
+
+def run_command(*args, check=True):
+    """A samtone_tf command as a user types it (a fresh process), -> CompletedProcess."""
+    env = dict(os.environ, PYTHONPATH=str(REPOSITORY_ROOT))
+    result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env,
+                            cwd=REPOSITORY_ROOT, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr[-4000:]}")
+    return result
+
+
+def read_shards(directory):
+    from samtone_tf.embedding_shards import load_embeddings
+
+    doc_ids, embeddings = load_embeddings(directory)
+    return dict(zip(doc_ids, embeddings))
+
+
+@pytest.fixture(scope="module")
+def model_and_export(tmp_path_factory):
+    from samtone_tf.serving import export
+    from samtone_tf.towers import tiny_dual_encoder
+
+    model = tiny_dual_encoder(TINY_VOCABULARY, "ade")
+    out = tmp_path_factory.mktemp("beam") / "export"
+    export(model, out, verbose=False)
+    return model, out
+
+
+@pytest.fixture(scope="module")
+def medline(shared_data):
+    from samtone_tf.data.datasets import load_evaluation
+
+    return load_evaluation(CORPUS, data_directory=shared_data)
+
+
+@pytest.fixture(scope="module")
+def encoded(model_and_export, medline, shared_data, tmp_path_factory):
+    """The medline corpus encoded by the pipeline in this process (Beam's default in-memory runner)."""
+    from samtone_tf.encode import main
+
+    _, export_dir = model_and_export
+    out = tmp_path_factory.mktemp("encoded") / "medline"
+    assert main(["--model", str(export_dir), "--corpus", CORPUS, "--out", str(out), "--data_dir", str(shared_data),
+                 "--batch_size", "16"]) == 0
+    return out
+
+
+def test_pipeline_gives_every_document_once_with_the_in_process_embeddings(encoded, model_and_export, medline):
+    model, _ = model_and_export
+    manifest = json.loads((encoded / "manifest.json").read_text())
+    vectors = read_shards(encoded)
+    assert sorted(vectors) == sorted(medline.corpus) and manifest["count"] == len(medline.corpus)
+    assert manifest["dead_letters"] == 0 and manifest["dimension"] == model.query_tower.output_dim
+    doc_ids = list(medline.corpus)
+    reference = model.encode_documents([medline.document_text(d) for d in doc_ids], verbose=False)
+    np.testing.assert_allclose(np.stack([vectors[d] for d in doc_ids]), reference, atol=1e-5)
+
+
+def test_two_worker_processes_give_the_same_embeddings(encoded, model_and_export, shared_data, tmp_path):
+    _, export_dir = model_and_export
+    out = tmp_path / "two-workers"
+    result = run_command("samtone_tf.encode", "--model", str(export_dir), "--corpus", CORPUS, "--out", str(out),
+                         "--data_dir", str(shared_data), "--direct_num_workers", "2",
+                         "--direct_running_mode", "multi_processing", "--num_shards", "3")
+    assert "encoded 1033 documents" in result.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["shards"]) == 3 and all(s["records"] > 0 for s in manifest["shards"])
+    expected, found = read_shards(encoded), read_shards(out)
+    assert sorted(found) == sorted(expected)
+    for doc_id, vector in expected.items():
+        np.testing.assert_allclose(found[doc_id], vector, atol=1e-5)
+
+
+def test_unreadable_documents_go_to_the_dead_letters_with_file_and_line(model_and_export, shared_data, tmp_path):
+    from samtone_tf.encode import main
+
+    _, export_dir = model_and_export
+    good = (shared_data / "classic" / "medline" / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:40]
+    lines = (good[:10]
+             + ['{"_id": "broken", "text": "no closing brace"',           # 11 invalid JSON
+                '{"title": "t", "text": "no id"}',                        # 12 missing _id
+                '{"_id": "empty", "title": " ", "text": ""}',            # 13 empty text
+                json.dumps(json.loads(good[0]))]                           # 14 duplicate of line 1
+             + good[10:20] + [""] + good[20:40]                           # a blank line is skipped, not dead
+             + ['{"_id": 77, "text": "a numeric id is kept"}'])
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes(("\n".join(lines) + "\n").encode("utf-8") + b'{"_id": "bad-utf8", "text": "\xff"}\n')
+    out = tmp_path / "out"
+    assert main(["--model", str(export_dir), "--corpus", str(corpus), "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    dead = sorted((json.loads(line) for f in sorted(out.glob("dead_letters-*.jsonl"))
+                   for line in f.read_text().splitlines() if line.strip()), key=lambda d: d["line"])
+    assert [(d["line"], os.path.basename(d["file"])) for d in dead] == [
+        (11, "corpus.jsonl"), (12, "corpus.jsonl"), (13, "corpus.jsonl"), (14, "corpus.jsonl"), (47, "corpus.jsonl")]
+    reasons = [d["reason"] for d in dead]
+    assert reasons[0].startswith("invalid JSON") and reasons[1] == "missing field '_id'"
+    assert reasons[2].startswith("empty text") and reasons[3].startswith("duplicate id")
+    assert reasons[4].startswith("invalid UTF-8")
+    assert manifest["dead_letters"] == 5 and manifest["count"] == 41
+    assert "77" in read_shards(out)
+
+
+def test_id_text_collection_dead_letters_name_the_line(model_and_export, tmp_path):
+    from samtone_tf.encode import main
+
+    _, export_dir = model_and_export
+    directory = tmp_path / "marco"
+    directory.mkdir()
+    (directory / "collection.tsv").write_text("1\tthe first passage\n2\tsecond\tthird field\n3\t \n4\tfourth\n")
+    out = tmp_path / "out"
+    assert main(["--model", str(export_dir), "--corpus", str(directory), "--out", str(out)]) == 0
+    dead = [json.loads(line) for f in out.glob("dead_letters-*.jsonl") for line in f.read_text().splitlines()]
+    assert sorted((d["line"], d["reason"]) for d in dead) == [
+        (2, "expected 2 tab-separated fields, found 3"), (3, "empty text for id '3'")]
+    assert sorted(read_shards(out)) == ["1", "4"]
+
+
+def test_a_second_run_refuses_unless_overwrite_and_a_failed_run_leaves_no_manifest(encoded, model_and_export,
+                                                                                   tmp_path, shared_data):
+    _, export_dir = model_and_export
+    out = tmp_path / "out"
+    shutil.copytree(encoded, out)
+    refused = run_command("samtone_tf.encode", "--model", str(export_dir), "--corpus", CORPUS, "--out", str(out),
+                          "--data_dir", str(shared_data), check=False)
+    assert refused.returncode != 0 and "--overwrite" in refused.stderr and "Traceback" not in refused.stderr
+    assert (out / "manifest.json").is_file()
+    broken = tmp_path / "broken-export"
+    shutil.copytree(export_dir, broken)
+    for variables in broken.glob("document_encoder/*/variables/variables.data-*"):
+        variables.write_bytes(b"damaged")
+    failed = run_command("samtone_tf.encode", "--model", str(broken), "--corpus", CORPUS, "--out", str(out),
+                         "--data_dir", str(shared_data), "--overwrite", check=False)
+    assert failed.returncode != 0 and not (out / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["exact", "scann"])
+def test_index_from_shards_answers_like_one_from_in_process_embeddings(encoded, model_and_export, medline,
+                                                                       tmp_path, kind):
+    from samtone_tf.index import ExactIndex, ScannIndex, load_index
+
+    model, _ = model_and_export
+    result = run_command("samtone_tf.index", "build", "--embeddings", str(encoded), "--out", str(tmp_path / "index"),
+                         "--kind", kind)
+    assert f"{kind} index of 1033 documents" in result.stdout
+    built = load_index(tmp_path / "index")
+    doc_ids = list(medline.corpus)
+    embeddings = model.encode_documents([medline.document_text(d) for d in doc_ids], verbose=False)
+    direct = ExactIndex(embeddings, doc_ids) if kind == "exact" else ScannIndex(embeddings, doc_ids)
+    queries = model.encode_queries(list(medline.queries.values()), verbose=False)
+    found_ids, found_scores = built.search(queries, 10)
+    direct_ids, direct_scores = direct.search(queries, 10)
+    np.testing.assert_allclose(found_scores, direct_scores, atol=1e-5)
+    # Ids agree except where two documents tie within float noise.
+    assert np.mean(found_ids == direct_ids) > 0.99
+    if kind == "scann":
+        assert (tmp_path / "index" / "scann_tf" / "saved_model.pb").is_file()  # export's index/N layout
+
+
+def test_evaluating_with_the_prebuilt_index_gives_the_metrics_of_evaluate(encoded, model_and_export, shared_data,
+                                                                          tmp_path):
+    _, export_dir = model_and_export
+    run_command("samtone_tf.index", "build", "--embeddings", str(encoded), "--out", str(tmp_path / "index"),
+                "--kind", "exact")
+    common = ["samtone_tf.evaluate", "--model", str(export_dir), "--dataset", CORPUS, "--data_dir", str(shared_data)]
+    run_command(*common, "--out", str(tmp_path / "direct.json"))
+    run_command(*common, "--index_dir", str(tmp_path / "index"), "--out", str(tmp_path / "prebuilt.json"))
+    direct = json.loads((tmp_path / "direct.json").read_text())
+    prebuilt = json.loads((tmp_path / "prebuilt.json").read_text())
+    assert prebuilt["index"].startswith("prebuilt exact index")
+    for measure, value in direct["metrics"].items():
+        assert prebuilt["metrics"][measure] == pytest.approx(value, abs=1e-6), measure
+
+
+def test_an_index_of_another_corpus_is_refused(encoded, model_and_export, shared_data, tmp_path):
+    from samtone_tf.evaluate import evaluate
+    from samtone_tf.index.__main__ import build_index
+
+    _, export_dir = model_and_export
+    build_index(encoded, tmp_path / "index", kind="exact")
+    # CACM numbers its documents 1..3204 and medline 1..1033: the ids fit, the texts do not.
+    with pytest.raises(ValueError, match="find themselves in the index"):
+        evaluate(export_dir, "beir:cacm", data_dir=shared_data, verbose=False, index_dir=tmp_path / "index")
+
+
+def test_damaged_shards_are_refused_by_their_checksum(encoded, tmp_path):
+    from samtone_tf.embedding_shards import load_embeddings
+
+    copy = tmp_path / "copy"
+    shutil.copytree(encoded, copy)
+    shard = sorted(copy.glob("embeddings-*.tfrecord"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF  # the last record's CRC: the framing still adds up, the checksum does not
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="changed or damaged"):
+        load_embeddings(copy)
+    shard.write_bytes(bytes(data[: len(data) - 3]))
+    with pytest.raises(ValueError, match="truncated"):
+        load_embeddings(copy)
+
+
+def test_an_index_of_another_model_is_refused(encoded, shared_data, tmp_path):
+    from samtone_tf.evaluate import evaluate
+    from samtone_tf.index.__main__ import build_index
+    from samtone_tf.serving import export
+    from samtone_tf.towers import tiny_dual_encoder
+
+    other = tmp_path / "other-export"
+    export(tiny_dual_encoder(TINY_VOCABULARY, "ade", seed=7), other, verbose=False)
+    build_index(encoded, tmp_path / "index", kind="exact")
+    with pytest.raises(ValueError, match="find themselves in the index"):
+        evaluate(other, CORPUS, data_dir=shared_data, verbose=False, index_dir=tmp_path / "index")
