@@ -50,6 +50,10 @@ def build_parser():
                         help="with --corpus: the retriever SavedModel searches every document (exact) or the "
                              "nearest k-means partitions, as few as reach --target_recall (default 0.95) "
                              "(partitioned: for corpora too large to search exactly per query)")
+    parser.add_argument("--index", default=None, metavar="INDEX_DIR",
+                        help="a prebuilt index of --corpus (python -m samtone_tf.index build): its embeddings and, "
+                             "for a ScaNN index, the index itself are used instead of encoding the corpus again "
+                             "(default: none)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version (default: off)")
     parser.add_argument("--batch_size", type=positive_int, default=64, help="corpus encoding batch (default: 64)")
     add_verbose(parser)
@@ -82,15 +86,45 @@ def main(argv=None):
             from samtone_tf.data.datasets import load_evaluation
 
             corpus = load_evaluation(args.corpus, args.corpus_split, args.data_dir)
+        corpus_embeddings = prebuilt = None
+        if args.index:
+            if corpus is None:
+                parser.error("--index needs --corpus (the corpus the index holds)")
+            corpus_embeddings, prebuilt = prebuilt_corpus(args.index, corpus, model)
         config_path = Path(args.model_dir) / "config.json"
         training_config = json.loads(config_path.read_text()) if config_path.is_file() else None
         manifest = export(model, args.out, args.version, corpus, args.k, args.overwrite, training_config,
                           last_evaluation(args.model_dir), args.batch_size, serving_root=args.serving_root,
-                          target_recall=args.target_recall, retriever=args.retriever)
+                          target_recall=args.target_recall, retriever=args.retriever,
+                          corpus_embeddings=corpus_embeddings, prebuilt_index=prebuilt)
     except (OSError, ValueError) as error:
         return fail(error)
     print(f"exported version {manifest['version']} of {', '.join(manifest['models'])} to {args.out}")
     return 0
+
+
+def prebuilt_corpus(index_dir, corpus, model):
+    """((doc_ids, embeddings), ScannIndex or None) of a prebuilt index, checked to hold `model`'s embeddings of
+    `corpus`. An exact index holds its embeddings; a ScaNN index built from shards names them in its manifest."""
+    import numpy as np
+
+    from samtone_tf.embedding_shards import load_embeddings
+    from samtone_tf.index import ExactIndex, load_index
+    from samtone_tf.retrieval import check_prebuilt_index
+
+    index = load_index(index_dir)
+    check_prebuilt_index(index, corpus, model, index_dir)
+    if isinstance(index, ExactIndex):
+        return (list(index.doc_ids), np.asarray(index.embeddings, np.float32)), None
+    manifest = json.loads((Path(index_dir) / "manifest.json").read_text())
+    source = (manifest.get("source") or {}).get("embeddings")
+    if not source:
+        raise ValueError(f"{index_dir}: a ScaNN index without the embeddings it was built from (its manifest names "
+                         "no source); build it with python -m samtone_tf.index build, or pass an exact index")
+    doc_ids, embeddings = load_embeddings(source)
+    if doc_ids != [str(d) for d in index.doc_ids]:
+        raise ValueError(f"{index_dir}: its documents are not those of {source}, the embeddings it names")
+    return (doc_ids, embeddings), index
 
 
 def last_evaluation(model_dir):

@@ -58,3 +58,34 @@ def evaluate_encoder(encoder, data, measures=DEFAULT_MEASURES, k=100, batch_size
 def _largest_cutoff(measures):
     cuts = [int(m.partition("@")[2]) for m in measures if m.partition("@")[2].isdigit()]
     return max(cuts, default=1)
+
+
+def check_prebuilt_index(index, data, encoder, index_dir, samples=16):
+    """A prebuilt index must hold this encoder's embeddings of documents of `data`'s corpus: its ids must be
+    corpus ids, and a sample of its documents, encoded now, must find themselves in it at their own score (ids
+    alone cannot tell two corpora numbered 1..N apart, nor two models). Corpus documents it lacks (dead letters of
+    the encoding run, such as empty documents) are reported, since they can never be retrieved."""
+    import numpy as np
+
+    corpus = data.corpus
+    foreign = [doc_id for doc_id in index.doc_ids if doc_id not in corpus]
+    if foreign:
+        raise ValueError(f"{index_dir}: {len(foreign)} of its {len(index.doc_ids)} documents are not in the corpus of "
+                         f"{data.name} (e.g. {foreign[0]!r}): it indexes another corpus")
+    rows = np.unique(np.linspace(0, len(index.doc_ids) - 1, min(samples, len(index.doc_ids))).astype(int))
+    sample = [index.doc_ids[row] for row in rows]
+    vectors = encoder.encode_documents([data.document_text(d) for d in sample], verbose=False)
+    found_ids, found_scores = index.search(vectors, 10)
+    own = np.sum(np.asarray(vectors, np.float64) ** 2, axis=1)
+    matched = sum(doc_id in list(ids) and abs(scores[list(ids).index(doc_id)] - score) <= 1e-3 * max(1.0, score)
+                  for doc_id, ids, scores, score in zip(sample, found_ids, found_scores, own))
+    if matched < 0.8 * len(sample):
+        raise ValueError(f"{index_dir}: only {matched} of {len(sample)} sampled documents, encoded by this model, "
+                         f"find themselves in the index: it holds another model's embeddings, or another corpus "
+                         f"with the same ids as {data.name}")
+    missing = len(corpus) - len(index.doc_ids)
+    if missing:
+        import warnings
+
+        warnings.warn(f"{index_dir}: {missing} documents of {data.name}'s corpus are not in the index "
+                      "(see the encoding run's dead letters); they cannot be retrieved", stacklevel=2)

@@ -210,14 +210,17 @@ def serving_config(names, version, serving_root=DEFAULT_SERVING_ROOT):
 
 
 def export(model, out, version=None, corpus=None, k=10, overwrite=False, training_config=None, metrics=None,
-           batch_size=64, verbose=True, serving_root=DEFAULT_SERVING_ROOT, target_recall=None, retriever="exact"):
+           batch_size=64, verbose=True, serving_root=DEFAULT_SERVING_ROOT, target_recall=None, retriever="exact",
+           corpus_embeddings=None, prebuilt_index=None):
     """Exports `model` (a DualEncoder) as version `version` (default: the next) under `out`.
 
     `corpus` (RetrievalData or None) adds a retriever and a ScaNN index of its documents; with
     `target_recall` the index is the fastest reaching recall@k >= target_recall on the corpus's queries
     (or, without queries, documents standing in for them): `samtone_tf.index_tuning.tune_scann`.
     `retriever` "partitioned" makes the retriever SavedModel search k-means partitions instead of every
-    document, probing the fewest partitions that reach `target_recall` (default 0.95) on those queries. The
+    document, probing the fewest partitions that reach `target_recall` (default 0.95) on those queries.
+    `corpus_embeddings` (doc_ids, float32 [N, D]), e.g. of a prebuilt index, stand for the corpus's documents
+    instead of encoding it again, and a prebuilt `ScannIndex` of them (`prebuilt_index`) becomes index/N. The
     version is whole or absent: on any failure the previous version, the manifest and
     models.config are left as they were. -> the manifest (dict).
     """
@@ -249,10 +252,14 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
             say(f"wrote {name} version {version}")
         manifest = _manifest(model, version, committed_versions(previous), training_config, metrics)
         if corpus is not None:
-            doc_ids = list(corpus.corpus)
-            say(f"encoding the corpus {corpus.name}: {len(doc_ids)} documents")
-            embeddings = model.encode_documents([corpus.document_text(d) for d in doc_ids],
-                                                batch_size=batch_size, verbose=verbose)
+            if corpus_embeddings is not None:
+                doc_ids, embeddings = list(corpus_embeddings[0]), np.asarray(corpus_embeddings[1], np.float32)
+                say(f"the corpus {corpus.name}: {len(doc_ids)} documents embedded beforehand")
+            else:
+                doc_ids = list(corpus.corpus)
+                say(f"encoding the corpus {corpus.name}: {len(doc_ids)} documents")
+                embeddings = model.encode_documents([corpus.document_text(d) for d in doc_ids],
+                                                    batch_size=batch_size, verbose=verbose)
             queries = excluded = None
             if target_recall is not None or retriever == "partitioned":
                 from samtone_tf.index_tuning import tuning_queries
@@ -267,8 +274,8 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
             else:
                 save_retriever(model.query_tower, embeddings, doc_ids, k, staging / RETRIEVER)
             say(f"wrote {RETRIEVER} version {version} ({retriever})")
-            tuned = None
-            if target_recall is not None:
+            tuned = prebuilt_index
+            if target_recall is not None and prebuilt_index is None:
                 from samtone_tf.index_tuning import tune_scann
 
                 tuned = tune_scann(embeddings, doc_ids, queries, target_recall, k=k, excluded_rows=excluded, say=say)
@@ -281,7 +288,9 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
                 "outputs": {"doc_ids": f"string [None, {top}]", "scores": f"float32 [None, {top}]"},
                 "search": retriever_report}
             manifest["corpus"] = {"name": corpus.name, "documents": len(doc_ids), "index": f"{INDEX}/{version}"}
-            if tuned is not None:
+            if prebuilt_index is not None:
+                manifest["corpus"]["prebuilt_index"] = {"settings": prebuilt_index.settings}
+            elif tuned is not None:
                 report = tuned.settings["tuning"]
                 manifest["corpus"]["index_tuning"] = {
                     key: report.get(key) for key in ("target_recall", "k", "reached", "tuning_recall",

@@ -228,3 +228,30 @@ def test_an_index_of_another_model_is_refused(encoded, shared_data, tmp_path):
     build_index(encoded, tmp_path / "index", kind="exact")
     with pytest.raises(ValueError, match="find themselves in the index"):
         evaluate(other, CORPUS, data_dir=shared_data, verbose=False, index_dir=tmp_path / "index")
+
+
+def test_export_with_a_prebuilt_index_serves_it_without_encoding_the_corpus(encoded, model_and_export, medline,
+                                                                            shared_data, tmp_path):
+    from samtone_tf.index import ScannIndex
+    from samtone_tf.serving import run_like_tf_serving
+
+    model, _ = model_and_export
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    model.save(model_dir / "model.keras")
+    run_command("samtone_tf.index", "build", "--embeddings", str(encoded), "--out", str(tmp_path / "index"))
+    out = tmp_path / "export"
+    result = run_command("samtone_tf.export", "--model_dir", str(model_dir), "--out", str(out), "--corpus", CORPUS,
+                         "--data_dir", str(shared_data), "--index", str(tmp_path / "index"), "--k", "5")
+    assert "1033 documents embedded beforehand" in result.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["corpus"]["documents"] == 1033
+    prebuilt, exported = ScannIndex.load(tmp_path / "index"), ScannIndex.load(out / "index" / "1")
+    queries = model.encode_queries(list(medline.queries.values())[:8], verbose=False)
+    np.testing.assert_array_equal(exported.search(queries, 5)[0], prebuilt.search(queries, 5)[0])
+    # The retriever, loaded as TF Serving loads it, ranks the shards' embeddings exactly.
+    vectors = read_shards(encoded)
+    doc_ids = list(vectors)
+    served = run_like_tf_serving(out / "retriever" / "1", list(medline.queries.values())[:8])
+    scores = queries @ np.stack([vectors[d] for d in doc_ids]).T
+    np.testing.assert_allclose(served["scores"], -np.sort(-scores, axis=1)[:, :5], atol=1e-5)
