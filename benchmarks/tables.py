@@ -119,7 +119,26 @@ def gradient_cache(results):
     return "\n".join(lines) + "\n"
 
 
-RENDERERS = {"loss_overhead": loss_overhead, "encode_speed": encode_speed, "speed": speed, "analysis": analysis,
+def beam_encoding(results):
+    """Documents/s of the Beam pipeline against in-process encoding; index builds from shards against an array."""
+    lines = []
+    if "encoding" in results:
+        rows = results["encoding"]["rows"]
+        base = rows[0]["documents_per_second"]
+        lines += ["| encoding | seconds | documents/s | × in-process | max abs difference |", "|---|---:|---:|---:|---:|"]
+        for r in rows:
+            lines.append(f"| {r['setting']} | {r['seconds']:.1f} | {r['documents_per_second']:.1f} | "
+                         f"{r['documents_per_second'] / base:.2f} | {r['max_abs_difference']:.1e} |")
+        lines.append("")
+    if "index" in results:
+        lines += ["| index | built from | seconds | peak resident GiB |", "|---|---|---:|---:|"]
+        for r in results["index"]["rows"]:
+            lines.append(f"| {r['kind']} | {r['source']} | {r['seconds']:.1f} | {r['peak_gb']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+RENDERERS = {"beam_encoding": beam_encoding, "loss_overhead": loss_overhead, "encode_speed": encode_speed, "speed": speed, "analysis": analysis,
              "quality": quality, "mining": mining, "gradient_cache": gradient_cache}
 
 

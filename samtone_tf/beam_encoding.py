@@ -13,18 +13,24 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
 from samtone_tf.beam_corpus import ReadCorpus
+from samtone_tf.encoding import encode_in_batches
 from samtone_tf.embedding_shards import (DEAD_LETTER_PREFIX, DEAD_LETTER_SUFFIX, SHARD_PREFIX, SHARD_SUFFIX,
                                          example_bytes, join)
 
 
 class SavedModelTextEncoder(ModelHandler):
     """RunInference handler: a SavedModel whose `serving_default(text: string [None])` returns
-    {"embedding": float32 [None, D]} (our exported encoders), run on batches of raw strings."""
+    {"embedding": float32 [None, D]} (our exported encoders), run on batches of raw strings.
 
-    def __init__(self, saved_model_dir, max_batch_size=64, min_batch_size=1):
+    RunInference hands over up to `batch_size * sort_window` documents at once; they are encoded longest first in
+    batches of `batch_size` (`samtone_tf.encoding.encode_in_batches`), so a batch pads little, as in-process
+    encoding of a whole sorted corpus does.
+    """
+
+    def __init__(self, saved_model_dir, batch_size=64, sort_window=16):
         super().__init__()
         self.saved_model_dir = str(saved_model_dir)
-        self.max_batch_size, self.min_batch_size = int(max_batch_size), int(min_batch_size)
+        self.batch_size, self.sort_window = int(batch_size), int(sort_window)
 
     def load_model(self):
         import tensorflow as tf
@@ -33,13 +39,12 @@ class SavedModelTextEncoder(ModelHandler):
         return tf.saved_model.load(self.saved_model_dir).signatures["serving_default"]
 
     def run_inference(self, batch, model, inference_args=None):
-        import tensorflow as tf
-
-        embeddings = model(text=tf.constant(list(batch), dtype=tf.string))["embedding"].numpy()
+        embeddings = encode_in_batches(lambda texts: model(text=texts)["embedding"], batch, self.batch_size,
+                                       verbose=False)
         return [PredictionResult(text, embedding) for text, embedding in zip(batch, embeddings)]
 
     def batch_elements_kwargs(self):
-        return {"min_batch_size": self.min_batch_size, "max_batch_size": self.max_batch_size}
+        return {"min_batch_size": 1, "max_batch_size": self.batch_size * self.sort_window}
 
     def get_metrics_namespace(self):
         return "samtone_tf_encode"
@@ -58,7 +63,7 @@ def encode_corpus(pipeline, out_dir, saved_model_dir, line_files=None, line_form
         read = ReadCorpus(line_files, line_format)
         corpus = pipeline | "Read corpus" >> read
         dead_letters = read.dead_letters
-    encoder = KeyedModelHandler(SavedModelTextEncoder(saved_model_dir, max_batch_size=batch_size))
+    encoder = KeyedModelHandler(SavedModelTextEncoder(saved_model_dir, batch_size=batch_size))
     _ = (corpus
          | "Encode" >> RunInference(encoder)
          | "To examples" >> beam.MapTuple(lambda doc_id, result: example_bytes(doc_id, result.inference))

@@ -19,6 +19,7 @@ manifest.json, written last: a directory without it holds a failed or unfinished
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -49,19 +50,34 @@ def build_parser():
 
 def document_encoder_path(model, out, version=None):
     """(SavedModel directory of the document encoder, description for the manifest)."""
-    from samtone_tf.serving import ENCODERS, export_version, save_encoder
+    import json
 
-    model = Path(model)
-    if (model / "manifest.json").is_file() and (model / ENCODERS[1]).is_dir():
-        version, _ = export_version(model, version)
-        path = model / ENCODERS[1] / str(version)
-        return path, {"path": str(model.resolve()), "version": version, "saved_model": str(path.resolve())}
+    import tensorflow as tf
+
+    from samtone_tf.embedding_shards import join
+    from samtone_tf.serving import ENCODERS, MANIFEST, committed_versions, save_encoder
+
+    model = str(model) if "://" in str(model) else os.path.abspath(model)
+    if "://" in model or tf.io.gfile.exists(join(model, MANIFEST)):
+        # An export, local or in a bucket (gs://...), read through tf.io.gfile: its manifest names the version.
+        try:
+            with tf.io.gfile.GFile(join(model, MANIFEST), "r") as f:
+                manifest = json.loads(f.read())
+        except (tf.errors.OpError, ValueError) as error:
+            raise ValueError(f"{model}: no readable {MANIFEST}, so not a complete export ({error})") from None
+        if version is not None and version not in committed_versions(manifest):
+            raise ValueError(f"{model}: version {version} was not exported (committed: {committed_versions(manifest)})")
+        version = version or manifest["version"]
+        path = join(join(model, ENCODERS[1]), str(version))
+        if not tf.io.gfile.exists(join(path, "saved_model.pb")):
+            raise FileNotFoundError(f"{path}: the manifest names it but it holds no saved_model.pb")
+        return path, {"path": model, "version": version, "saved_model": path}
     from samtone_tf.models import load_encoder
 
     dual_encoder = load_encoder(model)
-    path = Path(out) / "document_encoder"
+    path = Path(os.path.abspath(out)) / "document_encoder"
     save_encoder(dual_encoder.document_tower, path)
-    return path, {"path": str(model.resolve()), "version": None, "saved_model": str(path.resolve())}
+    return str(path), {"path": model, "version": None, "saved_model": str(path)}
 
 
 def corpus_source(corpus, corpus_format=None, split=None, data_dir=None):
@@ -136,10 +152,26 @@ def run(args, pipeline_args):
                           extra={"corpus": args.corpus, "line_format": source.get("line_format")})
 
 
+# Warnings Beam logs on every start-up that concern features this command does not use.
+BEAM_NOISE = ("apitools not found", "Resource module is not available")
+
+
+def quiet_beam_notices():
+    import logging
+
+    class _Notices(logging.Filter):
+        def filter(self, record):
+            return not record.getMessage().startswith(BEAM_NOISE)
+
+    logging.getLogger().addFilter(_Notices())
+
+
 def main(argv=None):
     parser = build_parser()
     args, pipeline_args = parser.parse_known_args(argv)
     quiet_native_logs(args.verbose)
+    if not args.verbose:
+        quiet_beam_notices()
     try:
         manifest = run(args, pipeline_args)
     except (OSError, ValueError) as error:

@@ -255,3 +255,23 @@ def test_export_with_a_prebuilt_index_serves_it_without_encoding_the_corpus(enco
     served = run_like_tf_serving(out / "retriever" / "1", list(medline.queries.values())[:8])
     scores = queries @ np.stack([vectors[d] for d in doc_ids]).T
     np.testing.assert_allclose(served["scores"], -np.sort(-scores, axis=1)[:, :5], atol=1e-5)
+
+
+def test_a_model_dir_and_a_single_file_corpus_go_through_the_pipeline(model_and_export, shared_data, tmp_path):
+    from samtone_tf.data.datasets import load_evaluation
+    from samtone_tf.encode import main
+
+    model, _ = model_and_export
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    model.save(model_dir / "model.keras")
+    dataset = f"reqa:{shared_data / 'squad2-dev-sample' / 'dev-v2.0-sample.json'}"
+    out = tmp_path / "out"
+    assert main(["--model", str(model_dir), "--corpus", dataset, "--out", str(out)]) == 0
+    data = load_evaluation(dataset, "dev")
+    vectors = read_shards(out)
+    assert sorted(vectors) == sorted(data.corpus)
+    doc_ids = list(data.corpus)
+    reference = model.encode_documents([data.document_text(d) for d in doc_ids], verbose=False)
+    np.testing.assert_allclose(np.stack([vectors[d] for d in doc_ids]), reference, atol=1e-5)
+    assert (out / "document_encoder" / "saved_model.pb").is_file()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -53,7 +54,8 @@ def build_index(embeddings_dir, out, kind="scann", k=100, overwrite=False):
 
             save_index(embeddings, doc_ids, k, staging)
         manifest = json.loads((staging / "manifest.json").read_text())
-        manifest["source"] = {"embeddings": str(embeddings_dir), "model": source["model"],
+        manifest["source"] = {"embeddings": str(embeddings_dir) if "://" in str(embeddings_dir) else
+                              os.path.abspath(embeddings_dir), "model": source["model"],
                               "corpus": source.get("corpus")}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
     manifest["seconds"] = round(time.perf_counter() - start, 2)
