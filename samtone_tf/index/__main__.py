@@ -31,18 +31,25 @@ def build_parser():
     build.add_argument("--embeddings", required=True, help="a directory written by python -m samtone_tf.encode")
     build.add_argument("--out", required=True, help="the index directory to write")
     build.add_argument("--kind", choices=("scann", "exact"), default="scann", help="search")
-    build.add_argument("--k", type=positive_int, default=100, help="neighbours a ScaNN search returns by default")
+    build.add_argument("--k", type=positive_int, default=100,
+                       help="neighbours a ScaNN search returns by default, and the k of --target_recall")
+    build.add_argument("--target_recall", type=float, default=None,
+                       help="build the fastest ScaNN index reaching this recall@k against exact search, measured "
+                            "with a sample of the documents standing in for queries (default: ScaNN's defaults)")
     build.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
     add_verbose(build)
     return parser
 
 
-def build_index(embeddings_dir, out, kind="scann", k=100, overwrite=False):
-    """Builds and writes the index; returns its manifest (with the source embeddings and the build seconds)."""
+def build_index(embeddings_dir, out, kind="scann", k=100, overwrite=False, target_recall=None, say=print):
+    """Builds and writes the index; returns its manifest (with the source embeddings and the build seconds).
+    With `target_recall` (ScaNN only) the index is `index_tuning.tune_scann`'s choice at recall@k."""
     from samtone_tf.atomic import atomic_directory
     from samtone_tf.embedding_shards import load_embeddings, read_manifest
     from samtone_tf.index import ExactIndex
 
+    if target_recall is not None and (kind != "scann" or not 0.0 < target_recall <= 1.0):
+        raise ValueError(f"--target_recall {target_recall}: for --kind scann, a value in (0, 1]")
     start = time.perf_counter()
     source = read_manifest(embeddings_dir)
     with atomic_directory(out, overwrite=overwrite) as staging:
@@ -52,7 +59,13 @@ def build_index(embeddings_dir, out, kind="scann", k=100, overwrite=False):
         else:
             from samtone_tf.serving import save_index
 
-            save_index(embeddings, doc_ids, k, staging)
+            tuned = None
+            if target_recall is not None:
+                from samtone_tf.index_tuning import tune_scann, tuning_queries
+
+                queries, excluded = tuning_queries(None, embeddings)
+                tuned = tune_scann(embeddings, doc_ids, queries, target_recall, k=k, excluded_rows=excluded, say=say)
+            save_index(embeddings, doc_ids, k, staging, index=tuned)
         manifest = json.loads((staging / "manifest.json").read_text())
         manifest["source"] = {"embeddings": str(embeddings_dir) if "://" in str(embeddings_dir) else
                               os.path.abspath(embeddings_dir), "model": source["model"],
@@ -66,7 +79,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     quiet_native_logs(args.verbose)
     try:
-        manifest = build_index(args.embeddings, args.out, args.kind, args.k, args.overwrite)
+        manifest = build_index(args.embeddings, args.out, args.kind, args.k, args.overwrite, args.target_recall)
     except (OSError, ValueError) as error:
         return fail(error)
     print(f"built the {manifest['kind']} index of {manifest['size']} documents (dimension {manifest['dimension']}) "
