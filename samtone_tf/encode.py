@@ -57,8 +57,9 @@ def document_encoder_path(model, out, version=None):
     from samtone_tf.embedding_shards import join
     from samtone_tf.serving import ENCODERS, MANIFEST, committed_versions, save_encoder
 
-    model = str(model) if "://" in str(model) else os.path.abspath(model)
+    model = str(model)
     if "://" in model or tf.io.gfile.exists(join(model, MANIFEST)):
+        model = model if "://" in model else os.path.abspath(model)
         # An export, local or in a bucket (gs://...), read through tf.io.gfile: its manifest names the version.
         try:
             with tf.io.gfile.GFile(join(model, MANIFEST), "r") as f:
@@ -77,7 +78,8 @@ def document_encoder_path(model, out, version=None):
     dual_encoder = load_encoder(model)
     path = Path(os.path.abspath(out)) / "document_encoder"
     save_encoder(dual_encoder.document_tower, path)
-    return str(path), {"path": model, "version": None, "saved_model": str(path)}
+    described = os.path.abspath(model) if os.path.exists(model) else model  # else a checkpoint's name
+    return str(path), {"path": described, "version": None, "saved_model": str(path)}
 
 
 def corpus_source(corpus, corpus_format=None, split=None, data_dir=None):
