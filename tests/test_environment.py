@@ -17,6 +17,8 @@ MODULES = {
     "protobuf": "google.protobuf",
     "pytrec-eval-terrier": "pytrec_eval",
     "scikit-learn": "sklearn",
+    "apache-beam": "apache_beam",
+    "google-crc32c": "google_crc32c",
 }
 
 
