@@ -144,7 +144,11 @@ def run(args, pipeline_args):
     source = corpus_source(args.corpus, args.corpus_format, args.corpus_split, args.data_dir)
     prepare_out(args.out, args.overwrite)
     saved_model, model_info = document_encoder_path(args.model, args.out, args.version)
-    signature = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+    try:
+        signature = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+    except Exception as error:  # noqa: BLE001  (a damaged SavedModel fails in many ways: name the model once)
+        raise ValueError(f"{saved_model}: the document encoder cannot be loaded "
+                         f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
     dimension = int(signature.structured_outputs["embedding"].shape[-1])
     options = PipelineOptions(pipeline_args, save_main_session=False)
     with beam.Pipeline(options=options) as pipeline:
@@ -174,10 +178,14 @@ def main(argv=None):
     quiet_native_logs(args.verbose)
     if not args.verbose:
         quiet_beam_notices()
+    import tensorflow as tf
+
     try:
         manifest = run(args, pipeline_args)
     except (OSError, ValueError) as error:
         return fail(error)
+    except tf.errors.OpError as error:  # a damaged SavedModel, an unreadable bucket
+        return fail(f"{type(error).__name__}: {error.message.splitlines()[0] if error.message else error}")
     print(f"encoded {manifest['count']} documents (dimension {manifest['dimension']}) into "
           f"{len(manifest['shards'])} shards in {args.out}")
     if manifest["dead_letters"]:

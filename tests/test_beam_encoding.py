@@ -150,6 +150,7 @@ def test_a_second_run_refuses_unless_overwrite_and_a_failed_run_leaves_no_manife
     failed = run_command("samtone_tf.encode", "--model", str(broken), "--corpus", CORPUS, "--out", str(out),
                          "--data_dir", str(shared_data), "--overwrite", check=False)
     assert failed.returncode != 0 and not (out / "manifest.json").exists()
+    assert "Traceback" not in failed.stderr and failed.stderr.strip().splitlines()[-1].startswith("error:")
 
 
 @pytest.mark.parametrize("kind", ["exact", "scann"])
