@@ -138,8 +138,44 @@ def beam_encoding(results):
     return "\n".join(lines)
 
 
+def index_search(results):
+    """Tuned ScaNN and the partitioned TF retriever against exact search, per corpus size."""
+    lines = []
+    if results.get("scann"):
+        lines += ["| corpus | target recall@10 | held-out recall@10 | leaves searched / leaves | reorder | "
+                  "queries/s | exact queries/s | × exact | tree build s | tuning s | searcher GiB | peak GiB |",
+                  "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for row in results["scann"]:
+            if not row.get("fits"):
+                lines.append(f"| {row['size']:,} | – | does not fit: {row['error']} |" + " – |" * 9)
+                continue
+            for t in row["tuned"]:
+                lines.append(f"| {row['size']:,} | {t['target_recall']:.2f} | {t['held_out_recall']:.3f} | "
+                             f"{t['num_leaves_to_search']} / {t['num_leaves']} | {t['reorder']} | "
+                             f"{t['queries_per_second']:.0f} | {row['exact_qps']:.0f} | {t['speedup']:.1f} | "
+                             f"{t['build_seconds']:.0f} | {row['tuning_seconds']:.0f} | {t['disk_gb']:.2f} | "
+                             f"{row['peak_rss_gb']:.1f} |")
+        lines.append("")
+    if results.get("partitioned"):
+        lines += ["| corpus | partitions | probes | held-out recall@10 | queries per request | partitioned q/s | "
+                  "exact retriever q/s | × exact | k-means s | probe tuning s | peak GiB |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for row in results["partitioned"]:
+            if not row.get("fits"):
+                lines.append(f"| {row['size']:,} | does not fit: {row['error']} |" + " – |" * 9)
+                continue
+            for r in row["rates"]:
+                lines.append(f"| {row['size']:,} | {row['partitions']} | {row['probes']} | "
+                             f"{row['held_out_recall']:.3f} | {r['request_queries']} | {r['partitioned_qps']:.0f} | "
+                             f"{r['exact_qps']:.1f} | {r['speedup']:.1f} | {row['build_seconds']:.0f} | "
+                             f"{row['tuning_seconds']:.0f} | {row['peak_rss_gb']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 RENDERERS = {"beam_encoding": beam_encoding, "loss_overhead": loss_overhead, "encode_speed": encode_speed, "speed": speed, "analysis": analysis,
-             "quality": quality, "mining": mining, "gradient_cache": gradient_cache}
+             "quality": quality, "mining": mining, "gradient_cache": gradient_cache,
+             "index_search": index_search}
 
 
 def render(path):

@@ -12,53 +12,33 @@ Elements: a document is `(doc_id, text)`; a dead letter is `{"file", "line", "re
 
 from __future__ import annotations
 
-import json
-
 import apache_beam as beam
 from apache_beam.io import filebasedsource
 from apache_beam.io.filesystems import FileSystems
 
+from samtone_tf.data.beir import corpus_document
+from samtone_tf.data.errors import DataError
+from samtone_tf.data.msmarco import id_text
+from samtone_tf.data.textfiles import BOM as TEXT_BOM
+from samtone_tf.data.textfiles import json_object, tsv_fields
+
 DEAD_LETTER = "dead_letter"
-BOM = b"\xef\xbb\xbf"
+BOM = TEXT_BOM.encode("utf-8")
 
 
-def parse_beir_line(line):
-    """A BEIR corpus.jsonl line (str) -> (doc_id, text); ValueError(reason) when it is not a readable document."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"invalid JSON: {error.msg} (column {error.colno})") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-    if "_id" not in record:
-        raise ValueError("missing field '_id'")
-    doc_id = record["_id"]
-    if isinstance(doc_id, int) and not isinstance(doc_id, bool):
-        doc_id = str(doc_id)
-    if not isinstance(doc_id, str) or not doc_id.strip():
-        raise ValueError(f"field '_id' must be a non-empty string, got {doc_id!r}")
-    title, text = record.get("title") or "", record.get("text")
-    if text is None:
-        raise ValueError("missing field 'text'")
-    if not isinstance(text, str) or not isinstance(title, str):
-        raise ValueError("fields 'title' and 'text' must be strings")
+def parse_beir_line(file_name, line):
+    """A BEIR corpus.jsonl line (str) -> (doc_id, text), checked as `data.beir.read_corpus` checks it, and a
+    document without text (title and text empty) refused too: DataError otherwise."""
+    doc_id, title, text = corpus_document(file_name, None, json_object(file_name, None, line))
     joined = f"{title} {text}".strip()
     if not joined:
-        raise ValueError(f"empty text (title and text) for id {doc_id!r}")
+        raise DataError(file_name, None, f"empty text (title and text) for id {doc_id!r}")
     return doc_id, joined
 
 
-def parse_id_text_line(line):
-    """An `id<TAB>text` line -> (doc_id, text); ValueError(reason) otherwise."""
-    fields = line.split("\t")
-    if len(fields) != 2:
-        raise ValueError(f"expected 2 tab-separated fields, found {len(fields)}")
-    doc_id, text = fields
-    if not doc_id.strip():
-        raise ValueError("empty id")
-    if not text.strip():
-        raise ValueError(f"empty text for id {doc_id!r}")
-    return doc_id, text
+def parse_id_text_line(file_name, line):
+    """An `id<TAB>text` line -> (doc_id, text), checked as `data.msmarco.read_id_texts` checks it."""
+    return id_text(file_name, None, tsv_fields(file_name, None, line, expected_fields=2))
 
 
 LINE_FORMATS = {"beir": parse_beir_line, "id_text": parse_id_text_line}
@@ -101,11 +81,11 @@ class ParseLines(beam.DoFn):
             line = raw.decode("utf-8").rstrip("\r\n")
             if not line.strip():
                 return []  # blank lines are skipped, as every reader of the package skips them
-            doc_id, text = self.parse(line)
+            doc_id, text = self.parse(file_name, line)
         except UnicodeDecodeError as error:
             reason = f"invalid UTF-8 at byte {error.start}"
-        except ValueError as error:
-            reason = str(error)
+        except DataError as error:
+            reason = error.problem
         else:
             return [(doc_id, (file_name, offset, text))]
         return [beam.pvalue.TaggedOutput(DEAD_LETTER, {"file": file_name, "offset": offset, "reason": reason})]

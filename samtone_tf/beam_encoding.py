@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 
 import apache_beam as beam
+import tensorflow as tf
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
 from samtone_tf.beam_corpus import ReadCorpus
 from samtone_tf.encoding import encode_in_batches
 from samtone_tf.embedding_shards import (DEAD_LETTER_PREFIX, DEAD_LETTER_SUFFIX, SHARD_PREFIX, SHARD_SUFFIX,
-                                         example_bytes, join)
+                                         example_bytes)
 
 
 class SavedModelTextEncoder(ModelHandler):
@@ -67,9 +68,9 @@ def encode_corpus(pipeline, out_dir, saved_model_dir, line_files=None, line_form
     _ = (corpus
          | "Encode" >> RunInference(encoder)
          | "To examples" >> beam.MapTuple(lambda doc_id, result: example_bytes(doc_id, result.inference))
-         | "Write shards" >> beam.io.WriteToTFRecord(join(out_dir, SHARD_PREFIX), file_name_suffix=SHARD_SUFFIX,
-                                                     num_shards=num_shards))
+         | "Write shards" >> beam.io.WriteToTFRecord(tf.io.gfile.join(out_dir, SHARD_PREFIX),
+                                                     file_name_suffix=SHARD_SUFFIX, num_shards=num_shards))
     _ = (dead_letters
          | "Dead letters to JSON" >> beam.Map(lambda d: json.dumps(d, ensure_ascii=False, sort_keys=True))
-         | "Write dead letters" >> beam.io.WriteToText(join(out_dir, DEAD_LETTER_PREFIX),
+         | "Write dead letters" >> beam.io.WriteToText(tf.io.gfile.join(out_dir, DEAD_LETTER_PREFIX),
                                                        file_name_suffix=DEAD_LETTER_SUFFIX))

@@ -37,10 +37,6 @@ def example_bytes(doc_id, embedding):
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 
 
-def join(directory, name):
-    return f"{str(directory).rstrip('/')}/{name}"
-
-
 def shard_files(directory, prefix=SHARD_PREFIX, suffix=SHARD_SUFFIX):
     """The names (not paths) of `prefix`*`suffix` files in `directory`, sorted."""
     return sorted(name for name in tf.io.gfile.listdir(str(directory))
@@ -48,56 +44,57 @@ def shard_files(directory, prefix=SHARD_PREFIX, suffix=SHARD_SUFFIX):
 
 
 def scan_shard(path):
-    """(records, sha256 hex) of one TFRecord file, in one pass over its bytes (the records are counted from the
-    TFRecord framing: length, its CRC, the data, its CRC). A file whose framing does not add up is an error."""
-    digest, records, pending, buffer = hashlib.sha256(), 0, 0, b""
+    """(records, sha256 hex) of one TFRecord file, in one pass over its bytes. A file whose framing does not add
+    up is an error."""
+    digest = hashlib.sha256()
+    records = sum(1 for _ in framed_records(path, digest))
+    return records, digest.hexdigest()
+
+
+def framed_records(path, digest):
+    """Yields the records of the TFRecord file at `path` (framing: length, its CRC, the data, its CRC), feeding
+    every byte read to `digest` (a hashlib object). Raises ValueError when the last record is incomplete."""
+    buffer = b""
     with tf.io.gfile.GFile(path, "rb") as f:
         while chunk := f.read(_READ_CHUNK):
             digest.update(chunk)
             buffer += chunk
             position = 0
-            while True:
-                if pending:
-                    step = min(pending, len(buffer) - position)
-                    position += step
-                    pending -= step
-                    if pending:
-                        break
-                if len(buffer) - position < 12:
-                    break
+            while len(buffer) - position >= 12:
                 (length,) = struct.unpack("<Q", buffer[position:position + 8])
-                position += 12
-                pending = length + 4
-                records += 1
+                end = position + 12 + length + 4
+                if end > len(buffer):
+                    break
+                yield buffer[position + 12:end - 4]
+                position = end
             buffer = buffer[position:]
-    if pending or buffer:
+    if buffer:
         raise ValueError(f"{path}: truncated TFRecord file (the last record is incomplete)")
-    return records, digest.hexdigest()
 
 
 def write_manifest(directory, model, dimension, extra=None):
     """Scans the shards of `directory` (counts and checksums) and writes the manifest last; returns it."""
     shards = []
     for name in shard_files(directory):
-        records, sha256 = scan_shard(join(directory, name))
+        records, sha256 = scan_shard(tf.io.gfile.join(directory, name))
         shards.append({"file": name, "records": records, "sha256": sha256})
     dead_letters = 0
     for name in shard_files(directory, DEAD_LETTER_PREFIX, DEAD_LETTER_SUFFIX):
-        with tf.io.gfile.GFile(join(directory, name), "r") as f:
+        with tf.io.gfile.GFile(tf.io.gfile.join(directory, name), "r") as f:
             dead_letters += sum(1 for line in f if line.strip())
     manifest = dict(format=FORMAT, model=model, dimension=int(dimension),
                     count=sum(s["records"] for s in shards), dead_letters=dead_letters, shards=shards,
                     **(extra or {}))
-    staging = join(directory, f".{MANIFEST}.tmp")
+    staging = tf.io.gfile.join(directory, f".{MANIFEST}.tmp")
     with tf.io.gfile.GFile(staging, "w") as f:
         f.write(json.dumps(manifest, indent=1))
-    tf.io.gfile.rename(staging, join(directory, MANIFEST), overwrite=True)
+    tf.io.gfile.rename(staging, tf.io.gfile.join(directory, MANIFEST), overwrite=True)
     return manifest
 
 
 def read_manifest(directory):
     """The manifest of an embeddings directory, checked for the fields readers use."""
-    path = join(directory, MANIFEST)
+    path = tf.io.gfile.join(directory, MANIFEST)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{path}: no manifest, so no complete encoding run (the run writes it last)")
     try:
@@ -118,25 +115,38 @@ def read_manifest(directory):
 
 
 def iter_embeddings(directory, batch_size=8192):
-    """Yields (doc_ids: list of str, embeddings: float32 [n, D]) batches of every shard the manifest lists, each
-    shard's checksum and record count verified first. Memory: one batch."""
+    """Yields (doc_ids: list of str, embeddings: float32 [n, D]) batches of every shard the manifest lists, in one
+    pass over each shard's bytes that also checks its record count and checksum: a shard that disagrees with the
+    manifest raises ValueError before its last batch is yielded, so a consumer that commits only once the
+    iteration is over (`load_embeddings`, `index build`) never commits a damaged shard. Memory: one batch."""
     manifest = read_manifest(directory)
     dimension = manifest["dimension"]
     spec = {"id": tf.io.FixedLenFeature([], tf.string),
             "embedding": tf.io.FixedLenFeature([dimension], tf.float32)}
-    for shard in manifest["shards"]:
-        path = join(directory, shard["file"])
-        records, sha256 = scan_shard(path)
-        if sha256 != shard["sha256"] or records != shard["records"]:
-            raise ValueError(f"{path}: {records} records with sha256 {sha256[:12]}…, but the manifest says "
-                             f"{shard['records']} with {shard['sha256'][:12]}… (changed or damaged since written)")
-        dataset = tf.data.TFRecordDataset(path).batch(batch_size).map(lambda b: tf.io.parse_example(b, spec))
+
+    def parsed(path, serialized):
         try:
-            for batch in dataset:
-                yield [i.decode("utf-8") for i in batch["id"].numpy()], batch["embedding"].numpy()
+            batch = tf.io.parse_example(tf.constant(serialized, tf.string), spec)
         except tf.errors.InvalidArgumentError as error:
             raise ValueError(f"{path}: a record is not an (id, embedding[{dimension}]) example: "
                              f"{error.message.splitlines()[0]}") from None
+        return [i.decode("utf-8") for i in batch["id"].numpy()], batch["embedding"].numpy()
+
+    for shard in manifest["shards"]:
+        path = tf.io.gfile.join(directory, shard["file"])
+        digest, records, pending = hashlib.sha256(), 0, []
+        for record in framed_records(path, digest):
+            records += 1
+            pending.append(record)
+            if len(pending) == batch_size and records != shard["records"]:
+                yield parsed(path, pending)
+                pending = []
+        sha256 = digest.hexdigest()
+        if sha256 != shard["sha256"] or records != shard["records"]:
+            raise ValueError(f"{path}: {records} records with sha256 {sha256[:12]}…, but the manifest says "
+                             f"{shard['records']} with {shard['sha256'][:12]}… (changed or damaged since written)")
+        if pending:
+            yield parsed(path, pending)
 
 
 def load_embeddings(directory):

@@ -50,27 +50,17 @@ def build_parser():
 
 def document_encoder_path(model, out, version=None):
     """(SavedModel directory of the document encoder, description for the manifest)."""
-    import json
-
     import tensorflow as tf
 
-    from samtone_tf.embedding_shards import join
-    from samtone_tf.serving import ENCODERS, MANIFEST, committed_versions, save_encoder
+    from samtone_tf.serving import ENCODERS, MANIFEST, export_version, save_encoder
 
     model = str(model)
-    if "://" in model or tf.io.gfile.exists(join(model, MANIFEST)):
-        model = model if "://" in model else os.path.abspath(model)
+    if "://" in model or tf.io.gfile.exists(tf.io.gfile.join(model, MANIFEST)):
         # An export, local or in a bucket (gs://...), read through tf.io.gfile: its manifest names the version.
-        try:
-            with tf.io.gfile.GFile(join(model, MANIFEST), "r") as f:
-                manifest = json.loads(f.read())
-        except (tf.errors.OpError, ValueError) as error:
-            raise ValueError(f"{model}: no readable {MANIFEST}, so not a complete export ({error})") from None
-        if version is not None and version not in committed_versions(manifest):
-            raise ValueError(f"{model}: version {version} was not exported (committed: {committed_versions(manifest)})")
-        version = version or manifest["version"]
-        path = join(join(model, ENCODERS[1]), str(version))
-        if not tf.io.gfile.exists(join(path, "saved_model.pb")):
+        model = model if "://" in model else os.path.abspath(model)
+        version, _ = export_version(model, version)
+        path = tf.io.gfile.join(model, ENCODERS[1], str(version))
+        if not tf.io.gfile.exists(tf.io.gfile.join(path, "saved_model.pb")):
             raise FileNotFoundError(f"{path}: the manifest names it but it holds no saved_model.pb")
         return path, {"path": model, "version": version, "saved_model": path}
     from samtone_tf.models import load_encoder
@@ -118,16 +108,16 @@ def prepare_out(out, overwrite):
     none) and then the rest."""
     import tensorflow as tf
 
-    from samtone_tf.embedding_shards import MANIFEST, join
+    from samtone_tf.embedding_shards import MANIFEST
 
     out = str(out)
     if tf.io.gfile.exists(out) and tf.io.gfile.listdir(out):
         if not overwrite:
-            done = tf.io.gfile.exists(join(out, MANIFEST))
+            done = tf.io.gfile.exists(tf.io.gfile.join(out, MANIFEST))
             raise FileExistsError(f"{out} holds {'a finished' if done else 'an unfinished'} encoding run; "
                                   "pass --overwrite to replace it")
-        if tf.io.gfile.exists(join(out, MANIFEST)):
-            tf.io.gfile.remove(join(out, MANIFEST))
+        if tf.io.gfile.exists(tf.io.gfile.join(out, MANIFEST)):
+            tf.io.gfile.remove(tf.io.gfile.join(out, MANIFEST))
         tf.io.gfile.rmtree(out)
     tf.io.gfile.makedirs(out)
 

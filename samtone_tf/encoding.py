@@ -52,7 +52,7 @@ def progress_verbosity(verbose):
 
 
 _INFERENCE_FUNCTIONS = weakref.WeakKeyDictionary()
-_LENGTH_BUCKET = 32
+LENGTH_BUCKET = 32  # token lengths rounded up to a multiple of this when the network is compiled (XLA)
 
 
 def _compiled_encoder(tower, jit_compile=False):
@@ -75,7 +75,7 @@ def _compiled_encoder(tower, jit_compile=False):
                 tokens = tokenize(texts)
                 ids, mask = tokens["token_ids"], tokens["padding_mask"]
                 length = ids.shape[1]
-                padded = min(-(-length // _LENGTH_BUCKET) * _LENGTH_BUCKET, tower.tokenizer.max_length)
+                padded = min(-(-length // LENGTH_BUCKET) * LENGTH_BUCKET, tower.tokenizer.max_length)
                 extra = [[0, 0], [0, max(padded - length, 0)]]
                 return network(tf.pad(ids, extra, constant_values=pad_id), tf.pad(mask, extra))
 

@@ -14,6 +14,7 @@ the target, so at most `len(LEAF_FRACTIONS) x len(REORDER_DEPTHS)` searches of t
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -55,10 +56,20 @@ def tune_scann(embeddings, doc_ids, queries, target_recall, k=10, excluded_rows=
     (recall 1). When no configuration reaches the target, the one with the highest recall is kept and the
     manifest says so (`reached: false`). -> ScannIndex whose settings hold the choice and the measurements.
     """
+    return tune_scann_for_targets(embeddings, doc_ids, queries, [target_recall], k, excluded_rows, max_builds,
+                                  held_out_fraction, seed, say)[0]
+
+
+def tune_scann_for_targets(embeddings, doc_ids, queries, targets, k=10, excluded_rows=None, max_builds=3,
+                           held_out_fraction=0.5, seed=0, say=print):
+    """`tune_scann` for several recall targets at the cost of one: the trees are built once and the grid walked
+    up to the highest target, which passes every cheaper setting on the way. -> [ScannIndex], one per target in
+    `targets`' order (indexes chosen from the same tree share its searcher, each with its own settings)."""
     embeddings = np.asarray(embeddings, np.float32)
     queries = np.asarray(queries, np.float32)
-    if not 0.0 < float(target_recall) <= 1.0:
-        raise ValueError(f"target_recall must be in (0, 1]; got {target_recall}")
+    targets = [float(t) for t in targets]
+    if not targets or not all(0.0 < t <= 1.0 for t in targets):
+        raise ValueError(f"target_recall must be in (0, 1]; got {targets[0] if len(targets) == 1 else targets}")
     if len(queries) < 2:
         raise ValueError(f"tuning needs at least 2 queries; got {len(queries)}")
     excluded_rows = np.full(len(queries), -1, np.int64) if excluded_rows is None else np.asarray(excluded_rows)
@@ -74,11 +85,15 @@ def tune_scann(embeddings, doc_ids, queries, target_recall, k=10, excluded_rows=
     if size < SCANN_BRUTE_FORCE_BELOW:
         index = ScannIndex(embeddings, doc_ids, k=k)
         found = _scann_rows(index, queries, k, excluded_rows, None, None)
-        index.settings["tuning"] = dict(target_recall=float(target_recall), k=k, reached=True,
-                                        tuning_recall=recall_at_k(found[tune], truth[tune]),
-                                        held_out_recall=recall_at_k(found[held], truth[held]),
-                                        queries=len(tune), held_out_queries=len(held), tried=[])
-        return index
+        chosen = []
+        for target in targets:
+            copy = _with_settings(index, dict(index.settings), doc_ids)
+            copy.settings["tuning"] = dict(target_recall=target, k=k, reached=True,
+                                           tuning_recall=recall_at_k(found[tune], truth[tune]),
+                                           held_out_recall=recall_at_k(found[held], truth[held]),
+                                           queries=len(tune), held_out_queries=len(held), tried=[])
+            chosen.append(copy)
+        return chosen
 
     defaults = scann_defaults(size, dimension)
     leaf_counts = []
@@ -86,7 +101,8 @@ def tune_scann(embeddings, doc_ids, queries, target_recall, k=10, excluded_rows=
         leaves = int(min(max(round(defaults["num_leaves"] * multiplier), 16), size // 10))
         if leaves not in leaf_counts:
             leaf_counts.append(leaves)
-    tried, best, best_index = [], None, None
+    highest = max(targets)
+    tried, best, best_index = [], {t: None for t in targets}, {t: None for t in targets}
     for leaves in leaf_counts[:max_builds]:
         settings = dict(num_leaves=leaves, training_sample_size=min(size, max(100_000, 30 * leaves)))
         start = time.perf_counter()
@@ -101,23 +117,37 @@ def tune_scann(embeddings, doc_ids, queries, target_recall, k=10, excluded_rows=
                              recall=recall_at_k(found, truth[tune]), queries_per_second=qps,
                              build_seconds=build_seconds)
                 tried.append(trial)
-                if _better(trial, best, target_recall):
-                    best, best_index = trial, index
-                if trial["recall"] >= target_recall:
+                for target in targets:
+                    if _better(trial, best[target], target):
+                        best[target], best_index[target] = trial, index
+                if trial["recall"] >= highest:
                     break  # more leaves only cost time at this depth
-        say(f"tuning: {leaves} leaves: best so far {best['num_leaves_to_search']}/{best['num_leaves']} leaves, "
-            f"reorder {best['reorder']}: recall@{k} {best['recall']:.3f} at {best['queries_per_second']:.0f} q/s")
+        top = best[highest]
+        say(f"tuning: {leaves} leaves: best so far {top['num_leaves_to_search']}/{top['num_leaves']} leaves, "
+            f"reorder {top['reorder']}: recall@{k} {top['recall']:.3f} at {top['queries_per_second']:.0f} q/s")
 
-    chosen = dict(best_index.settings, num_leaves_to_search=best["num_leaves_to_search"], reorder=best["reorder"])
-    best_index.settings = chosen
-    best_index.doc_ids = np.asarray(doc_ids, dtype=object)
-    held_found = _scann_rows(best_index, queries[held], k, excluded_rows[held], None, None)
-    best_index.settings["tuning"] = dict(
-        target_recall=float(target_recall), k=k, reached=best["recall"] >= target_recall,
-        tuning_recall=best["recall"], held_out_recall=recall_at_k(held_found, truth[held]),
-        queries_per_second=best["queries_per_second"], queries=len(tune), held_out_queries=len(held),
-        builds=len(leaf_counts[:max_builds]), tried=tried)
-    return best_index
+    chosen = []
+    for target in targets:
+        trial = best[target]
+        index = _with_settings(best_index[target], dict(best_index[target].settings,
+                                                        num_leaves_to_search=trial["num_leaves_to_search"],
+                                                        reorder=trial["reorder"]), doc_ids)
+        held_found = _scann_rows(index, queries[held], k, excluded_rows[held], None, None)
+        index.settings["tuning"] = dict(
+            target_recall=target, k=k, reached=trial["recall"] >= target,
+            tuning_recall=trial["recall"], held_out_recall=recall_at_k(held_found, truth[held]),
+            queries_per_second=trial["queries_per_second"], queries=len(tune), held_out_queries=len(held),
+            builds=len(leaf_counts[:max_builds]), tried=tried)
+        chosen.append(index)
+    return chosen
+
+
+def _with_settings(index, settings, doc_ids):
+    """A ScannIndex sharing `index`'s searcher, with its own settings and document ids."""
+    out = copy.copy(index)
+    out.settings = settings
+    out.doc_ids = np.asarray(doc_ids, dtype=object)
+    return out
 
 
 def _better(trial, best, target):

@@ -77,8 +77,10 @@ def check_prebuilt_index(index, data, encoder, index_dir, samples=16):
     vectors = encoder.encode_documents([data.document_text(d) for d in sample], verbose=False)
     found_ids, found_scores = index.search(vectors, 10)
     own = np.sum(np.asarray(vectors, np.float64) ** 2, axis=1)
-    matched = sum(doc_id in list(ids) and abs(scores[list(ids).index(doc_id)] - score) <= 1e-3 * max(1.0, score)
-                  for doc_id, ids, scores, score in zip(sample, found_ids, found_scores, own))
+    matched = 0
+    for doc_id, ids, scores, score in zip(sample, found_ids, found_scores, own):
+        ids = list(ids)
+        matched += doc_id in ids and abs(scores[ids.index(doc_id)] - score) <= 1e-3 * max(1.0, score)
     if matched < 0.8 * len(sample):
         raise ValueError(f"{index_dir}: only {matched} of {len(sample)} sampled documents, encoded by this model, "
                          f"find themselves in the index: it holds another model's embeddings, or another corpus "

@@ -174,12 +174,14 @@ def saved_model_op_types(directory):
 
 
 def read_manifest(out):
-    """The manifest of the export at `out`, or None when there is none (nothing committed)."""
-    path = Path(out) / MANIFEST
-    if not path.is_file():
+    """The manifest of the export at `out` (a local directory, or a URL tf.io.gfile reads such as gs://...),
+    or None when there is none (nothing committed)."""
+    path = tf.io.gfile.join(str(out), MANIFEST)
+    if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
         return None
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        with tf.io.gfile.GFile(path, "rb") as f:
+            manifest = json.loads(f.read().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: not a valid manifest ({error})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("version"), int):
@@ -409,10 +411,9 @@ def remove_leftovers(out, manifest, say=print):
 def export_version(out, version=None):
     """The committed version of the export at `out` to read: `version`, else the manifest's.
 
-    Raises FileNotFoundError when `out` has no manifest (no export was ever completed there) or
-    when `version` was never committed.
+    Raises FileNotFoundError when `out` (a directory or a tf.io.gfile URL) has no manifest (no export was
+    ever completed there) or when `version` was never committed.
     """
-    out = Path(out)
     manifest = read_manifest(out)
     if manifest is None:
         raise FileNotFoundError(f"{out}: no {MANIFEST}, so no complete export (an export writes it last)")

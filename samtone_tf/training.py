@@ -15,6 +15,7 @@ import json
 import keras
 import tensorflow as tf
 
+from samtone_tf.encoding import LENGTH_BUCKET  # noqa: F401  (re-exported: the step pads to it as encoding does)
 from samtone_tf.keras_loss import SamToNeLoss
 from samtone_tf.losses import SAME_TOWER_OPTIONS
 
@@ -23,7 +24,6 @@ OPTIMIZERS = ("adamw", "adafactor")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 ID_KEYS = ("query_id", "document_id", "hard_negative_ids")
 PRECISION_POLICIES = {"none": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
-LENGTH_BUCKET = 32  # token lengths rounded up to a multiple of this when the step is compiled
 
 
 @dataclasses.dataclass

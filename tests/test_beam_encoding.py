@@ -119,18 +119,24 @@ def test_unreadable_documents_go_to_the_dead_letters_with_file_and_line(model_an
     assert "77" in read_shards(out)
 
 
+def dead_line(dead, line):
+    return next(d for d in dead if d["line"] == line)
+
+
 def test_id_text_collection_dead_letters_name_the_line(model_and_export, tmp_path):
     from samtone_tf.encode import main
 
     _, export_dir = model_and_export
     directory = tmp_path / "marco"
     directory.mkdir()
-    (directory / "collection.tsv").write_text("1\tthe first passage\n2\tsecond\tthird field\n3\t \n4\tfourth\n")
+    (directory / "collection.tsv").write_bytes(b"1\tthe first passage\n2\tsecond\tthird field\n3\t \n4\tfourth\n"
+                                               b"5\ta carriage\rreturn inside\n")
     out = tmp_path / "out"
     assert main(["--model", str(export_dir), "--corpus", str(directory), "--out", str(out)]) == 0
     dead = [json.loads(line) for f in out.glob("dead_letters-*.jsonl") for line in f.read_text().splitlines()]
-    assert sorted((d["line"], d["reason"]) for d in dead) == [
+    assert sorted((d["line"], d["reason"]) for d in dead)[:2] == [
         (2, "expected 2 tab-separated fields, found 3"), (3, "empty text for id '3'")]
+    assert len(dead) == 3 and dead_line(dead, 5)["reason"].startswith("not a tab-separated line")
     assert sorted(read_shards(out)) == ["1", "4"]
 
 

@@ -153,6 +153,9 @@ def test_msmarco_errors(tmp_path):
     collection.write_text("7\tfirst passage\n7\tagain\n")
     with pytest.raises(DataError, match=r"collection.tsv:2: duplicate id '7' \(first on line 1\)"):
         read_id_texts(collection)
+    collection.write_bytes(b"7\tfirst passage\n8\ta carriage\rreturn inside\n")
+    with pytest.raises(DataError, match=r"collection.tsv:2: not a tab-separated line"):
+        read_id_texts(collection)
 
 
 def test_flagembedding_errors(tmp_path):

@@ -12,13 +12,13 @@ PACKAGE = REPOSITORY_ROOT / "samtone_tf"
 # Lowest first. A module may import modules of lower layers only.
 LAYERS = [
     {"locations", "atomic", "distributed", "encoding", "losses", "metrics", "text", "torch_checkpoint", "cli",
-     "data", "data.errors", "data.ids", "embedding_shards", "beam_corpus"},
-    {"keras_loss", "index", "partitioned", "run_dir", "beam_encoding", "data.textfiles", "data.records", "data.sentences"},
+     "data", "data.errors", "data.ids", "embedding_shards"},
+    {"keras_loss", "index", "partitioned", "run_dir", "data.textfiles", "data.records", "data.sentences"},
     {"mining", "index_tuning"},
     {"towers", "training", "retrieval", "data.beir", "data.flagembedding", "data.msmarco", "data.multireqa",
      "data.squad", "data.wikiqa", "data.pipeline"},
-    {"pretrained", "serving", "data.datasets", "data.tfds_builders"},
-    {"models"},
+    {"pretrained", "serving", "data.datasets", "data.tfds_builders", "beam_corpus"},
+    {"models", "beam_encoding"},
     {"training_run", "analysis"},
     {"train", "evaluate", "export", "analyze", "mine", "encode", "index.__main__", "data.__main__"},  # the commands
 ]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from samtone_tf.index import ExactIndex, ScannIndex
-from samtone_tf.index_tuning import recall_at_k, tune_scann, tuning_queries
+from samtone_tf.index_tuning import recall_at_k, tune_scann, tune_scann_for_targets, tuning_queries
 from tests.test_index import clustered, unit
 
 TOLERANCE = 0.03  # recall on unseen queries may fall this far below the target (sampling noise over ~300 queries)
@@ -45,6 +45,29 @@ def test_the_tuned_index_meets_its_target_on_unseen_queries(clustered_corpus, ta
     assert loaded.settings["tuning"]["held_out_recall"] == report["held_out_recall"]
     again, _ = loaded.search(unseen, 10)
     np.testing.assert_array_equal(again, found)
+
+
+def test_several_targets_share_one_walk_and_each_gets_the_fastest_that_reaches_it(clustered_corpus):
+    corpus, ids, tuning, unseen = clustered_corpus
+    targets = [0.99, 0.9, 0.95]  # any order: the answer follows it
+    indexes = tune_scann_for_targets(corpus, ids, tuning, targets, k=10, max_builds=2, say=lambda *a: None)
+    assert [i.settings["tuning"]["target_recall"] for i in indexes] == targets
+    tried = indexes[0].settings["tuning"]["tried"]
+    assert all(i.settings["tuning"]["tried"] == tried for i in indexes)  # one walk, not three
+    truth, _ = ExactIndex(corpus, ids).search(unseen, 10)
+    for target, index in zip(targets, indexes):
+        report = index.settings["tuning"]
+        reaching = [t for t in tried if t["recall"] >= target]
+        assert report["reached"] and report["queries_per_second"] == max(t["queries_per_second"] for t in reaching)
+        assert report["held_out_recall"] >= target - TOLERANCE
+        found, _ = index.search(unseen, 10)
+        assert recall_at_k(found, truth) >= target - TOLERANCE
+    # Indexes chosen from one tree share its searcher but keep their own settings.
+    assert len({id(i.settings) for i in indexes}) == 3
+    for index in indexes:
+        trial = next(t for t in tried if t["queries_per_second"] == index.settings["tuning"]["queries_per_second"])
+        assert (trial["num_leaves"], trial["num_leaves_to_search"], trial["reorder"]) == (
+            index.settings["num_leaves"], index.settings["num_leaves_to_search"], index.settings["reorder"])
 
 
 def test_an_unreachable_target_keeps_the_highest_recall_and_says_so(clustered_corpus, monkeypatch):

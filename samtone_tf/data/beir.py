@@ -24,13 +24,7 @@ def read_corpus(path):
     """{doc_id: (title, text)} from a BEIR corpus.jsonl; also returns the ids of empty documents."""
     corpus, lines, empty = {}, {}, []
     for number, record in read_jsonl(path):
-        doc_id = require(path, number, record, "_id")
-        text = require(path, number, record, "text", allow_empty=True)
-        title = record.get("title", "")
-        if title is None:
-            title = ""
-        if not isinstance(title, str):
-            raise DataError(path, number, f"field 'title' must be str, got {type(title).__name__}")
+        doc_id, title, text = corpus_document(path, number, record)
         if doc_id in corpus:
             raise DataError(path, number, f"duplicate _id {doc_id!r} (first on line {lines[doc_id]})")
         if not (title.strip() or text.strip()):
@@ -39,6 +33,18 @@ def read_corpus(path):
     if not corpus:
         raise DataError(path, None, "no documents (the corpus is empty)")
     return corpus, empty
+
+
+def corpus_document(path, number, record):
+    """(doc_id, title, text) of one corpus.jsonl record, checked (title and text may be empty), or DataError."""
+    doc_id = require(path, number, record, "_id")
+    text = require(path, number, record, "text", allow_empty=True)
+    title = record.get("title", "")
+    if title is None:
+        title = ""
+    if not isinstance(title, str):
+        raise DataError(path, number, f"field 'title' must be str, got {type(title).__name__}")
+    return doc_id, title, text
 
 
 def read_queries(path):

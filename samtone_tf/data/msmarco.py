@@ -17,12 +17,18 @@ from samtone_tf.data.textfiles import read_lines, read_tsv
 
 def iter_id_texts(path):
     """Yields (line, id, text) from a two-column id<TAB>text file, checking each line."""
-    for number, (item_id, text) in read_tsv(path, expected_fields=2):
-        if not item_id.strip():
-            raise DataError(path, number, "empty id")
-        if not text.strip():
-            raise DataError(path, number, f"empty text for id {item_id!r}")
-        yield number, item_id, text
+    for number, fields in read_tsv(path, expected_fields=2):
+        yield number, *id_text(path, number, fields)
+
+
+def id_text(path, number, fields):
+    """(id, text) of one line's two fields, checked: neither may be empty (DataError)."""
+    item_id, text = fields
+    if not item_id.strip():
+        raise DataError(path, number, "empty id")
+    if not text.strip():
+        raise DataError(path, number, f"empty text for id {item_id!r}")
+    return item_id, text
 
 
 def read_id_texts(path, keep=None):

@@ -52,13 +52,18 @@ def read_jsonl(path):
     for number, text in read_lines(path):
         if not text.strip():
             continue
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DataError(path, number, f"invalid JSON: {error.msg} (column {error.colno})") from None
-        if not isinstance(value, dict):
-            raise DataError(path, number, f"expected a JSON object, got {type(value).__name__}")
-        yield number, value
+        yield number, json_object(path, number, text)
+
+
+def json_object(path, number, text):
+    """The JSON object on line `number` of `path` (one line's text), or DataError."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(path, number, f"invalid JSON: {error.msg} (column {error.colno})") from None
+    if not isinstance(value, dict):
+        raise DataError(path, number, f"expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def read_tsv(path, expected_fields=None, header=None):
@@ -80,10 +85,18 @@ def read_tsv(path, expected_fields=None, header=None):
     for number, text in lines:
         if not text.strip():
             continue
+        yield number, tsv_fields(path, number, text, expected_fields)
+
+
+def tsv_fields(path, number, text, expected_fields=None):
+    """The tab-separated fields of line `number` of `path` (one line's text), checked for their count."""
+    try:
         fields = next(csv.reader([text], delimiter="\t", quoting=csv.QUOTE_NONE))
-        if expected_fields is not None and len(fields) != expected_fields:
-            raise DataError(path, number, f"expected {expected_fields} tab-separated fields, found {len(fields)}")
-        yield number, fields
+    except csv.Error as error:  # a carriage return or NUL inside the line
+        raise DataError(path, number, f"not a tab-separated line ({error})") from None
+    if expected_fields is not None and len(fields) != expected_fields:
+        raise DataError(path, number, f"expected {expected_fields} tab-separated fields, found {len(fields)}")
+    return fields
 
 
 def read_tsv_with_header(path):
@@ -97,10 +110,7 @@ def read_tsv_with_header(path):
     for number, text in lines:
         if not text.strip():
             continue
-        fields = next(csv.reader([text], delimiter="\t", quoting=csv.QUOTE_NONE))
-        if len(fields) != len(columns):
-            raise DataError(path, number, f"expected {len(columns)} tab-separated fields, found {len(fields)}")
-        yield number, dict(zip(columns, fields))
+        yield number, dict(zip(columns, tsv_fields(path, number, text, len(columns))))
 
 
 def require(path, number, record, key, kind=str, allow_empty=False):
