@@ -1,11 +1,13 @@
 """Gradient caching against the uncached step: peak memory and step time at growing global batches.
 
     python benchmarks/gradient_cache.py --json docs/results/gradient_cache.json [--batches 64 256 1024 4096]
+    python benchmarks/gradient_cache.py --json docs/results/gradient_cache.json --batches 4096 --steps 1
 
 Each measurement runs in a fresh process (so its peak resident memory is its own): all-MiniLM-L6-v2 (SDE),
 query and document length 64, query-side SamToNe, AdamW; 2 warm-up steps, then the median of `--steps` timed
 steps. Uncached at each batch while it fits in `--memory_limit_gb`; cached with chunks of `--chunk` rows
-(one chunk's uncached step is the memory reference). Needs the machine to itself.
+(one chunk's uncached step is the memory reference). Rows of an earlier run into the same --json (same
+CPU, same chunk) are kept unless measured again. Needs the machine to itself.
 """
 
 from __future__ import annotations
@@ -67,8 +69,14 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--memory_limit_gb", type=float, default=22.0)
     args = parser.parse_args(argv)
-    results = {"machine": describe(), "cpu_flags": cpu_flags(), "chunk": args.chunk, "steps": args.steps,
-               "memory_limit_gb": args.memory_limit_gb, "rows": []}
+    path = Path(args.json)
+    # Rows of an earlier run on this CPU with this chunk are kept (a batch measured again replaces its row), so
+    # the largest batches can be run apart with fewer steps.
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    keep = earlier.get("cpu_flags") == cpu_flags() and earlier.get("chunk") == args.chunk
+    results = {"machine": describe(), "cpu_flags": cpu_flags(), "chunk": args.chunk,
+               "memory_limit_gb": args.memory_limit_gb,
+               "rows": [r for r in earlier.get("rows", []) if r["batch"] not in args.batches] if keep else []}
     results["one_chunk_uncached"] = measure(args.chunk, None, args.steps, args.memory_limit_gb)
     print(json.dumps({"one_chunk_uncached": results["one_chunk_uncached"]}), flush=True)
     uncached_fits = True
@@ -77,9 +85,9 @@ def main(argv=None):
         uncached = (measure(batch, None, args.steps, args.memory_limit_gb) if uncached_fits
                     else {"fits": False, "error": "a smaller batch already did not fit"})
         uncached_fits = uncached["fits"]
-        row = {"batch": batch, "uncached": uncached, "cached": measure(batch, args.chunk, args.steps,
-                                                                       args.memory_limit_gb)}
-        results["rows"].append(row)
+        row = {"batch": batch, "steps": args.steps, "uncached": uncached,
+               "cached": measure(batch, args.chunk, args.steps, args.memory_limit_gb)}
+        results["rows"] = sorted(results["rows"] + [row], key=lambda r: r["batch"])
         print(json.dumps(row), flush=True)
         atomic_write_text(args.json, json.dumps(results, indent=1))  # after every row: the run can be cut
     return 0

@@ -234,7 +234,11 @@ def gradient_cached_gradients(model, x, y, chunk):
     2. The loss on all the embeddings (gathered across replicas inside the loss, as always), and its gradient
        with respect to this replica's embeddings (and the learnable temperature).
     3. Re-embed each chunk under a tape with the same seed state (the same dropout masks) and back-propagate
-       the cached embedding gradients: sum(embedding * gradient) has the weights' gradient of the loss.
+       the cached embedding gradients: sum(embedding * gradient) has the weights' gradient of the loss; the
+       chunks' gradients are summed as they come.
+    Each chunk starts only once the previous one is done (`_after`): in a tf.function the chunks have no data
+    dependencies on each other, and the runtime would otherwise run them side by side, holding every chunk's
+    activations at once (the memory of the uncached step).
     -> (loss, [gradient per model.trainable_variables]); equal to the uncached step's (with dropout off: with
     dropout, the masks are drawn per chunk, not for the whole batch).
     """
@@ -244,11 +248,12 @@ def gradient_cached_gradients(model, x, y, chunk):
     if size is None:
         raise ValueError("gradient caching needs a static per-replica batch size (the pipeline drops remainders)")
     bounds = [(start, min(start + chunk, size)) for start in range(0, size, chunk)]
-    snapshots, pieces = [], []
+    snapshots, pieces, done = [], [], []
     for start, end in bounds:
         snapshots.append([tf.identity(v.value) for v in seeds])
-        outputs = model(_rows(x, start, end), training=True)
+        outputs = model(_after(done, _rows(x, start, end)), training=True)
         pieces.append({key: tf.stop_gradient(outputs[key]) for key in EMBEDDING_KEYS if key in outputs})
+        done = list(pieces[-1].values())
     after_first_pass = [tf.identity(v.value) for v in seeds]
     embeddings = {key: tf.concat([piece[key] for piece in pieces], axis=0) for key in pieces[0]}
     with tf.GradientTape() as tape:
@@ -261,35 +266,49 @@ def gradient_cached_gradients(model, x, y, chunk):
     temperature_variables = [v for v in variables if "temperature" in v.path]
     cached = tape.gradient(loss, [embeddings[key] for key in keys] + temperature_variables)
     embedding_gradients = dict(zip(keys, cached[: len(keys)]))
-    parts = [[] for _ in variables]
+    dense = [None] * len(variables)  # running sums
+    sparse = [[] for _ in variables]  # embedding lookups' slices, kept as slices (see `_combine`)
+    done = [g for g in cached if g is not None]
     for (start, end), snapshot in zip(bounds, snapshots):
         for variable, value in zip(seeds, snapshot):
             variable.assign(value)
         with tf.GradientTape() as tape:
-            outputs = model(_rows(x, start, end), training=True)
+            outputs = model(_after(done, _rows(x, start, end)), training=True)
             surrogate = tf.add_n([tf.reduce_sum(tf.cast(outputs[key], tf.float32) * embedding_gradients[key][start:end])
                                   for key in keys if embedding_gradients[key] is not None])
         for index, gradient in enumerate(tape.gradient(surrogate, variables)):
-            if gradient is not None:
-                parts[index].append(gradient)
+            if isinstance(gradient, tf.IndexedSlices):
+                sparse[index].append(gradient)
+            elif gradient is not None:
+                dense[index] = gradient if dense[index] is None else dense[index] + gradient
+        done = [g for g in dense if g is not None] + [parts[-1].values for parts in sparse if parts]
     for variable, value in zip(seeds, after_first_pass):
         variable.assign(value)
     for variable, gradient in zip(temperature_variables, cached[len(keys):]):
         if gradient is not None:
-            parts[next(i for i, v in enumerate(variables) if v is variable)].append(gradient)
-    return loss, [_combine(p, v) for p, v in zip(parts, variables)]
+            index = next(i for i, v in enumerate(variables) if v is variable)
+            dense[index] = gradient if dense[index] is None else dense[index] + gradient
+    return loss, [_combine(d, s, v) for d, s, v in zip(dense, sparse, variables)]
 
 
-def _combine(parts, variable):
-    """The chunks' gradients of one variable as the uncached step has it: embedding lookups give sparse
-    gradients (one slice per looked-up row), which optimizers such as Adam update per slice, so the chunks'
-    slices are concatenated rather than summed into a dense tensor."""
-    if not parts:
+def _after(dependencies, tensors):
+    """`tensors` (a dict), computed only once every tensor of `dependencies` has been."""
+    if not dependencies:
+        return tensors
+    with tf.control_dependencies(dependencies):
+        return {key: tf.identity(value) for key, value in tensors.items()}
+
+
+def _combine(dense, sparse, variable):
+    """One variable's gradient from the chunks' running dense sum and sparse slices, as the uncached step has it:
+    embedding lookups give sparse gradients (one slice per looked-up row), which optimizers such as Adam update
+    per slice, so the chunks' slices are concatenated rather than summed into a dense tensor."""
+    if sparse and dense is None:
+        return tf.IndexedSlices(tf.concat([p.values for p in sparse], 0), tf.concat([p.indices for p in sparse], 0),
+                                sparse[0].dense_shape)
+    if dense is None:
         return tf.zeros_like(variable)
-    if all(isinstance(p, tf.IndexedSlices) for p in parts):
-        return tf.IndexedSlices(tf.concat([p.values for p in parts], 0), tf.concat([p.indices for p in parts], 0),
-                                parts[0].dense_shape)
-    return tf.add_n([tf.convert_to_tensor(p) for p in parts])
+    return tf.add_n([dense] + [tf.convert_to_tensor(p) for p in sparse]) if sparse else dense
 
 
 def gradient_cached_step(model, x, y, chunk):
