@@ -5,8 +5,9 @@ The corpus is split into k-means partitions (spherical: the towers' embeddings a
 scored against the partitions' centroids, the `probes` nearest partitions are searched exactly, and the top k of
 their documents is returned. Storage: the embeddings sorted by partition, [N, D], with the partition boundaries
 `offsets` [P + 1], so that each partition is one contiguous block (a slice, not a gather). The search walks the
-distinct partitions the batch probes; each is one matrix product with the queries that probe it, merged into a
-running top k per query. Probing every partition gives the exact top k.
+distinct partitions the batch probes; each is one matrix product with the queries that probe it and a top k per
+(query, partition) pair; the pairs' results are then merged into a top k per query. Probing every partition gives
+the exact top k.
 """
 
 from __future__ import annotations
@@ -88,31 +89,48 @@ def partitioned_top_k(queries, centroids, embeddings, offsets, probes, k):
     -1 with score -inf where the probed partitions hold fewer than k documents). TensorFlow ops only.
     """
     queries = tf.convert_to_tensor(queries, tf.float32)
+    embeddings = tf.convert_to_tensor(embeddings, tf.float32)
+    offsets = tf.convert_to_tensor(offsets, tf.int64)
     k = tf.convert_to_tensor(k, tf.int32)
     count = tf.shape(queries)[0]
     probes = tf.minimum(tf.convert_to_tensor(probes, tf.int32), tf.shape(centroids)[0])
     probed = tf.math.top_k(tf.matmul(queries, centroids, transpose_b=True), k=probes).indices  # [Q, n]
-    partitions, _ = tf.unique(tf.reshape(probed, [-1]))
-    initial_scores = tf.fill(tf.stack([count, k]), tf.constant(float("-inf"), tf.float32))
-    initial_positions = tf.fill(tf.stack([count, k]), tf.constant(-1, tf.int64))
+    pairs = tf.reshape(probed, [-1])  # pair j: query j // n probes partition pairs[j]
+    by_partition = tf.argsort(pairs, stable=True)
+    pair_queries = tf.gather(queries, by_partition // probes)  # [Q n, D], grouped by partition
+    partitions, _, group_sizes = tf.unique_with_counts(tf.gather(pairs, by_partition))
+    group_ends = tf.cast(tf.cumsum(group_sizes), tf.int64)
+    bounds = tf.stack([group_ends - tf.cast(group_sizes, tf.int64), group_ends,
+                       tf.gather(offsets, partitions), tf.gather(offsets, partitions + 1)], axis=1)  # [U, 4]
 
-    def search_partition(i, best_scores, best_positions):
-        partition = partitions[i]
-        start, end = offsets[partition], offsets[partition + 1]
-        block = embeddings[start:end]  # [S, D]: contiguous, no copy of the corpus
-        who = tf.where(tf.reduce_any(tf.equal(probed, partition), axis=1))[:, 0]  # the queries probing it
-        scores = tf.matmul(tf.gather(queries, who), block, transpose_b=True)  # [Qp, S]
-        top = tf.math.top_k(scores, k=tf.minimum(k, tf.cast(end - start, tf.int32)))
-        merged_scores = tf.concat([tf.gather(best_scores, who), top.values], axis=1)
-        merged_positions = tf.concat([tf.gather(best_positions, who), tf.cast(top.indices, tf.int64) + start], axis=1)
-        best = tf.math.top_k(merged_scores, k=k)
-        kept_positions = tf.gather(merged_positions, best.indices, batch_dims=1)
-        return (i + 1, tf.tensor_scatter_nd_update(best_scores, who[:, None], best.values),
-                tf.tensor_scatter_nd_update(best_positions, who[:, None], kept_positions))
+    # No iteration reads another's results (each writes its own slot), so the loop runs them side by side.
+    def search_partition(i, scores_found, positions_found):
+        first, last, start, end = tf.unstack(bounds[i])
+        scores = tf.matmul(pair_queries[first:last], embeddings[start:end], transpose_b=True)  # [G, S], no copy
+        # k columns of -inf: a partition smaller than k still gives k results, the missing ones empty.
+        top = tf.math.top_k(tf.pad(scores, [[0, 0], [0, k]], constant_values=float("-inf")), k=k)
+        positions = tf.cast(top.indices, tf.int64) + start
+        positions = tf.where(positions < end, positions, tf.constant(-1, tf.int64))
+        return i + 1, scores_found.write(i, top.values), positions_found.write(i, positions)
 
-    _, scores, positions = tf.while_loop(
-        lambda i, *_: i < tf.size(partitions), search_partition, [tf.constant(0), initial_scores, initial_positions])
-    return scores, positions
+    unique_count = tf.shape(partitions)[0]
+    found = [tf.TensorArray(dtype, size=unique_count, infer_shape=False, element_shape=tf.TensorShape([None, None]))
+             for dtype in (tf.float32, tf.int64)]
+    _, scores_found, positions_found = tf.while_loop(
+        lambda i, *_: i < unique_count, search_partition, [tf.constant(0), *found])
+    # Back to pair order: row q holds the k best of each of its n probes.
+    to_pairs = tf.math.invert_permutation(by_partition)
+    shape = tf.stack([count, probes * k])
+    pair_scores = tf.reshape(tf.gather(_concat(scores_found, k), to_pairs), shape)
+    pair_positions = tf.reshape(tf.gather(_concat(positions_found, k), to_pairs), shape)
+    best = tf.math.top_k(pair_scores, k=k)
+    return best.values, tf.gather(pair_positions, best.indices, batch_dims=1)
+
+
+def _concat(found, k):
+    """The rows of TensorArray `found`, [R, k]; an empty batch (no element: TensorFlow cannot concatenate
+    elements of unknown shape) gives [0, k]."""
+    return tf.cond(found.size() > 0, found.concat, lambda: tf.zeros(tf.stack([0, k]), found.dtype))
 
 
 class PartitionedIndex:

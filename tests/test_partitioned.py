@@ -75,6 +75,14 @@ def test_probes_always_hold_k_documents():
     assert probes >= probes_holding_k(partitions, 30)
 
 
+def test_an_empty_batch_of_queries_gets_an_empty_answer(corpus):
+    documents, _, _ = corpus
+    partitions = build_partitions(documents, count=40)
+    scores, positions = partitioned_top_k(np.zeros((0, documents.shape[1]), np.float32), partitions.centroids,
+                                          partitions.embeddings, partitions.offsets, 3, 7)
+    assert scores.shape == (0, 7) and positions.shape == (0, 7)
+
+
 def test_tuned_probes_meet_the_target_on_unseen_queries_and_are_the_fewest(corpus):
     documents, tuning, unseen = corpus
     partitions = build_partitions(documents, count=60)
