@@ -22,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 import tables  # noqa: E402,I001  (benchmarks/tables.py, beside this script)
+from machine import cpu_flags, describe  # noqa: E402
 from samtone_tf.atomic import atomic_write_text  # noqa: E402
 from samtone_tf.losses import samtone_loss  # noqa: E402
 
@@ -90,7 +91,8 @@ def main(argv=None):
     print(f"\nloss forward+backward, D={args.dim}, median of {args.repeats}, "
           f"jit_compile={args.jit_compile}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, TF {tf.__version__}\n")
-    results = dict(dim=args.dim, repeats=args.repeats, jit_compile=args.jit_compile, rows=rows)
+    results = dict(machine=f"{describe()}, TF {tf.__version__}", cpu_flags=cpu_flags(), dim=args.dim,
+                   repeats=args.repeats, jit_compile=args.jit_compile, rows=rows)
     print(tables.loss_overhead(results))
     if args.json:
         atomic_write_text(args.json, json.dumps(results, indent=1))
