@@ -222,8 +222,15 @@ def seed_states(model):
     return [v for v in model.variables if v.path.endswith("seed_generator_state")]
 
 
-def _rows(inputs, start, end):
-    return {key: value[start:end] for key, value in inputs.items()}
+def _rows(inputs, start, count):
+    """`count` rows of every input from row `start` (a tensor in a loop), with the static shape kept."""
+    return {key: tf.ensure_shape(value[start : start + count], _with_rows(count, value))
+            for key, value in inputs.items()}
+
+
+def _with_rows(count, tensor):
+    """The shape of `tensor` with `count` rows."""
+    return tf.TensorShape([count]).concatenate(tensor.shape[1:])
 
 
 def gradient_cached_gradients(model, x, y, chunk):
@@ -235,10 +242,11 @@ def gradient_cached_gradients(model, x, y, chunk):
        with respect to this replica's embeddings (and the learnable temperature).
     3. Re-embed each chunk under a tape with the same seed state (the same dropout masks) and back-propagate
        the cached embedding gradients: sum(embedding * gradient) has the weights' gradient of the loss; the
-       chunks' gradients are summed as they come.
-    Each chunk starts only once the previous one is done (`_after`): in a tf.function the chunks have no data
-    dependencies on each other, and the runtime would otherwise run them side by side, holding every chunk's
-    activations at once (the memory of the uncached step).
+       chunks' gradients are summed as they come (embedding lookups' sparse slices are concatenated).
+    Each pass is the first chunk (the uneven one when `chunk` does not divide the rows) then a `tf.while_loop`
+    over the others, one iteration at a time: the graph holds two copies of the tower whatever the number of
+    chunks (an unrolled loop grows with them, and its runtime started chunks side by side, holding their
+    activations at once).
     -> (loss, [gradient per model.trainable_variables]); equal to the uncached step's (with dropout off: with
     dropout, the masks are drawn per chunk, not for the whole batch).
     """
@@ -247,68 +255,101 @@ def gradient_cached_gradients(model, x, y, chunk):
     size = next(iter(x.values())).shape[0]
     if size is None:
         raise ValueError("gradient caching needs a static per-replica batch size (the pipeline drops remainders)")
-    bounds = [(start, min(start + chunk, size)) for start in range(0, size, chunk)]
-    snapshots, pieces, done = [], [], []
-    for start, end in bounds:
-        snapshots.append([tf.identity(v.value) for v in seeds])
-        outputs = model(_after(done, _rows(x, start, end)), training=True)
-        pieces.append({key: tf.stop_gradient(outputs[key]) for key in EMBEDDING_KEYS if key in outputs})
-        done = list(pieces[-1].values())
+    chunk = min(int(chunk), size)
+    first = size - (size - 1) // chunk * chunk  # rows of the first chunk: the remainder, or a whole chunk
+    loops = (size - first) // chunk
+
+    def embed(inputs):
+        snapshot = [tf.identity(v.value) for v in seeds]
+        outputs = model(inputs, training=True)
+        return snapshot, {key: tf.stop_gradient(outputs[key]) for key in EMBEDDING_KEYS if key in outputs}
+
+    first_snapshot, first_outputs = embed(_rows(x, 0, first))
+    keys = list(first_outputs)
+    first_pieces = [first_outputs[key] for key in keys]
+
+    def embed_chunk(i, snapshots, pieces):
+        snapshot, outputs = embed(_rows(x, first + i * chunk, chunk))
+        return (i + 1, [ta.write(i, value) for ta, value in zip(snapshots, snapshot)],
+                [ta.write(i, outputs[key]) for ta, key in zip(pieces, keys)])
+
+    _, snapshots, pieces = tf.while_loop(
+        lambda i, *_: i < loops, embed_chunk,
+        [_after(first_pieces, tf.constant(0)),
+         [tf.TensorArray(v.dtype, size=loops, element_shape=v.shape) for v in seeds],
+         [tf.TensorArray(p.dtype, size=loops, element_shape=_with_rows(chunk, p)) for p in first_pieces]],
+        parallel_iterations=1)
     after_first_pass = [tf.identity(v.value) for v in seeds]
-    embeddings = {key: tf.concat([piece[key] for piece in pieces], axis=0) for key in pieces[0]}
+    embeddings = {key: tf.ensure_shape(_append(piece, rest, loops), _with_rows(size, piece))
+                  for key, piece, rest in zip(keys, first_pieces, pieces)}
     with tf.GradientTape() as tape:
         tape.watch(list(embeddings.values()))
         y_pred = dict(embeddings)
         if getattr(model, "learnable_temperature", False):
             y_pred["temperature"] = model.current_temperature()
         loss = model.compute_loss(x=x, y=y, y_pred=y_pred)
-    keys = list(embeddings)
     temperature_variables = [v for v in variables if "temperature" in v.path]
     cached = tape.gradient(loss, [embeddings[key] for key in keys] + temperature_variables)
-    embedding_gradients = dict(zip(keys, cached[: len(keys)]))
-    dense = [None] * len(variables)  # running sums
-    sparse = [[] for _ in variables]  # embedding lookups' slices, kept as slices (see `_combine`)
-    done = [g for g in cached if g is not None]
-    for (start, end), snapshot in zip(bounds, snapshots):
+    embedding_gradients = {key: g for key, g in zip(keys, cached[: len(keys)]) if g is not None}
+
+    def backpropagate(start, count, snapshot):
         for variable, value in zip(seeds, snapshot):
             variable.assign(value)
         with tf.GradientTape() as tape:
-            outputs = model(_after(done, _rows(x, start, end)), training=True)
-            surrogate = tf.add_n([tf.reduce_sum(tf.cast(outputs[key], tf.float32) * embedding_gradients[key][start:end])
-                                  for key in keys if embedding_gradients[key] is not None])
-        for index, gradient in enumerate(tape.gradient(surrogate, variables)):
-            if isinstance(gradient, tf.IndexedSlices):
-                sparse[index].append(gradient)
-            elif gradient is not None:
-                dense[index] = gradient if dense[index] is None else dense[index] + gradient
-        done = [g for g in dense if g is not None] + [parts[-1].values for parts in sparse if parts]
+            outputs = model(_rows(x, start, count), training=True)
+            surrogate = tf.add_n([tf.reduce_sum(tf.cast(outputs[key], tf.float32) * gradient[start : start + count])
+                                  for key, gradient in embedding_gradients.items()])
+        return tape.gradient(surrogate, variables)
+
+    gradients = backpropagate(0, first, first_snapshot)
+    dense = [g for g in gradients if g is not None and not isinstance(g, tf.IndexedSlices)]
+    sparse = [g for g in gradients if isinstance(g, tf.IndexedSlices)]
+
+    def backpropagate_chunk(i, dense_sums, sparse_values, sparse_indices):
+        chunk_gradients = backpropagate(first + i * chunk, chunk, [ta.read(i) for ta in snapshots])
+        chunk_dense = [g for g in chunk_gradients if g is not None and not isinstance(g, tf.IndexedSlices)]
+        chunk_sparse = [g for g in chunk_gradients if isinstance(g, tf.IndexedSlices)]
+        return (i + 1, [total + g for total, g in zip(dense_sums, chunk_dense)],
+                [ta.write(i, g.values) for ta, g in zip(sparse_values, chunk_sparse)],
+                [ta.write(i, g.indices) for ta, g in zip(sparse_indices, chunk_sparse)])
+
+    _, dense, sparse_values, sparse_indices = tf.while_loop(
+        lambda i, *_: i < loops, backpropagate_chunk,
+        [_after(dense + [g.values for g in sparse], tf.constant(0)), dense,
+         [tf.TensorArray(g.values.dtype, size=loops, element_shape=_with_rows(None, g.values)) for g in sparse],
+         [tf.TensorArray(g.indices.dtype, size=loops, element_shape=[None]) for g in sparse]],
+        parallel_iterations=1)
     for variable, value in zip(seeds, after_first_pass):
         variable.assign(value)
+    dense, sparse = iter(dense), iter(zip(sparse, sparse_values, sparse_indices))
+    combined = []
+    for gradient in gradients:
+        if gradient is None:
+            combined.append(None)
+        elif isinstance(gradient, tf.IndexedSlices):
+            first_slices, values, indices = next(sparse)
+            combined.append(tf.IndexedSlices(_append(first_slices.values, values, loops),
+                                             _append(first_slices.indices, indices, loops), first_slices.dense_shape))
+        else:
+            combined.append(next(dense))
     for variable, gradient in zip(temperature_variables, cached[len(keys):]):
         if gradient is not None:
             index = next(i for i, v in enumerate(variables) if v is variable)
-            dense[index] = gradient if dense[index] is None else dense[index] + gradient
-    return loss, [_combine(d, s, v) for d, s, v in zip(dense, sparse, variables)]
+            combined[index] = gradient if combined[index] is None else combined[index] + gradient
+    return loss, [tf.zeros_like(v) if g is None else g for g, v in zip(combined, variables)]
 
 
-def _after(dependencies, tensors):
-    """`tensors` (a dict), computed only once every tensor of `dependencies` has been."""
-    if not dependencies:
-        return tensors
+def _append(first, rest, size):
+    """The rows of tensor `first` then those of TensorArray `rest` of `size` elements (a Python int: an empty
+    TensorArray cannot be concatenated eagerly)."""
+    return tf.concat([first, rest.concat()], axis=0) if size else first
+
+
+def _after(dependencies, tensor):
+    """`tensor`, computed only once every tensor of `dependencies` has been: a loop started from it waits for
+    them (its iterations would otherwise start as soon as their own inputs are ready)."""
     with tf.control_dependencies(dependencies):
-        return {key: tf.identity(value) for key, value in tensors.items()}
-
-
-def _combine(dense, sparse, variable):
-    """One variable's gradient from the chunks' running dense sum and sparse slices, as the uncached step has it:
-    embedding lookups give sparse gradients (one slice per looked-up row), which optimizers such as Adam update
-    per slice, so the chunks' slices are concatenated rather than summed into a dense tensor."""
-    if sparse and dense is None:
-        return tf.IndexedSlices(tf.concat([p.values for p in sparse], 0), tf.concat([p.indices for p in sparse], 0),
-                                sparse[0].dense_shape)
-    if dense is None:
-        return tf.zeros_like(variable)
-    return tf.add_n([dense] + [tf.convert_to_tensor(p) for p in sparse]) if sparse else dense
+        return tf.identity(tensor)
 
 
 def gradient_cached_step(model, x, y, chunk):
