@@ -6,6 +6,8 @@ corpus-encoding pipeline to come). Knows nothing of models beyond "a callable on
 
 from __future__ import annotations
 
+import contextlib
+
 import sys
 import weakref
 
@@ -81,3 +83,44 @@ def _compiled_encoder(tower, jit_compile=False):
 
             functions[True] = encode
     return functions[jit_compile]
+
+
+# Towers whose network runs XLA-compiled while `compiled_networks` is active (a global, not a thread-local:
+# MirroredStrategy traces each replica in its own thread).
+_COMPILED_NETWORKS = {}
+
+
+def tower_network(tower):
+    """The tower's token ids -> embeddings function: XLA-compiled inside `compiled_networks`."""
+    return _COMPILED_NETWORKS.get(id(tower), tower.encode_tokens)
+
+
+@contextlib.contextmanager
+def compiled_networks(model, on_trace=None):
+    """While active, the model's towers run their networks (token ids -> embeddings; not the tokenizer) as
+    XLA-compiled functions; steps traced inside keep them. For multi-device strategies, whose cross-replica
+    gathers in the loss XLA cannot hold on CPUs and GPUs: the towers (nearly all of a step's work, forward and
+    backward) compile, the loss does not. `on_trace()` is called at each compilation."""
+    functions = _compiled_network_functions(model, on_trace)
+    _COMPILED_NETWORKS.update(functions)
+    try:
+        yield
+    finally:
+        for key in functions:
+            _COMPILED_NETWORKS.pop(key, None)
+
+
+def _compiled_network_functions(model, on_trace):
+    """{id(tower): XLA-compiled encode_tokens}, made once per model (kept out of Keras's tracking) so that steps
+    reuse their compilations; `on_trace` is the latest caller's."""
+    cache = model.__dict__.setdefault("_samtone_compiled_networks", {"on_trace": None, "functions": {}})
+    cache["on_trace"] = on_trace
+    for tower in (model.query_tower, model.document_tower):
+        if id(tower) not in cache["functions"]:
+            def encode(token_ids, padding_mask, training=None, tower=tower):
+                if cache["on_trace"] is not None:
+                    cache["on_trace"]()
+                return tower.encode_tokens(token_ids, padding_mask, training=training)
+
+            cache["functions"][id(tower)] = tf.function(encode, jit_compile=True)
+    return cache["functions"]

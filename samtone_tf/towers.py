@@ -18,7 +18,7 @@ import math
 import keras
 import tensorflow as tf
 
-from samtone_tf.encoding import encode_texts
+from samtone_tf.encoding import encode_texts, tower_network
 from samtone_tf.keras_loss import SamToNeLossMixin
 from samtone_tf.text import WordPieceTokenizer
 
@@ -236,8 +236,8 @@ class DualEncoder(SamToNeLossMixin, keras.Model):
         if inputs.get("hard_negatives_token_ids") is not None:
             ids, mask = inputs["hard_negatives_token_ids"], inputs["hard_negatives_padding_mask"]
             batch, count, length = tf.shape(ids)[0], tf.shape(ids)[1], tf.shape(ids)[2]
-            flat = self.document_tower.encode_tokens(tf.reshape(ids, [-1, length]), tf.reshape(mask, [-1, length]),
-                                                     training=training)
+            flat = tower_network(self.document_tower)(tf.reshape(ids, [-1, length]),
+                                                      tf.reshape(mask, [-1, length]), training=training)
             outputs["hard_negatives"] = tf.reshape(flat, [batch, count, flat.shape[-1]])
         elif inputs.get("hard_negatives") is not None:
             negatives = tf.convert_to_tensor(inputs["hard_negatives"], tf.string)
@@ -251,7 +251,8 @@ class DualEncoder(SamToNeLossMixin, keras.Model):
     @staticmethod
     def _encode_side(tower, inputs, key, training):
         if f"{key}_token_ids" in inputs:
-            return tower.encode_tokens(inputs[f"{key}_token_ids"], inputs[f"{key}_padding_mask"], training=training)
+            return tower_network(tower)(inputs[f"{key}_token_ids"], inputs[f"{key}_padding_mask"],
+                                        training=training)
         return tower(inputs[key], training=training)
 
     def tokenize_inputs(self, inputs, length_bucket=1):

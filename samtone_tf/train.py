@@ -87,9 +87,10 @@ def build_parser():
                                    "emulated and slow; a warning says so); fp16: GPUs, with dynamic loss scaling. "
                                    "Variables, checkpoints, the loss and exported embeddings stay float32")
     optimization.add_argument("--jit_compile", action="store_true",
-                              help="compile the step with XLA on one device (token lengths bucketed to multiples of 32 "
-                                   "so that it compiles once per bucket; the log counts the compilations); not with "
-                                   "--strategy mirrored or multi_worker, whose gathers XLA cannot hold")
+                              help="compile with XLA (token lengths bucketed to multiples of 32 so that it compiles "
+                                   "once per bucket; the log counts the compilations): the whole replica step on one "
+                                   "device and on TPUs; under --strategy mirrored or multi_worker the towers' networks, "
+                                   "forward and backward (the loss's cross-replica gathers stay outside XLA)")
     optimization.add_argument("--steps", type=positive_int, default=50, help="training steps")
     optimization.add_argument("--optimizer", default="adamw", choices=("adamw", "adafactor"), help="the optimizer")
     optimization.add_argument("--learning_rate", type=positive_float, default=3e-5, help="peak learning rate")

@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from samtone_tf.encoding import LENGTH_BUCKET  # noqa: F401  (re-exported: the step pads to it as encoding does)
+from samtone_tf.encoding import compiled_networks
 from samtone_tf.keras_loss import SamToNeLoss
 from samtone_tf.losses import SAME_TOWER_OPTIONS
 
@@ -175,24 +176,26 @@ def split_batch(batch):
 def make_train_step(strategy, model, gradient_cache_chunk=None, jit_compile=False):
     """One optimisation step of `model` (compiled by `compile_for_training`) on every replica of
     `strategy`: Keras's own `train_step`, or with `gradient_cache_chunk` the gradient-cached step (same loss
-    and gradients, activations of one chunk of rows at a time); with `jit_compile` the replica step is
-    compiled by XLA (feed it batches whose lengths are bucketed: `tokenize_inputs(length_bucket=...)`).
+    and gradients, activations of one chunk of rows at a time). With `jit_compile` (feed it batches whose
+    lengths are bucketed: `tokenize_inputs(length_bucket=...)`), XLA compiles the replica step on one device
+    (and on TPUs), and under multi-device strategies the towers' networks (`encoding.compiled_networks`): the loss's
+    cross-replica gathers cannot run inside an XLA cluster on CPUs and GPUs.
     -> step(batch) returning the mean loss over the global batch (a Python float); `step.compilations` counts
-    the traces of the replica step (one per distinct batch shape)."""
+    the XLA compilations (traces of what is compiled: one per distinct batch shape)."""
     traces = []
+    compile_replica_step = jit_compile and (strategy.num_replicas_in_sync == 1
+                                            or isinstance(strategy, tf.distribute.TPUStrategy))
+    compile_towers = jit_compile and not compile_replica_step
 
     def replica_step(x, y):
-        traces.append(1)  # runs once per trace, not per step
+        if compile_replica_step:
+            traces.append(1)  # runs once per trace, not per step
         if gradient_cache_chunk:
             return gradient_cached_step(model, x, y, gradient_cache_chunk)
         model.train_step((x, y))  # the loss is in the model's metrics
         return None
 
-    if jit_compile and strategy.num_replicas_in_sync > 1 and not isinstance(strategy, tf.distribute.TPUStrategy):
-        raise ValueError("--jit_compile works on one device (and TPUs compile every step anyway): under "
-                         f"{type(strategy).__name__} the loss's cross-replica gathers cannot run inside an XLA "
-                         "cluster (Keras, too, turns XLA off under tf.distribute)")
-    replica = tf.function(replica_step, jit_compile=True) if jit_compile else replica_step
+    replica = tf.function(replica_step, jit_compile=True) if compile_replica_step else replica_step
 
     @tf.function(reduce_retracing=not jit_compile)
     def replicated(batch):
@@ -202,15 +205,22 @@ def make_train_step(strategy, model, gradient_cache_chunk=None, jit_compile=Fals
             return None
         return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
+    def run(batch):
+        if not compile_towers:
+            return replicated(batch)
+        with compiled_networks(model, on_trace=lambda: traces.append(1)):
+            return replicated(batch)
+
     def step(batch):
         if gradient_cache_chunk:
-            return float(replicated(batch))
+            return float(run(batch))
         model.reset_metrics()
-        replicated(batch)
+        run(batch)
         return float(model.get_metrics_result()["loss"])
 
     step.traced = replicated
     step.compilations = lambda: len(traces)
+    step.compiled = "the towers' networks" if compile_towers else "the replica step" if jit_compile else None
     return step
 
 
@@ -223,9 +233,16 @@ def seed_states(model):
 
 
 def _rows(inputs, start, count):
-    """`count` rows of every input from row `start` (a tensor in a loop), with the static shape kept."""
-    return {key: tf.ensure_shape(value[start : start + count], _with_rows(count, value))
-            for key, value in inputs.items()}
+    """`count` rows of every input from row `start` (a tensor in a loop)."""
+    return {key: _slice_rows(value, start, count) for key, value in inputs.items()}
+
+
+def _slice_rows(tensor, start, count):
+    """tensor[start : start + count] with its static shape kept (`count` is a Python int; a slice with tensor
+    bounds has no static size, which XLA cannot compile)."""
+    rank = len(tensor.shape)
+    rows = tf.slice(tensor, tf.stack([start] + [0] * (rank - 1)), [count] + [-1] * (rank - 1))
+    return tf.ensure_shape(rows, _with_rows(count, tensor))
 
 
 def _with_rows(count, tensor):
@@ -297,7 +314,7 @@ def gradient_cached_gradients(model, x, y, chunk):
             variable.assign(value)
         with tf.GradientTape() as tape:
             outputs = model(_rows(x, start, count), training=True)
-            surrogate = tf.add_n([tf.reduce_sum(tf.cast(outputs[key], tf.float32) * gradient[start : start + count])
+            surrogate = tf.add_n([tf.reduce_sum(tf.cast(outputs[key], tf.float32) * _slice_rows(gradient, start, count))
                                   for key, gradient in embedding_gradients.items()])
         return tape.gradient(surrogate, variables)
 

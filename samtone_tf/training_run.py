@@ -187,7 +187,7 @@ def _train(config, strategy, chief, model_dir, log):
         progress.clear()
         writer.flush()
         if config.jit_compile:
-            log(f"XLA compilations of the replica step: {step_fn.compilations()} (one per distinct batch shape)")
+            log(f"XLA compilations of {step_fn.compiled}: {step_fn.compilations()} (one per distinct batch shape)")
     else:
         log(f"already trained to step {start_step} of {config.steps}")
 

@@ -11,7 +11,7 @@ from samtone_tf.data.pipeline import training_dataset
 from samtone_tf.serving import export, run_like_tf_serving
 from samtone_tf.towers import tiny_dual_encoder
 from samtone_tf.training import TrainConfig, compile_for_training, make_train_step, precision_policy
-from tests.helpers import TINY_VOCABULARY
+from tests.helpers import TINY_VOCABULARY, mirrored_strategy
 from tests.test_training import pairs
 
 CONFIG = TrainConfig(model="tiny", batch_size=8, hard_negatives=2, steps=20, learning_rate=1e-3)
@@ -55,11 +55,12 @@ def test_mixed_precision_steps_match_float32_and_train(precision, tolerance):
     np.testing.assert_allclose(served, model.query_tower(tf.constant(TEXTS)).numpy(), atol=1e-3)
 
 
-def test_the_compiled_step_equals_the_eager_step():
+@pytest.mark.parametrize("gradient_cache_chunk", [None, 3])
+def test_the_compiled_step_equals_the_eager_step(gradient_cache_chunk):
     results = []
     for jit in (False, True):
         model, dataset = build("none", length_bucket=training.LENGTH_BUCKET)
-        step = make_train_step(tf.distribute.get_strategy(), model, jit_compile=jit)
+        step = make_train_step(tf.distribute.get_strategy(), model, gradient_cache_chunk, jit_compile=jit)
         losses = [step(b) for b, _ in zip(dataset, range(4))]
         results.append((losses, [w.numpy() for w in model.trainable_weights], step.compilations()))
     (eager_losses, eager_weights, _), (jit_losses, jit_weights, compilations) = results
@@ -82,7 +83,25 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch):
         precision_policy("none")
 
 
-def test_the_command_with_xla_and_bf16_and_its_refusal_under_mirrored(tmp_path):
+def test_under_two_replicas_the_compiled_towers_step_equals_the_eager_step():
+    results = []
+    for jit in (False, True):
+        strategy = mirrored_strategy(2)
+        with strategy.scope():
+            model, dataset = build("none", length_bucket=training.LENGTH_BUCKET)
+        # Static per-replica shapes: each global batch of 8 split into 2 × 4.
+        dataset = strategy.experimental_distribute_dataset(dataset.unbatch().batch(8, drop_remainder=True))
+        step = make_train_step(strategy, model, jit_compile=jit)
+        losses = [step(b) for b, _ in zip(dataset, range(3))]
+        results.append((losses, [w.numpy() for w in model.trainable_weights], step.compilations(), step.compiled))
+    (eager_losses, eager_weights, _, _), (jit_losses, jit_weights, compilations, compiled) = results
+    np.testing.assert_allclose(jit_losses, eager_losses, atol=1e-4)
+    for got, want in zip(jit_weights, eager_weights):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    assert compiled == "the towers' networks" and compilations >= 1
+
+
+def test_the_command_with_xla_and_bf16_on_one_device_and_under_mirrored(tmp_path):
     import subprocess
     import sys
 
@@ -96,6 +115,7 @@ def test_the_command_with_xla_and_bf16_and_its_refusal_under_mirrored(tmp_path):
     compiled = run("--model_dir", str(tmp_path / "a"), "--jit_compile", "--mixed_precision", "bf16")
     assert compiled.returncode == 0, compiled.stderr[-3000:]
     assert "step 4/4" in compiled.stdout and "XLA compilations of the replica step: 1" in compiled.stdout
-    refused = run("--model_dir", str(tmp_path / "b"), "--jit_compile", "--strategy", "mirrored",
-                  "--cpu_replicas", "2")
-    assert refused.returncode == 2 and "--jit_compile works on one device" in refused.stderr
+    mirrored = run("--model_dir", str(tmp_path / "b"), "--jit_compile", "--strategy", "mirrored",
+                   "--cpu_replicas", "2")
+    assert mirrored.returncode == 0, mirrored.stderr[-3000:]
+    assert "step 4/4" in mirrored.stdout and "XLA compilations of the towers' networks:" in mirrored.stdout
