@@ -259,13 +259,14 @@ def gradient_cached_gradients(model, x, y, chunk):
        with respect to this replica's embeddings (and the learnable temperature).
     3. Re-embed each chunk under a tape with the same seed state (the same dropout masks) and back-propagate
        the cached embedding gradients: sum(embedding * gradient) has the weights' gradient of the loss; the
-       chunks' gradients are summed as they come (embedding lookups' sparse slices are concatenated).
+       chunks' gradients are summed as they come, as dense tensors (embedding lookups' sparse slices included).
     Each pass is the first chunk (the uneven one when `chunk` does not divide the rows) then a `tf.while_loop`
     over the others, one iteration at a time: the graph holds two copies of the tower whatever the number of
     chunks (an unrolled loop grows with them, and its runtime started chunks side by side, holding their
     activations at once).
-    -> (loss, [gradient per model.trainable_variables]); equal to the uncached step's (with dropout off: with
-    dropout, the masks are drawn per chunk, not for the whole batch).
+    -> (loss, [dense gradient per model.trainable_variables]); equal to the uncached step's (with dropout off:
+    with dropout, the masks are drawn per chunk, not for the whole batch), whose embedding gradients are
+    tf.IndexedSlices of the same sums.
     """
     variables = model.trainable_variables
     seeds = seed_states(model)
@@ -316,44 +317,37 @@ def gradient_cached_gradients(model, x, y, chunk):
             outputs = model(_rows(x, start, count), training=True)
             surrogate = tf.add_n([tf.reduce_sum(tf.cast(outputs[key], tf.float32) * _slice_rows(gradient, start, count))
                                   for key, gradient in embedding_gradients.items()])
-        return tape.gradient(surrogate, variables)
+        return _dense(tape.gradient(surrogate, variables), variables)
 
-    gradients = backpropagate(0, first, first_snapshot)
-    dense = [g for g in gradients if g is not None and not isinstance(g, tf.IndexedSlices)]
-    sparse = [g for g in gradients if isinstance(g, tf.IndexedSlices)]
+    first_gradients = backpropagate(0, first, first_snapshot)
+    present = [index for index, g in enumerate(first_gradients) if g is not None]
 
-    def backpropagate_chunk(i, dense_sums, sparse_values, sparse_indices):
+    def backpropagate_chunk(i, sums):
         chunk_gradients = backpropagate(first + i * chunk, chunk, [ta.read(i) for ta in snapshots])
-        chunk_dense = [g for g in chunk_gradients if g is not None and not isinstance(g, tf.IndexedSlices)]
-        chunk_sparse = [g for g in chunk_gradients if isinstance(g, tf.IndexedSlices)]
-        return (i + 1, [total + g for total, g in zip(dense_sums, chunk_dense)],
-                [ta.write(i, g.values) for ta, g in zip(sparse_values, chunk_sparse)],
-                [ta.write(i, g.indices) for ta, g in zip(sparse_indices, chunk_sparse)])
+        return i + 1, [total + chunk_gradients[index] for total, index in zip(sums, present)]
 
-    _, dense, sparse_values, sparse_indices = tf.while_loop(
-        lambda i, *_: i < loops, backpropagate_chunk,
-        [_after(dense + [g.values for g in sparse], tf.constant(0)), dense,
-         [tf.TensorArray(g.values.dtype, size=loops, element_shape=_with_rows(None, g.values)) for g in sparse],
-         [tf.TensorArray(g.indices.dtype, size=loops, element_shape=[None]) for g in sparse]],
-        parallel_iterations=1)
+    _, sums = tf.while_loop(lambda i, _: i < loops, backpropagate_chunk,
+                            [_after([first_gradients[i] for i in present], tf.constant(0)),
+                             [first_gradients[i] for i in present]], parallel_iterations=1)
     for variable, value in zip(seeds, after_first_pass):
         variable.assign(value)
-    dense, sparse = iter(dense), iter(zip(sparse, sparse_values, sparse_indices))
-    combined = []
-    for gradient in gradients:
-        if gradient is None:
-            combined.append(None)
-        elif isinstance(gradient, tf.IndexedSlices):
-            first_slices, values, indices = next(sparse)
-            combined.append(tf.IndexedSlices(_append(first_slices.values, values, loops),
-                                             _append(first_slices.indices, indices, loops), first_slices.dense_shape))
-        else:
-            combined.append(next(dense))
+    gradients = [None] * len(variables)
+    for index, total in zip(present, sums):
+        gradients[index] = total
     for variable, gradient in zip(temperature_variables, cached[len(keys):]):
         if gradient is not None:
             index = next(i for i, v in enumerate(variables) if v is variable)
-            combined[index] = gradient if combined[index] is None else combined[index] + gradient
-    return loss, [tf.zeros_like(v) if g is None else g for g, v in zip(combined, variables)]
+            gradients[index] = gradient if gradients[index] is None else gradients[index] + gradient
+    return loss, [tf.zeros_like(v) if g is None else g for g, v in zip(gradients, variables)]
+
+
+def _dense(gradients, variables):
+    """`gradients` with embedding lookups' sparse slices (tf.IndexedSlices, one row per token) summed into dense
+    tensors: a running sum over chunks then holds one table-sized tensor, where the slices grow with the batch
+    (at 4096 pairs, a row per token of every chunk). Keras's optimizers densify slices anyway (Adam's
+    `gradient - m`), so the update is the same."""
+    return [tf.ensure_shape(tf.convert_to_tensor(g), v.shape) if isinstance(g, tf.IndexedSlices) else g
+            for g, v in zip(gradients, variables)]
 
 
 def _append(first, rest, size):
