@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from machine import cpu_flags, describe, run_with_memory_limit  # benchmarks/machine.py, beside this script
+from machine import cpu_flags, describe, measured_row  # benchmarks/machine.py, beside this script
 
 from samtone_tf.atomic import atomic_write_text
 
@@ -53,12 +53,7 @@ print(json.dumps({"seconds": statistics.median(times),
 def measure(batch, chunk, steps, limit_gb):
     """One configuration in a fresh process. -> {"fits": True, "seconds", "peak_rss_gb"} or {"fits": False, ...}."""
     command = [sys.executable, "-c", WORKER, str(batch), str(chunk or 0), str(steps)]
-    returncode, stdout, stderr, peak, killed = run_with_memory_limit(command, limit_gb, cwd=REPOSITORY)
-    if killed:
-        return {"fits": False, "error": f"resident memory passed {limit_gb} GiB", "peak_rss_gb": peak}
-    if returncode != 0:
-        return {"fits": False, "error": stderr.strip().splitlines()[-1][:200] if stderr else f"exit {returncode}"}
-    return {"fits": True, **json.loads(stdout.strip().splitlines()[-1])}
+    return measured_row(command, limit_gb, cwd=REPOSITORY)
 
 
 def main(argv=None):

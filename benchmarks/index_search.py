@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from machine import cpu_flags, describe, run_with_memory_limit  # benchmarks/machine.py, beside this script
+from machine import cpu_flags, describe, measured_row  # benchmarks/machine.py, beside this script
 
 from samtone_tf.atomic import atomic_write_text
 
@@ -171,12 +171,7 @@ PARTS = {"scann": scann_part, "partitioned": partitioned_part}
 def measure(size, part, argv, limit_gb):
     """One (size, part) in a fresh process. -> its row, or {"fits": False, "error": ...}."""
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(size), part, *argv]
-    returncode, stdout, stderr, peak, killed = run_with_memory_limit(command, limit_gb, cwd=REPOSITORY)
-    if killed:
-        return {"fits": False, "error": f"resident memory passed {limit_gb} GiB", "peak_rss_gb": peak}
-    if returncode != 0:
-        return {"fits": False, "error": stderr.strip().splitlines()[-1][:300] if stderr else f"exit {returncode}"}
-    return {"fits": True, **json.loads(stdout.strip().splitlines()[-1])}
+    return measured_row(command, limit_gb, cwd=REPOSITORY)
 
 
 def main(argv=None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -45,3 +46,15 @@ def run_with_memory_limit(command, limit_gb, cwd=None, poll_seconds=0.2):
         time.sleep(poll_seconds)
     stdout, stderr = process.communicate()
     return process.returncode, stdout, stderr, peak, killed
+
+
+def measured_row(command, limit_gb, cwd=None):
+    """Runs a measuring worker (`command`, which prints its row as JSON on its last line) under
+    `run_with_memory_limit`. -> {"fits": True, **row}, or {"fits": False, "error": ...} when it passed `limit_gb`
+    (with the peak seen) or failed (with the last line of its stderr)."""
+    returncode, stdout, stderr, peak, killed = run_with_memory_limit(command, limit_gb, cwd=cwd)
+    if killed:
+        return {"fits": False, "error": f"resident memory passed {limit_gb} GiB", "peak_rss_gb": peak}
+    if returncode != 0:
+        return {"fits": False, "error": stderr.strip().splitlines()[-1][:300] if stderr else f"exit {returncode}"}
+    return {"fits": True, **json.loads(stdout.strip().splitlines()[-1])}

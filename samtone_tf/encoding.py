@@ -7,7 +7,6 @@ corpus-encoding pipeline to come). Knows nothing of models beyond "a callable on
 from __future__ import annotations
 
 import contextlib
-
 import sys
 import weakref
 

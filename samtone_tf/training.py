@@ -15,6 +15,7 @@ import json
 import keras
 import tensorflow as tf
 
+from samtone_tf import optimizers
 from samtone_tf.encoding import LENGTH_BUCKET  # noqa: F401  (re-exported: the step pads to it as encoding does)
 from samtone_tf.encoding import compiled_networks
 from samtone_tf.keras_loss import SamToNeLoss
@@ -377,10 +378,10 @@ def all_finite(model):
 
 def make_optimizer(config, schedule):
     """The configuration's optimizer on `schedule`: AdamW (no decay of biases, norms and the temperature)
-    or Adafactor."""
+    or Adafactor, each updating embedding rows with their summed gradient (`optimizers`)."""
     if config.optimizer == "adafactor":
-        return keras.optimizers.Adafactor(learning_rate=schedule)
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+        return optimizers.Adafactor(learning_rate=schedule)
+    optimizer = optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "layer_norm", "temperature"])
     return optimizer
 
