@@ -8,8 +8,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -131,8 +133,11 @@ def _train(config, strategy, chief, model_dir, log):
         window_start, window_steps = time.perf_counter(), 0
         progress = _Progress(start_step, config.steps, enabled=chief and sys.stdout.isatty())
         step = start_step
+        interrupted, restore_sigint = _note_sigint()
         try:
             for step in range(start_step + 1, config.steps + 1):
+                if interrupted.is_set():  # a Ctrl-C whose KeyboardInterrupt was swallowed (see _note_sigint)
+                    raise KeyboardInterrupt
                 try:
                     loss = step_fn(next(iterator))
                 except tf.errors.InvalidArgumentError as error:
@@ -184,6 +189,8 @@ def _train(config, strategy, chief, model_dir, log):
             log(f"interrupted at step {step} of {config.steps}; {where}. Run the same command again to "
                 "resume from it.", error=True)
             return 130
+        finally:
+            restore_sigint()
         progress.clear()
         writer.flush()
         if config.jit_compile:
@@ -208,6 +215,26 @@ def _train(config, strategy, chief, model_dir, log):
     if evaluation_sets:
         print_comparison(before, after)
     return 0
+
+
+def _note_sigint():
+    """Notes a SIGINT (Ctrl-C) in an event besides raising KeyboardInterrupt as Python does. Python raises it at
+    whatever bytecode runs next, and when that is a garbage-collection callback (a weakref's, as TensorFlow and
+    Keras hold many) the exception is printed as "ignored" and lost: the training loop then checks the event
+    before every step. Installed only over Python's default handler, in the main thread (a process started with
+    SIGINT ignored, or an application with its own handler, keeps its choice).
+    -> (threading.Event set by a SIGINT, a function restoring the previous handler)."""
+    interrupted = threading.Event()
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        return interrupted, lambda: None
+
+    def handler(signum, frame):
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    return interrupted, lambda: signal.signal(signal.SIGINT, previous)
 
 
 def evaluate_all(model, evaluation_sets, config, log):

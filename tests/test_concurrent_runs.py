@@ -64,3 +64,35 @@ def test_the_lock_in_process(tmp_path):
     (tmp_path / ".lock").write_text('{"pid": ')  # torn by a kill mid-write
     with RunLock(tmp_path, say=lambda m: None) as lock:
         assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+
+
+def test_a_ctrl_c_swallowed_by_a_garbage_collection_callback_is_still_noted():
+    """Python raises KeyboardInterrupt at the next bytecode; inside a weakref callback it is printed as "ignored"
+    and lost (what made a Ctrl-C'd run finish its 400 steps). The training loop's handler notes it too."""
+    import gc
+    import weakref
+
+    from samtone_tf.training_run import _note_sigint
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        interrupted, restore = _note_sigint()
+        try:
+            class Thing:
+                pass
+
+            def on_collected(_):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.5)  # the handler runs here, inside the callback
+
+            thing = Thing()
+            reference = weakref.ref(thing, on_collected)
+            del thing  # the callback runs; its KeyboardInterrupt is ignored, not raised here
+            gc.collect()
+            assert reference() is None
+            assert interrupted.is_set()
+        finally:
+            restore()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
