@@ -66,6 +66,7 @@ def test_the_lock_in_process(tmp_path):
         assert json.loads(lock.path.read_text())["pid"] == os.getpid()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed interrupt
 def test_a_ctrl_c_swallowed_by_a_garbage_collection_callback_is_still_noted():
     """Python raises KeyboardInterrupt at the next bytecode; inside a weakref callback it is printed as "ignored"
     and lost (what made a Ctrl-C'd run finish its 400 steps). The training loop's handler notes it too."""
