@@ -345,8 +345,9 @@ def gradient_cached_gradients(model, x, y, chunk):
 def _dense(gradients, variables):
     """`gradients` with embedding lookups' sparse slices (tf.IndexedSlices, one row per token) summed into dense
     tensors: a running sum over chunks then holds one table-sized tensor, where the slices grow with the batch
-    (at 4096 pairs, a row per token of every chunk). Keras's optimizers densify slices anyway (Adam's
-    `gradient - m`), so the update is the same."""
+    (at 4096 pairs, a row per token of every chunk). Our optimizers (`optimizers.AdamW`, `Adafactor`) sum a
+    slice's rows before updating, so a dense sum and the uncached step's slices give the same update (Keras's
+    own optimizers would not: see `samtone_tf.optimizers`)."""
     return [tf.ensure_shape(tf.convert_to_tensor(g), v.shape) if isinstance(g, tf.IndexedSlices) else g
             for g, v in zip(gradients, variables)]
 
