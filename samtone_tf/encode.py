@@ -55,9 +55,10 @@ def document_encoder_path(model, out, version=None):
     from samtone_tf.serving import ENCODERS, MANIFEST, export_version, save_encoder
 
     model = str(model)
-    if "://" in model or tf.io.gfile.exists(tf.io.gfile.join(model, MANIFEST)):
-        # An export, local or in a bucket (gs://...), read through tf.io.gfile: its manifest names the version.
-        model = model if "://" in model else os.path.abspath(model)
+    in_a_bucket = "://" in model  # gs://..., read through tf.io.gfile
+    if in_a_bucket or tf.io.gfile.exists(tf.io.gfile.join(model, MANIFEST)):
+        # An export: its manifest names the version.
+        model = model if in_a_bucket else os.path.abspath(model)
         version, _ = export_version(model, version)
         path = tf.io.gfile.join(model, ENCODERS[1], str(version))
         if not tf.io.gfile.exists(tf.io.gfile.join(path, "saved_model.pb")):
