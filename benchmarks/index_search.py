@@ -40,15 +40,6 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 K = 10
 
 
-def held_out_split(count, fraction=0.5, seed=0):
-    """(tune rows, held-out rows) of `count` queries, the split `index_tuning.tune_scann_for_targets` makes."""
-    import numpy as np
-
-    order = np.random.default_rng(seed).permutation(count)
-    held = order[: max(1, int(round(count * fraction)))]
-    return order[len(held):], held
-
-
 def corpus_and_queries(size, cache_dir, spread):
     """Real embeddings extended to `size` rows, and the real queries."""
     import numpy as np
@@ -78,7 +69,7 @@ def scann_part(size, args):
     import numpy as np
 
     from samtone_tf.index import ExactIndex
-    from samtone_tf.index_tuning import tune_scann_for_targets
+    from samtone_tf.index_tuning import held_out_split, tune_scann_for_targets
 
     corpus, queries, real = corpus_and_queries(size, args.cache_dir, args.spread)
     _, held = held_out_split(len(queries))
@@ -112,7 +103,7 @@ def partitioned_part(size, args):
     import numpy as np
     import tensorflow as tf
 
-    from samtone_tf.index_tuning import exact_rows, recall_at_k
+    from samtone_tf.index_tuning import exact_rows, held_out_split, recall_at_k
     from samtone_tf.partitioned import build_partitions, partitioned_top_k, tune_probes
 
     corpus, queries, real = corpus_and_queries(size, args.cache_dir, args.spread)

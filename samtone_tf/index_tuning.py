@@ -60,6 +60,14 @@ def tune_scann(embeddings, doc_ids, queries, target_recall, k=10, excluded_rows=
                                   held_out_fraction, seed, say)[0]
 
 
+def held_out_split(count, fraction=0.5, seed=0):
+    """(tuning rows, held-out rows) of `count` queries: a seeded permutation, the held-out part first (at least
+    one row). The tuned index is chosen on the first and its recall reported on the second."""
+    order = np.random.default_rng(seed).permutation(count)
+    held = order[: max(1, int(round(count * fraction)))]
+    return order[len(held):], held
+
+
 def tune_scann_for_targets(embeddings, doc_ids, queries, targets, k=10, excluded_rows=None, max_builds=3,
                            held_out_fraction=0.5, seed=0, say=print):
     """`tune_scann` for several recall targets at the cost of one: the trees are built once and the grid walked
@@ -74,10 +82,7 @@ def tune_scann_for_targets(embeddings, doc_ids, queries, targets, k=10, excluded
         raise ValueError(f"tuning needs at least 2 queries; got {len(queries)}")
     excluded_rows = np.full(len(queries), -1, np.int64) if excluded_rows is None else np.asarray(excluded_rows)
     k = min(int(k), len(embeddings) - int((excluded_rows >= 0).any()))
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(queries))
-    held = order[: max(1, int(round(len(queries) * held_out_fraction)))]
-    tune = order[len(held):]
+    tune, held = held_out_split(len(queries), held_out_fraction, seed)
     row_ids = np.arange(len(embeddings))
     truth = exact_rows(embeddings, row_ids, queries, k, excluded_rows)
 
