@@ -20,15 +20,11 @@ import time
 import numpy as np
 
 from samtone_tf.index import SCANN_BRUTE_FORCE_BELOW, ExactIndex, ScannIndex, scann_defaults
+from samtone_tf.metrics import recall_at_k
 
 LEAF_FRACTIONS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)  # of the tree's leaves, searched per query
 REORDER_DEPTHS = (50, 100, 250, 500)  # candidates re-scored exactly (never fewer than k)
 LEAF_MULTIPLIERS = (1.0, 0.5, 2.0)  # trees of sqrt(N) x these leaves, in this order, up to max_builds
-
-
-def recall_at_k(found_rows, true_rows):
-    """Mean over queries of |found ∩ true| / |true| (rows [Q, k] each)."""
-    return float(np.mean([len(set(f) & set(t)) / max(len(t), 1) for f, t in zip(found_rows, true_rows)]))
 
 
 def tuning_queries(query_embeddings, document_embeddings, size=2000, seed=0):

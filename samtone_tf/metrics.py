@@ -55,6 +55,12 @@ def average_precision(ranking, relevant, k=None):
     return total / len(relevant)
 
 
+def recall_at_k(found_rows, true_rows):
+    """Mean over queries of |found ∩ true| / |true|: an approximate search's rows against exact search's
+    ([Q, k] each, or lists of any length per query)."""
+    return float(np.mean([len(set(f) & set(t)) / max(len(t), 1) for f, t in zip(found_rows, true_rows)]))
+
+
 def per_query(run, qrels, measures):
     """{query_id: {measure: value}} for measures like "P@1", "MRR@10", "nDCG@10", "Recall@100",
     "MAP" (no cut-off) or "MAP@100"."""

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from samtone_tf.metrics import recall_at_k
+
 
 @dataclass
 class Partitions:
@@ -183,11 +185,9 @@ def tune_probes(partitions, queries, true_rows, target_recall, k=10, excluded_ro
 
     def recall(probes):
         found, _ = index.search(queries, k + extra, probes=probes)
-        hits = []
-        for candidates, truth, skip in zip(found, true_rows, excluded):
-            kept = [int(r) for r in candidates if r != "" and int(r) != skip][:k]
-            hits.append(len(set(kept) & set(int(t) for t in truth)) / max(len(truth), 1))
-        return float(np.mean(hits))
+        kept = [[int(r) for r in candidates if r != "" and int(r) != skip][:k]
+                for candidates, skip in zip(found, excluded)]
+        return recall_at_k(kept, [[int(t) for t in truth] for truth in true_rows])
 
     low, high = 0, 1
     measured = {}
