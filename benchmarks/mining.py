@@ -91,8 +91,9 @@ def main(argv=None):
             printed = run(["samtone_tf.mine", "--model", args.mine_model, "--dataset", dataset, "--split", split,
                            "--out", str(mined), "--num_negatives", str(args.hard_negatives), "--range_min",
                            str(args.range_min), "--range_max", str(args.range_max), "--margin", str(args.margin)])
-            store.setdefault(task, {})["mining"] = {"printed": printed.strip().splitlines(),
-                                                    **json.loads(Path(f"{mined}.summary.json").read_text())}
+            summary = json.loads(Path(f"{mined}.summary.json").read_text())
+            summary.pop("dropped_query_ids", None)  # their count is kept; the list stays in the summary file
+            store.setdefault(task, {})["mining"] = {"printed": printed.strip().splitlines(), **summary}
             atomic_write_text(path, json.dumps(store, indent=1))
         for seed in args.seeds:
             for condition, training, extra in (("in-batch", dataset, ()),
