@@ -98,7 +98,9 @@ def new_model(architecture, args):
                                         document_max_length=args.document_max_length, temperature=args.temperature)
 
 
-def train_one(pairs, architecture, loss, seed, args):
+def train_one(pairs, architecture, loss, seed, args, gradient_cache_chunk=None):
+    """`args.steps` steps of `args.batch_size` on `pairs` (gradient-cached in chunks of `gradient_cache_chunk` rows
+    when given). -> (model, the loss of every step)."""
     same_tower, bidirectional = LOSSES[loss]
     keras.utils.set_random_seed(seed)
     model = new_model(architecture, args)
@@ -107,7 +109,7 @@ def train_one(pairs, architecture, loss, seed, args):
                          temperature=args.temperature)
     compile_for_training(model, config)
     strategy = tf.distribute.get_strategy()
-    step = make_train_step(strategy, model)
+    step = make_train_step(strategy, model, gradient_cache_chunk=gradient_cache_chunk)
     dataset = distributed_training_dataset(strategy, pairs, args.batch_size, seed=seed, unique_ids=True,
                                            tokenize=model.tokenize_inputs)
     losses = []

@@ -75,6 +75,13 @@ def analysis(results):
         f"{r['centroid_cosine']:.3f} |\n")
 
 
+def batch_size(results):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from batch_size import report
+
+    return report(results)
+
+
 def quality(results):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from quality import report
@@ -177,7 +184,7 @@ def index_search(results):
 
 RENDERERS = {"beam_encoding": beam_encoding, "loss_overhead": loss_overhead, "encode_speed": encode_speed, "speed": speed, "analysis": analysis,
              "quality": quality, "mining": mining, "gradient_cache": gradient_cache,
-             "index_search": index_search}
+             "index_search": index_search, "batch_size": batch_size}
 
 
 def render(path):
