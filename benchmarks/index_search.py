@@ -103,7 +103,8 @@ def partitioned_part(size, args):
     import numpy as np
     import tensorflow as tf
 
-    from samtone_tf.index_tuning import exact_rows, held_out_split, recall_at_k
+    from samtone_tf.index_tuning import exact_rows, held_out_split
+    from samtone_tf.metrics import recall_at_k
     from samtone_tf.partitioned import build_partitions, partitioned_top_k, tune_probes
 
     corpus, queries, real = corpus_and_queries(size, args.cache_dir, args.spread)

@@ -6,6 +6,7 @@ with, and the test (tests/test_results_doc.py) checks RESULTS.md against, so a t
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -75,18 +76,18 @@ def analysis(results):
         f"{r['centroid_cosine']:.3f} |\n")
 
 
-def batch_size(results):
+def _benchmark(name):
+    """The benchmark script `name` beside this one, imported (its own report renders its results)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from batch_size import report
+    return importlib.import_module(name)
 
-    return report(results)
+
+def batch_size(results):
+    return _benchmark("batch_size").report(results)
 
 
 def quality(results):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from quality import report
-
-    return report(results, None)
+    return _benchmark("quality").report(results, None)
 
 
 def mining(results):
@@ -182,9 +183,11 @@ def index_search(results):
     return "\n".join(lines)
 
 
-RENDERERS = {"beam_encoding": beam_encoding, "loss_overhead": loss_overhead, "encode_speed": encode_speed, "speed": speed, "analysis": analysis,
-             "quality": quality, "mining": mining, "gradient_cache": gradient_cache,
-             "index_search": index_search, "batch_size": batch_size}
+RENDERERS = {  # results file kind (its name up to the first "-") -> renderer
+    "analysis": analysis, "batch_size": batch_size, "beam_encoding": beam_encoding, "encode_speed": encode_speed,
+    "gradient_cache": gradient_cache, "index_search": index_search, "loss_overhead": loss_overhead,
+    "mining": mining, "quality": quality, "speed": speed,
+}
 
 
 def render(path):
