@@ -76,6 +76,15 @@ def analysis(results):
         f"{r['centroid_cosine']:.3f} |\n")
 
 
+def length_groups(results):
+    lines = ["| setting | s/step | token positions per step | × padded batch time |", "|---|---:|---:|---:|"]
+    base = results["rows"][0]["seconds_per_step"]
+    for row in results["rows"]:
+        lines.append(f"| {row['setting']} | {row['seconds_per_step']:.2f} | {row['positions_per_step']:,.0f} | "
+                     f"{row['seconds_per_step'] / base:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def _benchmark(name):
     """The benchmark script `name` beside this one, imported (its own report renders its results)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -185,8 +194,8 @@ def index_search(results):
 
 RENDERERS = {  # results file kind (its name up to the first "-") -> renderer
     "analysis": analysis, "batch_size": batch_size, "beam_encoding": beam_encoding, "encode_speed": encode_speed,
-    "gradient_cache": gradient_cache, "index_search": index_search, "loss_overhead": loss_overhead,
-    "mining": mining, "quality": quality, "speed": speed,
+    "gradient_cache": gradient_cache, "index_search": index_search, "length_groups": length_groups,
+    "loss_overhead": loss_overhead, "mining": mining, "quality": quality, "speed": speed,
 }
 
 

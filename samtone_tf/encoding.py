@@ -7,6 +7,7 @@ corpus-encoding pipeline to come). Knows nothing of models beyond "a callable on
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import weakref
 
@@ -89,9 +90,53 @@ def _compiled_encoder(tower, jit_compile=False):
 _COMPILED_NETWORKS = {}
 
 
-def tower_network(tower):
-    """The tower's token ids -> embeddings function: XLA-compiled inside `compiled_networks`."""
-    return _COMPILED_NETWORKS.get(id(tower), tower.encode_tokens)
+def tower_network(tower, length_groups=1):
+    """The tower's token ids -> embeddings function: XLA-compiled inside `compiled_networks` (fixed shapes: the
+    batch as padded), else, with `length_groups` > 1, run in groups of rows of similar length
+    (`encode_in_length_groups`)."""
+    if id(tower) in _COMPILED_NETWORKS:
+        return _COMPILED_NETWORKS[id(tower)]
+    if length_groups <= 1:
+        return tower.encode_tokens
+    return functools.partial(encode_in_length_groups, tower.encode_tokens, groups=length_groups)
+
+
+def encode_in_length_groups(encode, token_ids, padding_mask, groups=8, min_rows=4, training=None):
+    """`encode(token_ids, padding_mask, training=...)` of a batch padded to its longest row, computed in `groups`
+    sub-batches of rows of similar length, each cut to its own longest row.
+
+    token_ids int [B, L], padding_mask [B, L] (true on each row's first tokens) -> the embeddings [B, D], rows in
+    the input order. The rows are sorted by length and split into `groups` runs of (nearly) equal size, at least
+    `min_rows` each (fewer groups for a small batch; none for a batch of unknown size). The mask makes padding
+    inert (attention and mean pooling skip it), so the embeddings are the whole batch's, within float rounding,
+    while the positions computed fall from B x longest to the sum over groups of rows x that group's longest.
+    Mixed data gains the most: without it, one long document pads every short one of its batch to its length.
+    Group sizes are static, so a traced step keeps its row counts; the cut lengths are not, so a function XLA
+    compiles (`jit_compile`, TPUs) encodes the batch whole.
+    """
+    size = token_ids.shape[0]
+    groups = min(int(groups), (size or 0) // max(int(min_rows), 1))
+    if groups <= 1 or _compiled_by_xla():
+        return encode(token_ids, padding_mask, training=training)
+    lengths = tf.reduce_sum(tf.cast(padding_mask, tf.int32), axis=1)
+    order = tf.argsort(lengths, direction="DESCENDING", stable=True)
+    bounds = [size * index // groups for index in range(groups + 1)]
+    pieces = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        rows = order[start:end]
+        cut = tf.maximum(lengths[order[start]], 1)  # the group's longest row: the first, in descending order
+        pieces.append(encode(tf.gather(token_ids, rows)[:, :cut], tf.gather(padding_mask, rows)[:, :cut],
+                             training=training))
+    return tf.gather(tf.concat(pieces, axis=0), tf.math.invert_permutation(order))
+
+
+def _compiled_by_xla():
+    """Whether the function being traced is to be compiled by XLA (tf.function(jit_compile=True), a TPU replica
+    step), where every shape must be static."""
+    from tensorflow.python.framework import ops  # no public API tells; Keras 2 asked the same function
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph())
 
 
 @contextlib.contextmanager

@@ -122,6 +122,10 @@ class DualEncoder(SamToNeLossMixin, keras.Model):
       lowercase: the tokenizer's casing.
       learnable_temperature: learn log(temperature), clipped to
         [min_temperature, max_temperature]; else `temperature` is fixed.
+      length_groups: a tokenized batch (the training pipeline's) is encoded in
+        this many groups of rows of similar length, each padded only to its own
+        longest row (`encoding.encode_in_length_groups`: the same embeddings, less
+        work on mixed lengths); 1 encodes the batch as padded.
     """
 
     def __init__(
@@ -139,6 +143,7 @@ class DualEncoder(SamToNeLossMixin, keras.Model):
         temperature=0.05,
         min_temperature=0.01,
         max_temperature=1.0,
+        length_groups=8,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -163,6 +168,7 @@ class DualEncoder(SamToNeLossMixin, keras.Model):
         self.temperature = float(temperature)
         self.min_temperature = float(min_temperature)
         self.max_temperature = float(max_temperature)
+        self.length_groups = int(length_groups)
         hidden = backbone.hidden_dim
         if architecture == "ade_spl" and projection_dim is None:
             projection_dim = hidden
@@ -236,8 +242,9 @@ class DualEncoder(SamToNeLossMixin, keras.Model):
         if inputs.get("hard_negatives_token_ids") is not None:
             ids, mask = inputs["hard_negatives_token_ids"], inputs["hard_negatives_padding_mask"]
             batch, count, length = tf.shape(ids)[0], tf.shape(ids)[1], tf.shape(ids)[2]
-            flat = tower_network(self.document_tower)(tf.reshape(ids, [-1, length]),
-                                                      tf.reshape(mask, [-1, length]), training=training)
+            rows = None if None in ids.shape[:2] else ids.shape[0] * ids.shape[1]  # static when known: groups
+            flat_ids, flat_mask = (tf.ensure_shape(tf.reshape(t, [-1, length]), [rows, None]) for t in (ids, mask))
+            flat = tower_network(self.document_tower, self.length_groups)(flat_ids, flat_mask, training=training)
             outputs["hard_negatives"] = tf.reshape(flat, [batch, count, flat.shape[-1]])
         elif inputs.get("hard_negatives") is not None:
             negatives = tf.convert_to_tensor(inputs["hard_negatives"], tf.string)
@@ -248,11 +255,10 @@ class DualEncoder(SamToNeLossMixin, keras.Model):
             outputs["temperature"] = self.current_temperature()
         return outputs
 
-    @staticmethod
-    def _encode_side(tower, inputs, key, training):
+    def _encode_side(self, tower, inputs, key, training):
         if f"{key}_token_ids" in inputs:
-            return tower_network(tower)(inputs[f"{key}_token_ids"], inputs[f"{key}_padding_mask"],
-                                        training=training)
+            network = tower_network(tower, self.length_groups)
+            return network(inputs[f"{key}_token_ids"], inputs[f"{key}_padding_mask"], training=training)
         return tower(inputs[key], training=training)
 
     def tokenize_inputs(self, inputs, length_bucket=1):
@@ -305,6 +311,7 @@ class DualEncoder(SamToNeLossMixin, keras.Model):
             "temperature": self.temperature,
             "min_temperature": self.min_temperature,
             "max_temperature": self.max_temperature,
+            "length_groups": self.length_groups,
         }  # the vocabulary is a tokenizer asset
 
     @classmethod
