@@ -32,6 +32,8 @@ from machine import cpu_flags, describe  # benchmarks/machine.py, beside this sc
 from quality import (  # benchmarks/quality.py: the setting this study shares
     EVALUATION_SETS,
     evaluate_all,
+    mean_std,
+    query_tests,
     summary,
     train_one,
     training_pairs,
@@ -41,7 +43,6 @@ import keras
 
 from samtone_tf.atomic import atomic_write_text
 from samtone_tf.data.datasets import load_evaluation
-from samtone_tf.metrics import paired_randomization_test
 
 
 def report(store):
@@ -56,10 +57,10 @@ def report(store):
     for batch in batches:
         chosen = [runs[f"{batch}|{s}"] for s in seeds if f"{batch}|{s}" in runs]
         averages[batch] = [summary(r["results"], sets) for r in chosen]
-        cells = [_mean_std([r["results"][label][metric] for r in chosen]) for label, _, metric in sets]
+        cells = [mean_std([r["results"][label][metric] for r in chosen]) for label, _, metric in sets]
         chunk = chosen[0]["gradient_cache_chunk"] or "none"
         lines.append(f"| {batch} | {chosen[0]['steps']} | {chunk} | " + " | ".join(cells)
-                     + f" | {_mean_std(averages[batch])} | {statistics.fmean(r['train_seconds'] for r in chosen):.0f} |")
+                     + f" | {mean_std(averages[batch])} | {statistics.fmean(r['train_seconds'] for r in chosen):.0f} |")
     text = "\n".join(lines) + "\n"
     if len(batches) == 2:
         small, large = batches
@@ -68,7 +69,8 @@ def report(store):
                   for s in paired_seeds]
         if paired:
             spread = f" ± {statistics.stdev(paired):.4f} (standard deviation over seeds)" if len(paired) > 1 else ""
-            tests = _query_tests(runs, small, large, paired_seeds, sets)
+            tests = query_tests([runs[f"{large}|{s}"]["results"] for s in paired_seeds],
+                                [runs[f"{small}|{s}"]["results"] for s in paired_seeds], sets)
             text += (f"\nBatch {large} − batch {small} on the average: {statistics.fmean(paired):+.4f}{spread}; "
                      f"per seed ({', '.join(map(str, paired_seeds))}): {', '.join(f'{d:+.4f}' for d in paired)}; "
                      f"over queries p = {tests['average']:.4f} on the average.\n\n"
@@ -78,25 +80,6 @@ def report(store):
                      "|" + "---:|" * (len(sets) + 1) + "\n"
                      "| " + " | ".join(f"{tests[label]:.3f}" for label, _, _ in sets) + f" | {tests['average']:.4f} |\n")
     return text
-
-
-def _query_tests(runs, small, large, seeds, sets):
-    """{set label: p, "average": p}: per-query metric (averaged over seeds) of batch `large` minus `small`."""
-    differences = {}
-    for label, _, _ in sets:
-        per_query = {b: [runs[f"{b}|{s}"]["results"][label]["per_query"] for s in seeds] for b in (small, large)}
-        queries = sorted(per_query[small][0])
-        mean = {b: [statistics.fmean(values[q] for values in per_query[b]) for q in queries] for b in (small, large)}
-        differences[label] = [a - b for a, b in zip(mean[large], mean[small])]
-    tests = {label: paired_randomization_test(d) for label, d in differences.items()}
-    tests["average"] = paired_randomization_test(list(differences.values()))
-    return tests
-
-
-def _mean_std(values):
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def main(argv=None):

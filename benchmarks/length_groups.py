@@ -28,6 +28,7 @@ from quality import training_pairs  # benchmarks/quality.py: the data this measu
 
 from samtone_tf.atomic import atomic_write_text
 from samtone_tf.data.pipeline import training_dataset
+from samtone_tf.encoding import length_group_bounds
 from samtone_tf.pretrained import dual_encoder_from_checkpoint
 from samtone_tf.training import TrainConfig, compile_for_training, make_train_step
 
@@ -37,8 +38,7 @@ def positions(batch, groups, min_rows=4):
     total = 0
     for side in ("query", "document"):
         lengths = np.sort(np.asarray(tf.reduce_sum(tf.cast(batch[f"{side}_padding_mask"], tf.int32), axis=1)))[::-1]
-        count = min(groups, len(lengths) // min_rows) if groups > 1 else 1
-        bounds = [len(lengths) * i // max(count, 1) for i in range(max(count, 1) + 1)]
+        bounds = length_group_bounds(len(lengths), groups, min_rows)
         total += sum((end - start) * int(lengths[start]) for start, end in zip(bounds[:-1], bounds[1:]))
     return total
 

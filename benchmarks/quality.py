@@ -153,9 +153,9 @@ def report(store, args=None):
             chosen = [runs[k] for k in sorted(runs) if k.startswith(f"{architecture}|{loss}|")]
             if not chosen:
                 continue
-            cells = [_mean_std([r["results"][label][metric] for r in chosen]) for label, _, metric in sets]
+            cells = [mean_std([r["results"][label][metric] for r in chosen]) for label, _, metric in sets]
             averages[loss] = [summary(r["results"], sets) for r in chosen]
-            lines.append(f"| {architecture} | {loss} | " + " | ".join(cells) + f" | {_mean_std(averages[loss])} |")
+            lines.append(f"| {architecture} | {loss} | " + " | ".join(cells) + f" | {mean_std(averages[loss])} |")
         base = averages.get("standard")
         for loss in ("SamToNe", "SamToNe both+bi"):
             if not (base and loss in averages):
@@ -174,7 +174,8 @@ def report(store, args=None):
                 spread_text = " (one seed so far)"
             line = (f"- {architecture}: {loss} − standard = {gain:+.4f} on the average{spread_text}; "
                     f"paired by seed: {', '.join(f'{d:+.4f}' for d in paired)}")
-            tests = _query_tests(runs, architecture, loss, seeds, sets)
+            tests = query_tests([runs[f"{architecture}|{loss}|{s}"]["results"] for s in seeds],
+                                [runs[f"{architecture}|standard|{s}"]["results"] for s in seeds], sets)
             if tests:
                 line += f"; over queries p = {tests['average']:.4f} on the average"
                 significance.append(f"| {architecture} | {loss} | " + " | ".join(
@@ -191,19 +192,21 @@ def report(store, args=None):
     return text
 
 
-def _query_tests(runs, architecture, loss, seeds, sets):
-    """{set label: p, "average": p} of the paired randomisation test over queries, when per-query values exist."""
-    if not seeds or any("per_query" not in runs[f"{architecture}|{name}|{s}"]["results"][label]
-                        for s in seeds for name in (loss, "standard") for label, _, _ in sets):
+def query_tests(ours, theirs, sets):
+    """{set label: p, "average": p}: paired randomisation test over queries, condition `ours` against `theirs`.
+
+    ours, theirs: the `results` of each condition's runs, one per seed, paired by seed (same length and order).
+    A query's metric is averaged over the seeds of each condition, then ours − theirs is tested (10,000 sign
+    flips) per set and over all sets' queries. Empty when there are no runs or a run lacks per-query values.
+    """
+    if not ours or any("per_query" not in results[label] for results in ours + theirs for label, _, _ in sets):
         return {}
     differences = {}
     for label, _, _ in sets:
-        per_seed = {name: [runs[f"{architecture}|{name}|{s}"]["results"][label]["per_query"] for s in seeds]
-                    for name in (loss, "standard")}
-        queries = sorted(per_seed["standard"][0])
-        ours = np.mean([[values[q] for q in queries] for values in per_seed[loss]], axis=0)
-        theirs = np.mean([[values[q] for q in queries] for values in per_seed["standard"]], axis=0)
-        differences[label] = ours - theirs
+        queries = sorted(theirs[0][label]["per_query"])
+        mean = [np.mean([[results[label]["per_query"][q] for q in queries] for results in runs], axis=0)
+                for runs in (ours, theirs)]
+        differences[label] = mean[0] - mean[1]
     tests = {label: paired_randomization_test(d) for label, d in differences.items()}
     tests["average"] = paired_randomization_test(list(differences.values()))
     return tests
@@ -213,7 +216,8 @@ def _seeds(runs):
     return sorted({int(k.rsplit("|", 1)[1]) for k in runs})
 
 
-def _mean_std(values):
+def mean_std(values):
+    """The values as "mean ± standard deviation" (3 decimals); the value alone for one run."""
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"

@@ -114,13 +114,11 @@ def encode_in_length_groups(encode, token_ids, padding_mask, groups=8, min_rows=
     Group sizes are static, so a traced step keeps its row counts; the cut lengths are not, so a function XLA
     compiles (`jit_compile`, TPUs) encodes the batch whole.
     """
-    size = token_ids.shape[0]
-    groups = min(int(groups), (size or 0) // max(int(min_rows), 1))
-    if groups <= 1 or _compiled_by_xla():
+    bounds = length_group_bounds(token_ids.shape[0], groups, min_rows)
+    if len(bounds) <= 2 or _compiled_by_xla():
         return encode(token_ids, padding_mask, training=training)
     lengths = tf.reduce_sum(tf.cast(padding_mask, tf.int32), axis=1)
     order = tf.argsort(lengths, direction="DESCENDING", stable=True)
-    bounds = [size * index // groups for index in range(groups + 1)]
     pieces = []
     for start, end in zip(bounds[:-1], bounds[1:]):
         rows = order[start:end]
@@ -128,6 +126,18 @@ def encode_in_length_groups(encode, token_ids, padding_mask, groups=8, min_rows=
         pieces.append(encode(tf.gather(token_ids, rows)[:, :cut], tf.gather(padding_mask, rows)[:, :cut],
                              training=training))
     return tf.gather(tf.concat(pieces, axis=0), tf.math.invert_permutation(order))
+
+
+def length_group_bounds(size, groups=8, min_rows=4):
+    """Where `encode_in_length_groups` splits a batch of `size` rows sorted by length: [0, ..., size], one bound
+    more than groups; [0, size] (one group: the batch whole) when fewer than 2 groups of `min_rows` fit, and
+    [] when the batch size is unknown (None)."""
+    if size is None:
+        return []
+    count = min(int(groups), size // max(int(min_rows), 1))
+    if count <= 1:
+        return [0, size]
+    return [size * index // count for index in range(count + 1)]
 
 
 def _compiled_by_xla():

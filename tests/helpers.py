@@ -44,3 +44,20 @@ def free_ports(count):
     for s in sockets:
         s.close()
     return ports
+
+
+def assert_dropout_replayed(model, x, output):
+    """Restoring the model's dropout seed states replays its masks: `model(x, training=True)[output]` equals the
+    first call's exactly, while a call without the restore differs (so dropout is on and the check can fail)."""
+    import numpy as np
+
+    from samtone_tf.training import seed_states
+
+    seeds = seed_states(model)
+    snapshot = [tf.identity(v.value) for v in seeds]
+    first = model(x, training=True)[output].numpy()
+    different = model(x, training=True)[output].numpy()
+    for variable, value in zip(seeds, snapshot):
+        variable.assign(value)
+    np.testing.assert_array_equal(model(x, training=True)[output].numpy(), first)
+    assert not np.allclose(different, first)

@@ -8,8 +8,8 @@ import tensorflow as tf
 from samtone_tf.data.pipeline import training_dataset
 from samtone_tf.towers import ARCHITECTURES, tiny_dual_encoder
 from samtone_tf.training import (TrainConfig, compile_for_training, gradient_cached_gradients, make_train_step,
-                                 seed_states, split_batch)
-from tests.helpers import TINY_VOCABULARY, mirrored_strategy
+                                 split_batch)
+from tests.helpers import TINY_VOCABULARY, assert_dropout_replayed, mirrored_strategy
 from tests.test_training import pairs
 
 CONFIG = TrainConfig(model="tiny", batch_size=8, hard_negatives=2, steps=10, learning_rate=1e-3,
@@ -62,16 +62,7 @@ def test_every_architecture_including_frozen_variables(architecture):
 
 def test_dropout_masks_are_replayed_exactly():
     model, batch = model_and_batch(dropout=0.3)
-    x, _ = split_batch(batch)
-    seeds = seed_states(model)
-    snapshot = [tf.identity(v.value) for v in seeds]
-    first = model(x, training=True)["query"].numpy()
-    different = model(x, training=True)["query"].numpy()
-    for variable, value in zip(seeds, snapshot):
-        variable.assign(value)
-    again = model(x, training=True)["query"].numpy()
-    np.testing.assert_array_equal(again, first)
-    assert not np.allclose(different, first)  # dropout is on: without the replay the masks differ
+    assert_dropout_replayed(model, split_batch(batch)[0], "query")
 
 
 def _train(strategy, chunk, steps=3):

@@ -7,11 +7,11 @@ import tensorflow as tf
 
 from samtone_tf.data.pipeline import training_dataset
 from samtone_tf.data.records import TrainingPair
-from samtone_tf.encoding import encode_in_length_groups
+from samtone_tf.encoding import encode_in_length_groups, length_group_bounds
 from samtone_tf.towers import tiny_dual_encoder
 from samtone_tf.training import (TrainConfig, compile_for_training, gradient_cached_gradients, make_train_step,
-                                 seed_states, split_batch)
-from tests.helpers import TINY_VOCABULARY
+                                 split_batch)
+from tests.helpers import TINY_VOCABULARY, assert_dropout_replayed
 
 WORDS = "the cat dog sat on mat who what where when is was of and to in".split()
 CONFIG = TrainConfig(model="tiny", batch_size=8, hard_negatives=1, steps=10, learning_rate=1e-3,
@@ -67,6 +67,14 @@ def test_groups_cut_each_to_its_longest_row_and_keep_the_rows_in_order():
     np.testing.assert_array_equal(grouped.numpy()[:, 1], lengths)
     seen.clear()
     assert encode_in_length_groups(encode, token_ids, mask, groups=1).shape == (8, 2) and seen == [(8, 40)]
+
+
+def test_group_bounds_are_equal_runs_of_at_least_min_rows():
+    assert length_group_bounds(64, 8, 4) == [0, 8, 16, 24, 32, 40, 48, 56, 64]
+    assert length_group_bounds(10, 4, 2) == [0, 2, 5, 7, 10]  # nearly equal when the groups do not divide
+    assert length_group_bounds(12, 8, 4) == [0, 4, 8, 12]  # fewer groups, each of at least min_rows
+    assert length_group_bounds(7, 8, 4) == [0, 7] and length_group_bounds(64, 1, 4) == [0, 64]  # whole
+    assert length_group_bounds(None, 8, 4) == []  # unknown batch size
 
 
 def test_a_small_batch_one_of_unknown_size_or_one_xla_compiles_is_encoded_whole():
@@ -132,15 +140,7 @@ def test_three_training_steps_grouped_and_padded_train_the_same_weights():
 
 def test_dropout_masks_over_groups_are_replayed_exactly():
     model, batch = model_and_batch(4, dropout=0.3)
-    x, _ = split_batch(batch)
-    seeds = seed_states(model)
-    snapshot = [tf.identity(v.value) for v in seeds]
-    first = model(x, training=True)["document"].numpy()
-    different = model(x, training=True)["document"].numpy()
-    for variable, value in zip(seeds, snapshot):
-        variable.assign(value)
-    np.testing.assert_array_equal(model(x, training=True)["document"].numpy(), first)
-    assert not np.allclose(different, first)  # dropout is on: without the replay the masks differ
+    assert_dropout_replayed(model, split_batch(batch)[0], "document")
 
 
 def test_gradient_caching_over_groups_matches_the_uncached_step():
