@@ -43,12 +43,29 @@ def positions(batch, groups, min_rows=4):
     return total
 
 
+def warm_up(step, batches, minimum):
+    """Runs `step` on `batches` (every one padded to its own length) until, after `minimum` steps, a batch of a
+    shape not seen before traces nothing new: the step's signature has generalised, so timed steps do not trace.
+    -> the number of warm-up steps."""
+    seen = set()
+    for index, batch in enumerate(batches):
+        shapes = tuple(tuple(tensor.shape) for tensor in tf.nest.flatten(batch))
+        before = step.traced.experimental_get_tracing_count()
+        step(batch)
+        traced = step.traced.experimental_get_tracing_count() > before
+        if index + 1 >= minimum and shapes not in seen and not traced:
+            return index + 1
+        seen.add(shapes)
+    sys.exit(f"the step was still tracing after {len(batches)} warm-up steps")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default=None)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--groups", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="steps before timing, at least; more until a new batch shape traces nothing")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps_per_round", type=int, default=3)
     parser.add_argument("--query_max_length", type=int, default=64)
@@ -69,9 +86,8 @@ def main(argv=None):
         if batches is None:  # the same tokenized batches for both
             dataset = training_dataset(pairs, args.batch_size, seed=0, tokenize=model.tokenize_inputs)
             batches = [batch for batch, _ in zip(dataset, range(steps))]
-    for batch in batches[: args.warmup]:
-        for step in runners.values():
-            step(batch)
+    warmed = {name: warm_up(step, batches, args.warmup) for name, step in runners.items()}
+    traces = {name: step.traced.experimental_get_tracing_count() for name, step in runners.items()}
     times = {name: [] for name in runners}
     for round_index in range(args.rounds):
         start_batch = args.warmup + round_index * args.steps_per_round
@@ -83,6 +99,8 @@ def main(argv=None):
             times[name].append((time.perf_counter() - start) / len(chunk))
     measured = batches[args.warmup :]
     rows = [{"setting": name, "seconds_per_step": statistics.median(times[name]), "all_rounds": times[name],
+             "warm_up_steps": warmed[name],
+             "traces_while_timed": runners[name].traced.experimental_get_tracing_count() - traces[name],
              "positions_per_step": statistics.fmean(positions(b, groups) for b in measured)}
             for name, groups in settings.items()]
     results = {"machine": describe(), "cpu_flags": cpu_flags(), "batch_size": args.batch_size,
