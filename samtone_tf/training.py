@@ -174,13 +174,16 @@ def split_batch(batch):
     return x, y
 
 
-def make_train_step(strategy, model, gradient_cache_chunk=None, jit_compile=False):
+def make_train_step(strategy, model, gradient_cache_chunk=None, jit_compile=False, element_spec=None):
     """One optimisation step of `model` (compiled by `compile_for_training`) on every replica of
     `strategy`: Keras's own `train_step`, or with `gradient_cache_chunk` the gradient-cached step (same loss
     and gradients, activations of one chunk of rows at a time). With `jit_compile` (feed it batches whose
     lengths are bucketed: `tokenize_inputs(length_bucket=...)`), XLA compiles the replica step on one device
     (and on TPUs), and under multi-device strategies the towers' networks (`encoding.compiled_networks`): the loss's
-    cross-replica gathers cannot run inside an XLA cluster on CPUs and GPUs.
+    cross-replica gathers cannot run inside an XLA cluster on CPUs and GPUs. `element_spec` (the dataset's, with
+    None for the padded lengths) makes the eager-mode step trace once for every batch length; without it (or
+    when the spec lacks the batch size, as multi-worker datasets' do), it traces a second time when the lengths
+    first change (about as long as the first trace).
     -> step(batch) returning the mean loss over the global batch (a Python float); `step.compilations` counts
     the XLA compilations (traces of what is compiled: one per distinct batch shape)."""
     traces = []
@@ -198,7 +201,15 @@ def make_train_step(strategy, model, gradient_cache_chunk=None, jit_compile=Fals
 
     replica = tf.function(replica_step, jit_compile=True) if compile_replica_step else replica_step
 
-    @tf.function(reduce_retracing=not jit_compile)
+    # Compiled steps keep one trace per bucketed shape: XLA needs static shapes and the log counts them. A spec
+    # without the batch size (multi-worker datasets have none) would lose the static batch the loss needs.
+    signature = None
+    if element_spec is not None and not jit_compile and all(
+            spec.shape.rank and spec.shape[0] is not None
+            for spec in tf.nest.flatten(element_spec, expand_composites=True)):
+        signature = [element_spec]
+
+    @tf.function(reduce_retracing=not jit_compile, input_signature=signature)
     def replicated(batch):
         x, y = split_batch(batch)
         losses = strategy.run(replica, args=(x, y))

@@ -128,7 +128,8 @@ def _train(config, strategy, chief, model_dir, log):
             unique_ids=config.unique_ids, skip_batches=start_step,
             tokenize=lambda texts: model.tokenize_inputs(texts, LENGTH_BUCKET if config.jit_compile else 1),
         )
-        step_fn = make_train_step(strategy, model, config.gradient_cache_chunk, config.jit_compile)
+        step_fn = make_train_step(strategy, model, config.gradient_cache_chunk, config.jit_compile,
+                                  element_spec=dataset.element_spec)
         iterator = iter(dataset)
         window_start, window_steps = time.perf_counter(), 0
         progress = _Progress(start_step, config.steps, enabled=chief and sys.stdout.isatty())

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from samtone_tf.data.pipeline import training_dataset
+from samtone_tf.data.pipeline import distributed_training_dataset, training_dataset
 from samtone_tf.data.records import TrainingPair
 from samtone_tf.towers import tiny_dual_encoder
 from samtone_tf.training import TrainConfig, compile_for_training, make_train_step, split_batch
-from tests.helpers import TINY_VOCABULARY
+from tests.helpers import TINY_VOCABULARY, mirrored_strategy
 
 WORDS = "the cat dog sat on mat who what where when is was of and to in".split()
 
@@ -106,3 +106,25 @@ def test_the_command_step_is_keras_fit_step():
         weights.append([w.numpy() for w in model.trainable_weights])
     for got, want in zip(*weights):
         np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_given_the_datasets_element_spec_the_step_traces_once_for_every_batch_length(replicas):
+    # What the training command does: without the spec, the step traced again on the first batch of a new
+    # length, doubling the start-up of every run.
+    strategy = mirrored_strategy(replicas) if replicas > 1 else tf.distribute.get_strategy()
+    config = TrainConfig(model="tiny", batch_size=8, steps=4)
+    with strategy.scope():
+        model = tiny_dual_encoder(TINY_VOCABULARY, "ade")
+        compile_for_training(model, config)
+    varied = [TrainingPair(f"q{i}", " ".join(WORDS[: 2 + i % 9]), f"d{i}", " ".join(WORDS[: 3 + (i * 5) % 13]))
+              for i in range(32)]
+    dataset = distributed_training_dataset(strategy, varied, 8, seed=0, tokenize=model.tokenize_inputs)
+    step = make_train_step(strategy, model, element_spec=dataset.element_spec)
+    lengths = set()
+    for _, batch in zip(range(4), dataset):
+        first_replica = strategy.experimental_local_results(batch["query_token_ids"])[0]
+        lengths.add(first_replica.shape[1])
+        assert np.isfinite(step(batch))
+    assert len(lengths) > 1, "the batches should differ in length"
+    assert step.traced.experimental_get_tracing_count() == 1
