@@ -41,6 +41,7 @@ import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment)
 import keras
 import numpy as np
 import tensorflow as tf
+from machine import cpu_flags  # benchmarks/machine.py, beside this script
 
 from samtone_tf.atomic import atomic_write_text
 from samtone_tf.data.datasets import load_evaluation, load_training_pairs
@@ -312,7 +313,9 @@ def main(argv=None):
                 store[key] = {"results": results, "train_seconds": round(trained - start, 1),
                               "eval_seconds": round(time.perf_counter() - trained, 1),
                               "first_loss": round(statistics.fmean(losses[:10]), 4),
-                              "final_loss": round(statistics.fmean(losses[-10:]), 4)}
+                              "final_loss": round(statistics.fmean(losses[-10:]), 4),
+                              # Runs of one grid may come from different machines (the grid runs in parts).
+                              "cpu_flags": cpu_flags()}
                 save()
                 new_runs += 1
                 if args.save_models:
