@@ -16,4 +16,9 @@ __version__ = "0.1.0"
 from samtone_tf.keras_loss import SamToNeLoss, SamToNeLossMixin, SamToNeModel  # noqa: E402
 from samtone_tf.losses import samtone_loss  # noqa: E402
 
+# Keras finds the classes a saved model.keras names (the dual encoder, its tokenizer, optimizer and schedule) only
+# once their modules have registered them: `keras.saving.load_model("runs/x/model.keras")` must work after
+# `import samtone_tf`, as it does for any Keras library's models.
+from samtone_tf import optimizers, text, towers, training  # noqa: E402,F401,I001
+
 __all__ = ["SamToNeLoss", "SamToNeLossMixin", "SamToNeModel", "samtone_loss", "__version__"]

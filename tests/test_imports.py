@@ -23,9 +23,9 @@ LAYERS = [
     {"train", "evaluate", "export", "analyze", "mine", "encode", "index.__main__", "data.__main__"},  # the commands
 ]
 COMMANDS = LAYERS[-1]
-# The package root sets TensorFlow's environment and re-exports the loss: any module may import it,
-# and it imports only these.
-ROOT_IMPORTS = {"losses", "keras_loss"}
+# The package root sets TensorFlow's environment, re-exports the loss and registers the Keras classes a saved
+# model.keras names: any module may import it, and it imports only these.
+ROOT_IMPORTS = {"losses", "keras_loss", "optimizers", "text", "towers", "training"}
 
 
 def module_name(path):

@@ -50,3 +50,25 @@ def test_a_pretrained_checkpoint_is_the_zero_shot_encoder(default_checkpoint):
 def test_nothing_there_is_one_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a model_dir, a .keras file, an export directory"):
         load_encoder(tmp_path / "none")
+
+
+def test_kerass_own_loader_reads_a_trained_model_keras_after_import_samtone_tf(tmp_path):
+    # The user's path: a fresh interpreter, `import samtone_tf`, then Keras's loader on the model.keras a run
+    # leaves (compiled: its optimizer, schedule and loss are named in the archive too).
+    from samtone_tf.towers import tiny_dual_encoder
+    from samtone_tf.training import TrainConfig, compile_for_training
+    from tests.helpers import TINY_VOCABULARY
+
+    model = tiny_dual_encoder(TINY_VOCABULARY, "ade_spl")
+    compile_for_training(model, TrainConfig(model="tiny", steps=10))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    want = model.encode_queries(TEXTS, verbose=False)
+    script = ("import sys, numpy as np, samtone_tf, keras; m = keras.saving.load_model(sys.argv[1]); "
+              "np.save(sys.argv[2], m.encode_queries(sys.argv[3:], verbose=False)); "
+              "print(type(m).__name__, type(m.optimizer).__name__)")
+    loaded = subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "got.npy"), *TEXTS],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert loaded.stdout.split() == ["DualEncoder", type(model.optimizer).__name__]
+    np.testing.assert_allclose(np.load(tmp_path / "got.npy"), want, atol=1e-6)
