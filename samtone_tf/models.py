@@ -56,8 +56,6 @@ def load_keras_file(path):
     """A DualEncoder saved with `model.save(path)` (a .keras archive)."""
     import zipfile
 
-    import samtone_tf.towers  # noqa: F401  (registers the classes the archive names)
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from samtone_tf.models import load_encoder, load_keras_file, load_trained_model
-from tests.helpers import REPOSITORY_ROOT
+from samtone_tf.towers import tiny_dual_encoder
+from samtone_tf.training import TrainConfig, compile_for_training
+from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY
 
 TEXTS = ["who wrote hamlet", "Hamlet is a tragedy by Shakespeare."]
 
@@ -55,10 +57,6 @@ def test_nothing_there_is_one_clear_error(tmp_path):
 def test_kerass_own_loader_reads_a_trained_model_keras_after_import_samtone_tf(tmp_path):
     # The user's path: a fresh interpreter, `import samtone_tf`, then Keras's loader on the model.keras a run
     # leaves (compiled: its optimizer, schedule and loss are named in the archive too).
-    from samtone_tf.towers import tiny_dual_encoder
-    from samtone_tf.training import TrainConfig, compile_for_training
-    from tests.helpers import TINY_VOCABULARY
-
     model = tiny_dual_encoder(TINY_VOCABULARY, "ade_spl")
     compile_for_training(model, TrainConfig(model="tiny", steps=10))
     path = tmp_path / "model.keras"
