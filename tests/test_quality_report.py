@@ -1,0 +1,79 @@
+"""benchmarks/quality.py's report and run order: what RESULTS quotes about the paper's claim comes from here."""
+
+import importlib.util
+import re
+import statistics
+import sys
+
+import pytest
+
+from samtone_tf.locations import REPOSITORY_ROOT
+
+BENCHMARKS = REPOSITORY_ROOT / "benchmarks"
+SETS = [["A", "a", "P@1"], ["B", "b", "nDCG@10"]]
+
+
+@pytest.fixture(scope="module")
+def quality():
+    sys.path.insert(0, str(BENCHMARKS))  # quality.py imports machine.py from beside itself, as when run
+    try:
+        spec = importlib.util.spec_from_file_location("quality", BENCHMARKS / "quality.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def _run(a_values, b_values):
+    """A run's results: per-query metrics of sets A and B, their means as the set metric."""
+    return {"results": {
+        "A": {"P@1": statistics.fmean(a_values), "per_query": {f"q{i}": v for i, v in enumerate(a_values)}},
+        "B": {"nDCG@10": statistics.fmean(b_values), "per_query": {f"q{i}": v for i, v in enumerate(b_values)}},
+    }}
+
+
+def _average(run):
+    return (run["results"]["A"]["P@1"] + run["results"]["B"]["nDCG@10"]) / 2
+
+
+def test_the_difference_of_losses_uses_only_the_seeds_both_losses_have(quality):
+    # Standard has a lucky second seed that SamToNe has not run yet: it must not lower SamToNe's difference.
+    standard_0 = _run([1, 0, 0, 1], [0.5, 0.25, 0.75])
+    standard_1 = _run([1, 1, 1, 1], [1.0, 1.0, 1.0])
+    samtone_0 = _run([1, 1, 0, 1], [0.5, 0.5, 0.75])
+    store = {"sets": SETS, "ade|standard|0": standard_0, "ade|standard|1": standard_1, "ade|SamToNe|0": samtone_0}
+
+    text = quality.report(store)
+
+    line = next(line for line in text.splitlines() if line.startswith("- ade: SamToNe − standard"))
+    expected = _average(samtone_0) - _average(standard_0)
+    assert expected > 0
+    assert f"= {expected:+.4f} on the average over seed 0 (one seed so far)" in line
+    assert line.endswith(f"paired by seed: {expected:+.4f}") or f"paired by seed: {expected:+.4f};" in line
+
+
+def test_with_several_common_seeds_the_difference_is_the_mean_paired_difference(quality):
+    runs = {
+        "ade|standard|0": _run([1, 0, 0, 1], [0.5, 0.25, 0.75]),
+        "ade|standard|1": _run([1, 1, 0, 0], [0.25, 0.25, 0.75]),
+        "ade|SamToNe|0": _run([1, 1, 0, 1], [0.5, 0.5, 0.75]),
+        "ade|SamToNe|1": _run([1, 1, 0, 1], [0.25, 0.5, 0.75]),
+        "ade|SamToNe|2": _run([0, 0, 0, 0], [0.0, 0.0, 0.0]),  # no standard seed 2: left out of the comparison
+    }
+    text = quality.report({"sets": SETS, **runs})
+
+    line = next(line for line in text.splitlines() if line.startswith("- ade: SamToNe − standard"))
+    paired = [_average(runs[f"ade|SamToNe|{s}"]) - _average(runs[f"ade|standard|{s}"]) for s in (0, 1)]
+    spread = max(statistics.stdev([_average(runs[f"ade|{loss}|{s}"]) for s in (0, 1)])
+                 for loss in ("standard", "SamToNe"))
+    assert f"= {statistics.fmean(paired):+.4f} on the average over seeds 0, 1" in line
+    assert f"(largest standard deviation {spread:.4f})" in line
+    assert re.search(r"over queries p = [0-9.]+ on the average", line)
+
+
+def test_the_grid_runs_ade_and_ade_spl_for_every_seed_before_sde(quality):
+    order = quality.run_order([0, 1, 2], ["ade", "ade_spl", "sde"])
+
+    assert order == [(0, "ade"), (0, "ade_spl"), (1, "ade"), (1, "ade_spl"), (2, "ade"), (2, "ade_spl"),
+                     (0, "sde"), (1, "sde"), (2, "sde")]
