@@ -181,9 +181,10 @@ def make_train_step(strategy, model, gradient_cache_chunk=None, jit_compile=Fals
     lengths are bucketed: `tokenize_inputs(length_bucket=...)`), XLA compiles the replica step on one device
     (and on TPUs), and under multi-device strategies the towers' networks (`encoding.compiled_networks`): the loss's
     cross-replica gathers cannot run inside an XLA cluster on CPUs and GPUs. `element_spec` (the dataset's, with
-    None for the padded lengths) makes the eager-mode step trace once for every batch length; without it (or
-    when the spec lacks the batch size, as multi-worker datasets' do), it traces a second time when the lengths
-    first change (about as long as the first trace).
+    None for the padded lengths and the per-replica batch size filled in: `pipeline.per_replica_element_spec`)
+    makes the eager-mode step trace once for every batch length; without it (or when the spec lacks the batch
+    size, as multi-worker datasets' own spec does), it traces a second time when the lengths first change
+    (about as long as the first trace).
     -> step(batch) returning the mean loss over the global batch (a Python float); `step.compilations` counts
     the XLA compilations (traces of what is compiled: one per distinct batch shape)."""
     traces = []
@@ -202,7 +203,7 @@ def make_train_step(strategy, model, gradient_cache_chunk=None, jit_compile=Fals
     replica = tf.function(replica_step, jit_compile=True) if compile_replica_step else replica_step
 
     # Compiled steps keep one trace per bucketed shape: XLA needs static shapes and the log counts them. A spec
-    # without the batch size (multi-worker datasets have none) would lose the static batch the loss needs.
+    # without the batch size (a multi-worker dataset's own) would lose the static batch the loss needs.
     signature = None
     if element_spec is not None and not jit_compile and all(
             spec.shape.rank and spec.shape[0] is not None

@@ -21,7 +21,7 @@ import tensorflow as tf
 from samtone_tf import distributed
 from samtone_tf.atomic import atomic_write_text
 from samtone_tf.data.datasets import load_evaluation, load_training_pairs
-from samtone_tf.data.pipeline import distributed_training_dataset, raise_input_error
+from samtone_tf.data.pipeline import distributed_training_dataset, per_replica_element_spec, raise_input_error
 from samtone_tf.models import build_model
 from samtone_tf.retrieval import evaluate_encoder
 from samtone_tf.run_dir import RunLock, check_resumable, checkpoint_candidates, read_jsonl_records, restore_latest
@@ -129,7 +129,7 @@ def _train(config, strategy, chief, model_dir, log):
             tokenize=lambda texts: model.tokenize_inputs(texts, LENGTH_BUCKET if config.jit_compile else 1),
         )
         step_fn = make_train_step(strategy, model, config.gradient_cache_chunk, config.jit_compile,
-                                  element_spec=dataset.element_spec)
+                                  element_spec=per_replica_element_spec(dataset, strategy, config.batch_size))
         iterator = iter(dataset)
         window_start, window_steps = time.perf_counter(), 0
         progress = _Progress(start_step, config.steps, enabled=chief and sys.stdout.isatty())

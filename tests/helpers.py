@@ -8,12 +8,13 @@ from samtone_tf.locations import REPOSITORY_ROOT
 FIXTURES = REPOSITORY_ROOT / "tests" / "fixtures"
 LOGICAL_CPUS = 4
 
+WORDS = "the cat dog sat on mat who what where when is was of and to in".split()  # whole words of TINY_VOCABULARY
 TINY_VOCABULARY = (
     ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     + list(".,!?'-")
     + list("abcdefghijklmnopqrstuvwxyz")
     + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
-    + "the cat dog sat on mat who what where when is was of and to in".split()
+    + WORDS
     + ["##ed", "##ing"]
 )
 
@@ -31,6 +32,14 @@ def mirrored_strategy(replicas):
     _strategies_made += 1
     tf.distribute.MirroredStrategy._collective_key_base = 10_000 * _strategies_made
     return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
+
+
+def varied_length_pairs(count=32):
+    """`count` training pairs whose queries (2-10 words) and documents (3-15 words) vary in length."""
+    from samtone_tf.data.records import TrainingPair
+
+    return [TrainingPair(f"q{i}", " ".join(WORDS[: 2 + i % 9]), f"d{i}", " ".join(WORDS[: 3 + (i * 5) % 13]))
+            for i in range(count)]
 
 
 def free_ports(count):

@@ -11,9 +11,8 @@ from samtone_tf.encoding import encode_in_length_groups, length_group_bounds
 from samtone_tf.towers import tiny_dual_encoder
 from samtone_tf.training import (TrainConfig, compile_for_training, gradient_cached_gradients, make_train_step,
                                  split_batch)
-from tests.helpers import TINY_VOCABULARY, assert_dropout_replayed
+from tests.helpers import TINY_VOCABULARY, WORDS, assert_dropout_replayed
 
-WORDS = "the cat dog sat on mat who what where when is was of and to in".split()
 CONFIG = TrainConfig(model="tiny", batch_size=8, hard_negatives=1, steps=10, learning_rate=1e-3,
                      same_tower="both", bidirectional=True, learnable_temperature=True)
 

@@ -2,19 +2,20 @@
 and one code path with Keras fit."""
 
 import json
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from samtone_tf.data.pipeline import distributed_training_dataset, training_dataset
+from samtone_tf.data.pipeline import distributed_training_dataset, per_replica_element_spec, training_dataset
 from samtone_tf.data.records import TrainingPair
 from samtone_tf.towers import tiny_dual_encoder
 from samtone_tf.training import TrainConfig, compile_for_training, make_train_step, split_batch
-from tests.helpers import TINY_VOCABULARY, mirrored_strategy
-
-WORDS = "the cat dog sat on mat who what where when is was of and to in".split()
+from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY, WORDS, free_ports, mirrored_strategy, varied_length_pairs
 
 
 def pairs(count=24, seed=0):
@@ -117,10 +118,8 @@ def test_given_the_datasets_element_spec_the_step_traces_once_for_every_batch_le
     with strategy.scope():
         model = tiny_dual_encoder(TINY_VOCABULARY, "ade")
         compile_for_training(model, config)
-    varied = [TrainingPair(f"q{i}", " ".join(WORDS[: 2 + i % 9]), f"d{i}", " ".join(WORDS[: 3 + (i * 5) % 13]))
-              for i in range(32)]
-    dataset = distributed_training_dataset(strategy, varied, 8, seed=0, tokenize=model.tokenize_inputs)
-    step = make_train_step(strategy, model, element_spec=dataset.element_spec)
+    dataset = distributed_training_dataset(strategy, varied_length_pairs(), 8, seed=0, tokenize=model.tokenize_inputs)
+    step = make_train_step(strategy, model, element_spec=per_replica_element_spec(dataset, strategy, 8))
     lengths = set()
     for _, batch in zip(range(4), dataset):
         first_replica = strategy.experimental_local_results(batch["query_token_ids"])[0]
@@ -128,3 +127,23 @@ def test_given_the_datasets_element_spec_the_step_traces_once_for_every_batch_le
         assert np.isfinite(step(batch))
     assert len(lengths) > 1, "the batches should differ in length"
     assert step.traced.experimental_get_tracing_count() == 1
+
+
+def test_on_two_workers_the_step_traces_once_for_every_batch_length(tmp_path):
+    # A multi-worker dataset's own spec has no batch size; the training command fills it in
+    # (pipeline.per_replica_element_spec), else every multi-worker run traced twice.
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, PYTHONPATH=str(REPOSITORY_ROOT), TF_CONFIG=json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        processes.append(subprocess.Popen(
+            [sys.executable, str(REPOSITORY_ROOT / "tests" / "multiworker_trace_worker.py"),
+             str(tmp_path / f"w{index}.json")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+    for index in range(2):
+        record = json.loads((tmp_path / f"w{index}.json").read_text())
+        assert len(set(record["lengths"])) > 1, "the batches should differ in length"
+        assert record["traces"] == 1, record

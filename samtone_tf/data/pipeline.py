@@ -138,6 +138,29 @@ def distributed_training_dataset(strategy, pairs, global_batch, **options):
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
+def per_replica_element_spec(dataset, strategy, global_batch):
+    """The element spec of `distributed_training_dataset(strategy, ..., global_batch)` with every replica's
+    batch size filled in (global_batch / replicas rows).
+
+    Multi-worker datasets leave the batch size None (TensorFlow allows workers a partial last batch); this
+    pipeline drops remainders, so every batch has its full size, and a train step given this spec as its
+    signature traces once for every padded length (`training.make_train_step`).
+    """
+    # No public API builds a per-replica spec; tf.nest cannot rebuild one from its parts (it expects values).
+    from tensorflow.python.distribute.values import PerReplicaSpec
+
+    rows = global_batch // strategy.num_replicas_in_sync
+
+    def filled(spec):
+        if isinstance(spec, PerReplicaSpec):
+            return PerReplicaSpec(*map(filled, tf.nest.flatten(spec, expand_composites=True)))
+        if isinstance(spec, tf.TensorSpec) and spec.shape.rank and spec.shape[0] is None:
+            return tf.TensorSpec([rows, *spec.shape[1:]], spec.dtype, spec.name)
+        return spec
+
+    return tf.nest.map_structure(filled, dataset.element_spec)
+
+
 def global_batches(pairs, global_batch, seed, unique_ids=True, shuffle_buffer=100_000, repeat=True):
     """Yields lists of `global_batch` pairs in a seeded order.
 
