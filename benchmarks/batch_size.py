@@ -138,7 +138,9 @@ def main(argv=None):
                          "train_seconds": round(trained - start, 1),
                          "eval_seconds": round(time.perf_counter() - trained, 1),
                          "first_loss": round(statistics.fmean(losses[:10]), 4),
-                         "final_loss": round(statistics.fmean(losses[-10:]), 4)}
+                         "final_loss": round(statistics.fmean(losses[-10:]), 4),
+                         # The study may run in parts on different machines.
+                         "cpu_flags": cpu_flags(), "machine": describe()}
             atomic_write_text(path, json.dumps(store, indent=1))
             new_runs += 1
             print(f"{key}: average {summary(results, sets):.4f} (train {trained - start:.0f} s, "
