@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from samtone_tf.data.pipeline import distributed_training_dataset, per_replica_element_spec, training_dataset
+from samtone_tf.data.pipeline import training_dataset
 from samtone_tf.data.records import TrainingPair
 from samtone_tf.towers import tiny_dual_encoder
 from samtone_tf.training import TrainConfig, compile_for_training, make_train_step, split_batch
-from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY, WORDS, free_ports, mirrored_strategy, varied_length_pairs
+from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY, WORDS, free_ports, mirrored_strategy
+from tests.varied_length_training import train_on_varied_lengths
 
 
 def pairs(count=24, seed=0):
@@ -114,19 +115,9 @@ def test_given_the_datasets_element_spec_the_step_traces_once_for_every_batch_le
     # What the training command does: without the spec, the step traced again on the first batch of a new
     # length, doubling the start-up of every run.
     strategy = mirrored_strategy(replicas) if replicas > 1 else tf.distribute.get_strategy()
-    config = TrainConfig(model="tiny", batch_size=8, steps=4)
-    with strategy.scope():
-        model = tiny_dual_encoder(TINY_VOCABULARY, "ade")
-        compile_for_training(model, config)
-    dataset = distributed_training_dataset(strategy, varied_length_pairs(), 8, seed=0, tokenize=model.tokenize_inputs)
-    step = make_train_step(strategy, model, element_spec=per_replica_element_spec(dataset, strategy, 8))
-    lengths = set()
-    for _, batch in zip(range(4), dataset):
-        first_replica = strategy.experimental_local_results(batch["query_token_ids"])[0]
-        lengths.add(first_replica.shape[1])
-        assert np.isfinite(step(batch))
-    assert len(lengths) > 1, "the batches should differ in length"
-    assert step.traced.experimental_get_tracing_count() == 1
+    lengths, traces = train_on_varied_lengths(strategy)
+    assert len(set(lengths)) > 1, "the batches should differ in length"
+    assert traces == 1
 
 
 def test_on_two_workers_the_step_traces_once_for_every_batch_length(tmp_path):
@@ -138,7 +129,7 @@ def test_on_two_workers_the_step_traces_once_for_every_batch_length(tmp_path):
         env = dict(os.environ, PYTHONPATH=str(REPOSITORY_ROOT), TF_CONFIG=json.dumps(
             {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
         processes.append(subprocess.Popen(
-            [sys.executable, str(REPOSITORY_ROOT / "tests" / "multiworker_trace_worker.py"),
+            [sys.executable, str(REPOSITORY_ROOT / "tests" / "varied_length_training.py"),
              str(tmp_path / f"w{index}.json")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [process.communicate(timeout=600)[0] for process in processes]
     for process, output in zip(processes, outputs):
