@@ -115,7 +115,7 @@ def encode_in_length_groups(encode, token_ids, padding_mask, groups=8, min_rows=
     compiles (`jit_compile`, TPUs) encodes the batch whole.
     """
     bounds = length_group_bounds(token_ids.shape[0], groups, min_rows)
-    if len(bounds) <= 2 or _compiled_by_xla():
+    if len(bounds) <= 2 or _compiled_by_xla() or _WHOLE_BATCHES:
         return encode(token_ids, padding_mask, training=training)
     lengths = tf.reduce_sum(tf.cast(padding_mask, tf.int32), axis=1)
     order = tf.argsort(lengths, direction="DESCENDING", stable=True)
@@ -126,6 +126,22 @@ def encode_in_length_groups(encode, token_ids, padding_mask, groups=8, min_rows=
         pieces.append(encode(tf.gather(token_ids, rows)[:, :cut], tf.gather(padding_mask, rows)[:, :cut],
                              training=training))
     return tf.gather(tf.concat(pieces, axis=0), tf.math.invert_permutation(order))
+
+
+_WHOLE_BATCHES = []
+
+
+@contextlib.contextmanager
+def whole_batches():
+    """While active (when a step is traced), the towers encode a batch whole, not in length groups: for a caller
+    whose batches are already rows of similar length cut to their longest (the gradient-cached step's sorted
+    chunks). Length groups are a Python loop, one copy of the network per group in the traced graph; the cached
+    step encodes each chunk four times, so groups inside its chunks multiplied its graph, time and memory."""
+    _WHOLE_BATCHES.append(True)
+    try:
+        yield
+    finally:
+        _WHOLE_BATCHES.pop()
 
 
 def length_group_bounds(size, groups=8, min_rows=4):

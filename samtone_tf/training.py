@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from samtone_tf import optimizers
 from samtone_tf.encoding import LENGTH_BUCKET  # noqa: F401  (re-exported: the step pads to it as encoding does)
-from samtone_tf.encoding import compiled_networks
+from samtone_tf.encoding import compiled_networks, whole_batches
 from samtone_tf.keras_loss import SamToNeLoss
 from samtone_tf.losses import SAME_TOWER_OPTIONS
 
@@ -196,7 +196,8 @@ def make_train_step(strategy, model, gradient_cache_chunk=None, jit_compile=Fals
         if compile_replica_step:
             traces.append(1)  # runs once per trace, not per step
         if gradient_cache_chunk:
-            return gradient_cached_step(model, x, y, gradient_cache_chunk)
+            # XLA needs static shapes: a compiled step keeps its chunks at the bucketed length.
+            return gradient_cached_step(model, x, y, gradient_cache_chunk, cut_lengths=not jit_compile)
         model.train_step((x, y))  # the loss is in the model's metrics
         return None
 
@@ -263,7 +264,7 @@ def _with_rows(count, tensor):
     return tf.TensorShape([count]).concatenate(tensor.shape[1:])
 
 
-def gradient_cached_gradients(model, x, y, chunk):
+def gradient_cached_gradients(model, x, y, chunk, cut_lengths=True):
     """Loss and gradients of one step by gradient caching (Gao et al., 2021, "Scaling Deep Contrastive Learning
     Batch Size under Memory Limited Setup"), on this replica's rows.
 
@@ -276,7 +277,9 @@ def gradient_cached_gradients(model, x, y, chunk):
     Each pass is the first chunk (the uneven one when `chunk` does not divide the rows) then a `tf.while_loop`
     over the others, one iteration at a time: the graph holds two copies of the tower whatever the number of
     chunks (an unrolled loop grows with them, and its runtime started chunks side by side, holding their
-    activations at once).
+    activations at once). With `cut_lengths`, the rows are sorted by length (the documents', longest first)
+    before they are cut into chunks, and each chunk is encoded whole, cut to its own longest row: a chunk of
+    sorted rows is a length group already (the towers' own groups, one copy of the network each, stay off).
     -> (loss, [dense gradient per model.trainable_variables]); equal to the uncached step's (with dropout off:
     with dropout, the masks are drawn per chunk, not for the whole batch), whose embedding gradients are
     tf.IndexedSlices of the same sums.
@@ -290,17 +293,30 @@ def gradient_cached_gradients(model, x, y, chunk):
     first = size - (size - 1) // chunk * chunk  # rows of the first chunk: the remainder, or a whole chunk
     loops = (size - first) // chunk
 
+    order = _length_order(x) if cut_lengths else None
+    rows_of = x if order is None else {key: tf.gather(value, order) for key, value in x.items()}
+
+    def chunk_rows(start, count):
+        rows = _rows(rows_of, start, count)
+        return _cut_to_longest(rows) if cut_lengths else rows
+
+    def encode(inputs):
+        if not cut_lengths:
+            return model(inputs, training=True)
+        with whole_batches():
+            return model(inputs, training=True)
+
     def embed(inputs):
         snapshot = [tf.identity(v.value) for v in seeds]
-        outputs = model(inputs, training=True)
+        outputs = encode(inputs)
         return snapshot, {key: tf.stop_gradient(outputs[key]) for key in EMBEDDING_KEYS if key in outputs}
 
-    first_snapshot, first_outputs = embed(_rows(x, 0, first))
+    first_snapshot, first_outputs = embed(chunk_rows(0, first))
     keys = list(first_outputs)
     first_pieces = [first_outputs[key] for key in keys]
 
     def embed_chunk(i, snapshots, pieces):
-        snapshot, outputs = embed(_rows(x, first + i * chunk, chunk))
+        snapshot, outputs = embed(chunk_rows(first + i * chunk, chunk))
         return (i + 1, [ta.write(i, value) for ta, value in zip(snapshots, snapshot)],
                 [ta.write(i, outputs[key]) for ta, key in zip(pieces, keys)])
 
@@ -315,7 +331,9 @@ def gradient_cached_gradients(model, x, y, chunk):
                   for key, piece, rest in zip(keys, first_pieces, pieces)}
     with tf.GradientTape() as tape:
         tape.watch(list(embeddings.values()))
-        y_pred = dict(embeddings)
+        # The loss sees the rows in the batch's order; its gradients come back in the chunks' (sorted) order.
+        y_pred = dict(embeddings) if order is None else {
+            key: tf.gather(value, tf.math.invert_permutation(order)) for key, value in embeddings.items()}
         if getattr(model, "learnable_temperature", False):
             y_pred["temperature"] = model.current_temperature()
         loss = model.compute_loss(x=x, y=y, y_pred=y_pred)
@@ -327,7 +345,7 @@ def gradient_cached_gradients(model, x, y, chunk):
         for variable, value in zip(seeds, snapshot):
             variable.assign(value)
         with tf.GradientTape() as tape:
-            outputs = model(_rows(x, start, count), training=True)
+            outputs = encode(chunk_rows(start, count))
             surrogate = tf.add_n([tf.reduce_sum(tf.cast(outputs[key], tf.float32) * _slice_rows(gradient, start, count))
                                   for key, gradient in embedding_gradients.items()])
         return _dense(tape.gradient(surrogate, variables), variables)
@@ -354,6 +372,31 @@ def gradient_cached_gradients(model, x, y, chunk):
     return loss, [tf.zeros_like(v) if g is None else g for g, v in zip(gradients, variables)]
 
 
+def _length_order(x):
+    """The batch's rows by length, longest first (the documents' token counts, else the queries'); None when `x`
+    holds no tokenized text (raw strings are encoded as they come)."""
+    for key in ("document_padding_mask", "query_padding_mask"):
+        if key in x:
+            lengths = tf.reduce_sum(tf.cast(x[key], tf.int32), axis=-1)
+            return tf.argsort(lengths, direction="DESCENDING", stable=True)
+    return None
+
+
+def _cut_to_longest(inputs):
+    """`inputs` with each side's token ids and padding mask ([rows, L] or, for hard negatives, [rows, H, L]) cut
+    to the longest row among them: padding is inert (attention and pooling skip it), so the embeddings are the
+    same, and fewer positions are computed."""
+    cut = dict(inputs)
+    for mask_key in [key for key in inputs if key.endswith("_padding_mask")]:
+        ids_key = mask_key[: -len("_padding_mask")] + "_token_ids"
+        if ids_key not in inputs:
+            continue
+        mask = inputs[mask_key]
+        longest = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(mask, tf.int32), axis=-1)), 1)
+        cut[mask_key], cut[ids_key] = mask[..., :longest], inputs[ids_key][..., :longest]
+    return cut
+
+
 def _dense(gradients, variables):
     """`gradients` with embedding lookups' sparse slices (tf.IndexedSlices, one row per token) summed into dense
     tensors: a running sum over chunks then holds one table-sized tensor, where the slices grow with the batch
@@ -377,9 +420,9 @@ def _after(dependencies, tensor):
         return tf.identity(tensor)
 
 
-def gradient_cached_step(model, x, y, chunk):
+def gradient_cached_step(model, x, y, chunk, cut_lengths=True):
     """`gradient_cached_gradients`, then the optimizer's update. -> this replica's loss value."""
-    loss, gradients = gradient_cached_gradients(model, x, y, chunk)
+    loss, gradients = gradient_cached_gradients(model, x, y, chunk, cut_lengths)
     model.optimizer.apply(gradients, model.trainable_variables)
     return loss
 

@@ -135,3 +135,34 @@ def test_the_command_with_gradient_caching_on_two_workers_trains_like_one_uncach
     assert want.keys() == got.keys()
     for name in want:
         np.testing.assert_allclose(got[name], want[name], atol=1e-5, err_msg=name)
+
+
+def test_the_cached_step_cuts_sorted_chunks_to_their_longest_row_and_turns_the_towers_groups_off():
+    from samtone_tf.encoding import encode_in_length_groups, whole_batches
+    from samtone_tf.training import _cut_to_longest, _length_order
+
+    document_lengths, query_lengths = [3, 9, 1, 6, 7, 2], [2, 2, 5, 1, 3, 4]
+    x = {"document_token_ids": tf.ones([6, 12], tf.int32),
+         "document_padding_mask": tf.sequence_mask(document_lengths, 12),
+         "query_token_ids": tf.ones([6, 8], tf.int32), "query_padding_mask": tf.sequence_mask(query_lengths, 8),
+         "hard_negatives_token_ids": tf.ones([6, 2, 10], tf.int32),
+         "hard_negatives_padding_mask": tf.sequence_mask([[4, 1], [2, 2], [5, 3], [1, 1], [2, 6], [1, 2]], 10)}
+    order = _length_order(x).numpy()
+    assert list(order) == [1, 4, 3, 0, 5, 2]  # by document length, longest first
+    chunk = _cut_to_longest({key: tf.gather(value, order[2:4]) for key, value in x.items()})  # rows 3 and 0
+    assert chunk["document_token_ids"].shape == (2, 6) and chunk["document_padding_mask"].shape == (2, 6)
+    assert chunk["query_token_ids"].shape == (2, 2)  # each side to its own longest row
+    assert chunk["hard_negatives_token_ids"].shape == (2, 2, 4)
+    assert chunk["document_padding_mask"].numpy().sum(axis=1).tolist() == [6, 3]  # no real token lost
+
+    shapes = []
+
+    def encode(ids, mask, training=None):
+        shapes.append(tuple(ids.shape))
+        return tf.cast(tf.reduce_sum(tf.cast(mask, tf.int32), axis=1, keepdims=True), tf.float32)
+
+    with whole_batches():
+        encode_in_length_groups(encode, x["document_token_ids"], x["document_padding_mask"], groups=3, min_rows=2)
+    assert shapes == [(6, 12)]  # one call: the batch whole
+    encode_in_length_groups(encode, x["document_token_ids"], x["document_padding_mask"], groups=3, min_rows=2)
+    assert len(shapes) == 4  # outside the context: three groups
