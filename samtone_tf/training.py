@@ -277,9 +277,11 @@ def gradient_cached_gradients(model, x, y, chunk, cut_lengths=True):
     Each pass is the first chunk (the uneven one when `chunk` does not divide the rows) then a `tf.while_loop`
     over the others, one iteration at a time: the graph holds two copies of the tower whatever the number of
     chunks (an unrolled loop grows with them, and its runtime started chunks side by side, holding their
-    activations at once). With `cut_lengths`, the rows are sorted by length (the documents', longest first)
-    before they are cut into chunks, and each chunk is encoded whole, cut to its own longest row: a chunk of
-    sorted rows is a length group already (the towers' own groups, one copy of the network each, stay off).
+    activations at once). With `cut_lengths`, each side's rows (queries, documents, hard negatives) are sorted
+    by their own length, longest first, before they are cut into chunks (chunk i holds the i-th longest queries
+    and the i-th longest documents: an embedding depends on its own text only), and each chunk is encoded whole,
+    each side cut to its own longest row: a chunk of sorted rows is a length group already (the towers' own
+    groups, one copy of the network each, stay off).
     -> (loss, [dense gradient per model.trainable_variables]); equal to the uncached step's (with dropout off:
     with dropout, the masks are drawn per chunk, not for the whole batch), whose embedding gradients are
     tf.IndexedSlices of the same sums.
@@ -293,8 +295,8 @@ def gradient_cached_gradients(model, x, y, chunk, cut_lengths=True):
     first = size - (size - 1) // chunk * chunk  # rows of the first chunk: the remainder, or a whole chunk
     loops = (size - first) // chunk
 
-    order = _length_order(x) if cut_lengths else None
-    rows_of = x if order is None else {key: tf.gather(value, order) for key, value in x.items()}
+    orders = _length_orders(x) if cut_lengths else {}
+    rows_of = {key: _in_order(value, _order_of(key, orders)) for key, value in x.items()}
 
     def chunk_rows(start, count):
         rows = _rows(rows_of, start, count)
@@ -332,8 +334,7 @@ def gradient_cached_gradients(model, x, y, chunk, cut_lengths=True):
     with tf.GradientTape() as tape:
         tape.watch(list(embeddings.values()))
         # The loss sees the rows in the batch's order; its gradients come back in the chunks' (sorted) order.
-        y_pred = dict(embeddings) if order is None else {
-            key: tf.gather(value, tf.math.invert_permutation(order)) for key, value in embeddings.items()}
+        y_pred = {key: _in_order(value, _order_of(key, orders), inverse=True) for key, value in embeddings.items()}
         if getattr(model, "learnable_temperature", False):
             y_pred["temperature"] = model.current_temperature()
         loss = model.compute_loss(x=x, y=y, y_pred=y_pred)
@@ -372,14 +373,36 @@ def gradient_cached_gradients(model, x, y, chunk, cut_lengths=True):
     return loss, [tf.zeros_like(v) if g is None else g for g, v in zip(gradients, variables)]
 
 
-def _length_order(x):
-    """The batch's rows by length, longest first (the documents' token counts, else the queries'); None when `x`
-    holds no tokenized text (raw strings are encoded as they come)."""
-    for key in ("document_padding_mask", "query_padding_mask"):
-        if key in x:
-            lengths = tf.reduce_sum(tf.cast(x[key], tf.int32), axis=-1)
-            return tf.argsort(lengths, direction="DESCENDING", stable=True)
-    return None
+SIDES = ("hard_negatives", "query", "document")  # the prefixes of the model's inputs and its embeddings' keys
+
+
+def _length_orders(x):
+    """{side: its rows by length, longest first} for each side of `x` with a padding mask (a row of hard
+    negatives by its longest negative); {} when `x` holds no tokenized text (raw strings are encoded as they
+    come)."""
+    orders = {}
+    for side in SIDES:
+        mask = x.get(f"{side}_padding_mask")
+        if mask is None:
+            continue
+        lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=-1)
+        if lengths.shape.rank == 2:  # [rows, H]
+            lengths = tf.reduce_max(lengths, axis=-1)
+        orders[side] = tf.argsort(lengths, direction="DESCENDING", stable=True)
+    return orders
+
+
+def _order_of(key, orders):
+    """The order of an input's or an embedding's rows: its side's, else the documents' (None: the batch's)."""
+    side = next((side for side in SIDES if key.startswith(side)), None)
+    return orders.get(side, orders.get("document"))
+
+
+def _in_order(tensor, order, inverse=False):
+    """The rows of `tensor` in `order` (or, `inverse`, back from it); `tensor` itself when `order` is None."""
+    if order is None:
+        return tensor
+    return tf.gather(tensor, tf.math.invert_permutation(order) if inverse else order)
 
 
 def _cut_to_longest(inputs):

@@ -5,15 +5,26 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from samtone_tf.data.pipeline import training_dataset
+from samtone_tf.data.pipeline import distributed_training_dataset, training_dataset
 from samtone_tf.towers import ARCHITECTURES, tiny_dual_encoder
 from samtone_tf.training import (TrainConfig, compile_for_training, gradient_cached_gradients, make_train_step,
                                  split_batch)
-from tests.helpers import TINY_VOCABULARY, assert_dropout_replayed, mirrored_strategy
-from tests.test_training import pairs
+from samtone_tf.data.records import TrainingPair
+from tests.helpers import TINY_VOCABULARY, WORDS, assert_dropout_replayed, mirrored_strategy
 
 CONFIG = TrainConfig(model="tiny", batch_size=8, hard_negatives=2, steps=10, learning_rate=1e-3,
                      same_tower="both", bidirectional=True, learnable_temperature=True)
+
+
+def pairs(count=24, seed=0):
+    """Pairs whose queries, documents and hard negatives vary in length independently: the cached step sorts
+    each side by its own lengths, so its chunks hold other rows on each side."""
+    rng = np.random.default_rng(seed)
+
+    def text(low, high):
+        return " ".join(rng.choice(WORDS, rng.integers(low, high + 1)))
+
+    return [TrainingPair(f"q{i}", text(2, 8), f"d{i}", text(3, 14), (text(2, 12), text(2, 12))) for i in range(count)]
 
 
 def model_and_batch(architecture="ade", dropout=0.0, seed=0):
@@ -43,10 +54,14 @@ def assert_same(got, want):
 
 @pytest.mark.parametrize("chunk", [1, 3, 8, 16])
 def test_cached_loss_and_gradients_equal_uncached(chunk):
+    from samtone_tf.training import _length_orders
+
     global CURRENT_VARIABLES
     model, batch = model_and_batch()
     CURRENT_VARIABLES = model.trainable_variables
     x, y = split_batch(batch)
+    orders = [order.numpy().tolist() for order in _length_orders(x).values()]
+    assert len(orders) == 3 and orders[0] != orders[1] != orders[2]  # the sides' chunks hold different rows
     assert_same(gradient_cached_gradients(model, x, y, chunk), uncached_gradients(model, x, y))
 
 
@@ -69,10 +84,9 @@ def _train(strategy, chunk, steps=3):
     with strategy.scope():
         model, batch = model_and_batch()
     step = make_train_step(strategy, model, gradient_cache_chunk=chunk)
-    dataset = training_dataset(pairs(), 8 // strategy.num_replicas_in_sync, seed=0, hard_negatives=2,
-                               tokenize=model.tokenize_inputs)
-    if strategy.num_replicas_in_sync > 1:
-        dataset = strategy.experimental_distribute_dataset(dataset.unbatch().batch(8, drop_remainder=True))
+    # Each replica's rows padded to their own longest, as the training command feeds them.
+    dataset = distributed_training_dataset(strategy, pairs(), 8, seed=0, hard_negatives=2,
+                                           tokenize=model.tokenize_inputs)
     losses = [step(b) for b, _ in zip(dataset, range(steps))]
     return losses, [w.numpy() for w in model.trainable_weights]
 
@@ -139,7 +153,7 @@ def test_the_command_with_gradient_caching_on_two_workers_trains_like_one_uncach
 
 def test_the_cached_step_cuts_sorted_chunks_to_their_longest_row_and_turns_the_towers_groups_off():
     from samtone_tf.encoding import encode_in_length_groups, whole_batches
-    from samtone_tf.training import _cut_to_longest, _length_order
+    from samtone_tf.training import _cut_to_longest, _in_order, _length_orders, _order_of
 
     document_lengths, query_lengths = [3, 9, 1, 6, 7, 2], [2, 2, 5, 1, 3, 4]
     x = {"document_token_ids": tf.ones([6, 12], tf.int32),
@@ -147,13 +161,20 @@ def test_the_cached_step_cuts_sorted_chunks_to_their_longest_row_and_turns_the_t
          "query_token_ids": tf.ones([6, 8], tf.int32), "query_padding_mask": tf.sequence_mask(query_lengths, 8),
          "hard_negatives_token_ids": tf.ones([6, 2, 10], tf.int32),
          "hard_negatives_padding_mask": tf.sequence_mask([[4, 1], [2, 2], [5, 3], [1, 1], [2, 6], [1, 2]], 10)}
-    order = _length_order(x).numpy()
-    assert list(order) == [1, 4, 3, 0, 5, 2]  # by document length, longest first
-    chunk = _cut_to_longest({key: tf.gather(value, order[2:4]) for key, value in x.items()})  # rows 3 and 0
+    orders = {side: order.numpy().tolist() for side, order in _length_orders(x).items()}
+    # Each side by its own length, longest first (a row of hard negatives by its longest).
+    assert orders == {"document": [1, 4, 3, 0, 5, 2], "query": [2, 5, 4, 0, 1, 3], "hard_negatives": [4, 2, 0, 1, 5, 3]}
+    sorted_x = {key: _in_order(value, _order_of(key, _length_orders(x))) for key, value in x.items()}
+    chunk = _cut_to_longest({key: value[2:4] for key, value in sorted_x.items()})  # each side's 3rd and 4th longest
     assert chunk["document_token_ids"].shape == (2, 6) and chunk["document_padding_mask"].shape == (2, 6)
-    assert chunk["query_token_ids"].shape == (2, 2)  # each side to its own longest row
+    assert chunk["query_token_ids"].shape == (2, 3)  # queries 4 and 0, not the documents' rows 3 and 0
     assert chunk["hard_negatives_token_ids"].shape == (2, 2, 4)
     assert chunk["document_padding_mask"].numpy().sum(axis=1).tolist() == [6, 3]  # no real token lost
+    assert chunk["query_padding_mask"].numpy().sum(axis=1).tolist() == [3, 2]
+    query_order = _order_of("query", _length_orders(x))  # an embedding's key is its side
+    restored = _in_order(_in_order(tf.range(6), query_order), query_order, inverse=True)
+    assert restored.numpy().tolist() == list(range(6))
+    assert _length_orders({"query": tf.constant(["raw", "text"])}) == {}  # raw strings: the batch's order
 
     shapes = []
 
