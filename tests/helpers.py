@@ -34,11 +34,13 @@ def mirrored_strategy(replicas):
     return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
 
 
-def varied_length_pairs(count=32):
-    """`count` training pairs whose queries (2-10 words) and documents (3-15 words) vary in length."""
+def varied_length_pairs(count=32, hard_negatives=0):
+    """`count` training pairs whose queries (2-10 words), documents (3-15 words) and `hard_negatives` hard
+    negatives (2-12 words) vary in length, each side in another order."""
     from samtone_tf.data.records import TrainingPair
 
-    return [TrainingPair(f"q{i}", " ".join(WORDS[: 2 + i % 9]), f"d{i}", " ".join(WORDS[: 3 + (i * 5) % 13]))
+    return [TrainingPair(f"q{i}", " ".join(WORDS[: 2 + i % 9]), f"d{i}", " ".join(WORDS[: 3 + (i * 5) % 13]),
+                         tuple(" ".join(WORDS[: 2 + (i * 7 + k * 3) % 11]) for k in range(hard_negatives)))
             for i in range(count)]
 
 

@@ -9,22 +9,16 @@ from samtone_tf.data.pipeline import distributed_training_dataset, training_data
 from samtone_tf.towers import ARCHITECTURES, tiny_dual_encoder
 from samtone_tf.training import (TrainConfig, compile_for_training, gradient_cached_gradients, make_train_step,
                                  split_batch)
-from samtone_tf.data.records import TrainingPair
-from tests.helpers import TINY_VOCABULARY, WORDS, assert_dropout_replayed, mirrored_strategy
+from tests.helpers import TINY_VOCABULARY, assert_dropout_replayed, mirrored_strategy, varied_length_pairs
 
 CONFIG = TrainConfig(model="tiny", batch_size=8, hard_negatives=2, steps=10, learning_rate=1e-3,
                      same_tower="both", bidirectional=True, learnable_temperature=True)
 
 
-def pairs(count=24, seed=0):
-    """Pairs whose queries, documents and hard negatives vary in length independently: the cached step sorts
-    each side by its own lengths, so its chunks hold other rows on each side."""
-    rng = np.random.default_rng(seed)
-
-    def text(low, high):
-        return " ".join(rng.choice(WORDS, rng.integers(low, high + 1)))
-
-    return [TrainingPair(f"q{i}", text(2, 8), f"d{i}", text(3, 14), (text(2, 12), text(2, 12))) for i in range(count)]
+def pairs():
+    """Pairs whose queries, documents and hard negatives vary in length, each side in another order: the cached
+    step sorts each side by its own lengths, so its chunks hold other rows on each side."""
+    return varied_length_pairs(24, hard_negatives=2)
 
 
 def model_and_batch(architecture="ade", dropout=0.0, seed=0):
@@ -161,17 +155,18 @@ def test_the_cached_step_cuts_sorted_chunks_to_their_longest_row_and_turns_the_t
          "query_token_ids": tf.ones([6, 8], tf.int32), "query_padding_mask": tf.sequence_mask(query_lengths, 8),
          "hard_negatives_token_ids": tf.ones([6, 2, 10], tf.int32),
          "hard_negatives_padding_mask": tf.sequence_mask([[4, 1], [2, 2], [5, 3], [1, 1], [2, 6], [1, 2]], 10)}
-    orders = {side: order.numpy().tolist() for side, order in _length_orders(x).items()}
+    orders = _length_orders(x)
     # Each side by its own length, longest first (a row of hard negatives by its longest).
-    assert orders == {"document": [1, 4, 3, 0, 5, 2], "query": [2, 5, 4, 0, 1, 3], "hard_negatives": [4, 2, 0, 1, 5, 3]}
-    sorted_x = {key: _in_order(value, _order_of(key, _length_orders(x))) for key, value in x.items()}
+    assert {side: order.numpy().tolist() for side, order in orders.items()} == {
+        "document": [1, 4, 3, 0, 5, 2], "query": [2, 5, 4, 0, 1, 3], "hard_negatives": [4, 2, 0, 1, 5, 3]}
+    sorted_x = {key: _in_order(value, _order_of(key, orders)) for key, value in x.items()}
     chunk = _cut_to_longest({key: value[2:4] for key, value in sorted_x.items()})  # each side's 3rd and 4th longest
     assert chunk["document_token_ids"].shape == (2, 6) and chunk["document_padding_mask"].shape == (2, 6)
     assert chunk["query_token_ids"].shape == (2, 3)  # queries 4 and 0, not the documents' rows 3 and 0
     assert chunk["hard_negatives_token_ids"].shape == (2, 2, 4)
     assert chunk["document_padding_mask"].numpy().sum(axis=1).tolist() == [6, 3]  # no real token lost
     assert chunk["query_padding_mask"].numpy().sum(axis=1).tolist() == [3, 2]
-    query_order = _order_of("query", _length_orders(x))  # an embedding's key is its side
+    query_order = _order_of("query", orders)  # an embedding's key is its side
     restored = _in_order(_in_order(tf.range(6), query_order), query_order, inverse=True)
     assert restored.numpy().tolist() == list(range(6))
     assert _length_orders({"query": tf.constant(["raw", "text"])}) == {}  # raw strings: the batch's order
