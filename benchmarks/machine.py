@@ -20,6 +20,15 @@ def cpu_flags():
                   if flag.startswith(("avx", "amx")) or flag in ("fma", "f16c"))
 
 
+def vector_class(flags):
+    """The class of CPU a list of `cpu_flags()` names, as RESULTS compares machines: "AVX-512 + AMX", "AVX-512",
+    "AVX2" or "no AVX2"."""
+    flags = set(flags)
+    if "avx512f" in flags:
+        return "AVX-512 + AMX" if "amx_bf16" in flags else "AVX-512"
+    return "AVX2" if "avx2" in flags else "no AVX2"
+
+
 def describe():
     """"x86_64, 2 CPUs" and the like."""
     return f"{platform.machine()}, {os.cpu_count()} CPUs"

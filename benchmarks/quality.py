@@ -42,7 +42,7 @@ import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment)
 import keras
 import numpy as np
 import tensorflow as tf
-from machine import cpu_flags  # benchmarks/machine.py, beside this script
+from machine import cpu_flags, vector_class  # benchmarks/machine.py, beside this script
 
 from samtone_tf.atomic import atomic_write_text
 from samtone_tf.data.datasets import load_evaluation, load_training_pairs
@@ -196,7 +196,22 @@ def report(store, args=None):
                  "10,000 sign flips), SamToNe against standard:\n\n"
                  "| architecture | loss | " + " | ".join(label for label, _, _ in sets) + " | average |\n"
                  "|---|---|" + "---:|" * (len(sets) + 1) + "\n" + "\n".join(significance) + "\n")
+    if runs and all("cpu_flags" in run for run in runs.values()):  # the legacy 1-layer study did not record them
+        text += "\n" + runs_table(runs)
     return text
+
+
+def runs_table(runs):
+    """One row per run in the order they ran: the CPU it ran on, its training and evaluation seconds, and its
+    training loss (mean of the first and of the last 10 steps)."""
+    lines = ["| run | architecture | loss | seed | CPU | train s | eval s | training loss first → last |",
+             "|---:|---|---|---:|---|---:|---:|---|"]
+    for number, (key, run) in enumerate(runs.items(), 1):
+        architecture, loss, seed = key.split("|")
+        lines.append(f"| {number} | {architecture} | {loss} | {seed} | {vector_class(run.get('cpu_flags', []))} | "
+                     f"{run['train_seconds']:.0f} | {run['eval_seconds']:.0f} | "
+                     f"{run['first_loss']:.3f} → {run['final_loss']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def query_tests(ours, theirs, sets):

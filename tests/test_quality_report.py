@@ -77,3 +77,20 @@ def test_the_grid_runs_ade_and_ade_spl_for_every_seed_before_sde(quality):
 
     assert order == [(0, "ade"), (0, "ade_spl"), (1, "ade"), (1, "ade_spl"), (2, "ade"), (2, "ade_spl"),
                      (0, "sde"), (1, "sde"), (2, "sde")]
+
+
+def test_the_runs_table_lists_each_run_in_the_order_run_with_its_cpu_and_times(quality):
+    avx2 = ["avx", "avx2", "f16c", "fma"]
+    amx = avx2 + ["amx_bf16", "amx_int8", "avx512_bf16", "avx512f"]
+    timing = {"eval_seconds": 700.4, "first_loss": 0.2861, "final_loss": 0.1209}
+    store = {"sets": SETS,  # written sde first: the table keeps that order, not the keys' order
+             "sde|standard|0": {**_run([1, 1], [0.5, 0.5]), **timing, "train_seconds": 2193.8, "cpu_flags": avx2},
+             "ade|SamToNe|1": {**_run([1, 0], [0.5, 0.5]), **timing, "train_seconds": 1345.6, "cpu_flags": amx}}
+
+    rows = [line for line in quality.report(store).splitlines() if re.match(r"\| \d+ \| ", line)]
+
+    assert rows == ["| 1 | sde | standard | 0 | AVX2 | 2194 | 700 | 0.286 → 0.121 |",
+                    "| 2 | ade | SamToNe | 1 | AVX-512 + AMX | 1346 | 700 | 0.286 → 0.121 |"]
+    # A store without CPU flags (the 1-layer study) has no runs table.
+    legacy = {"sets": SETS, "ade|standard|0": {**_run([1, 1], [0.5, 0.5]), "train_seconds": 1.0, "eval_seconds": 1.0}}
+    assert "| run |" not in quality.report(legacy)
