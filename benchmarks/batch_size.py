@@ -34,6 +34,7 @@ from quality import (  # benchmarks/quality.py: the setting this study shares
     evaluate_all,
     mean_std,
     query_tests,
+    runs_table,
     summary,
     train_one,
     training_pairs,
@@ -79,6 +80,8 @@ def report(store):
                      "| " + " | ".join(label for label, _, _ in sets) + " | average |\n"
                      "|" + "---:|" * (len(sets) + 1) + "\n"
                      "| " + " | ".join(f"{tests[label]:.3f}" for label, _, _ in sets) + f" | {tests['average']:.4f} |\n")
+    if runs:
+        text += "\n" + runs_table(runs, ("global batch", "seed"))
     return text
 
 

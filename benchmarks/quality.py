@@ -201,14 +201,15 @@ def report(store, args=None):
     return text
 
 
-def runs_table(runs):
-    """One row per run in the order they ran: the CPU it ran on, its training and evaluation seconds, and its
-    training loss (mean of the first and of the last 10 steps)."""
-    lines = ["| run | architecture | loss | seed | CPU | train s | eval s | training loss first → last |",
-             "|---:|---|---|---:|---|---:|---:|---|"]
+def runs_table(runs, key_columns=("architecture", "loss", "seed")):
+    """One row per run in the order they ran: its key's parts (`key_columns`, the key split at "|"), the CPU it
+    ran on, its training and evaluation seconds, and its training loss (mean of the first and of the last 10
+    steps)."""
+    lines = ["| run | " + " | ".join(key_columns) + " | CPU | train s | eval s | training loss first → last |",
+             "|---:|" + "".join("---:|" if all(key.split("|")[i].isdigit() for key in runs) else "---|"
+                                 for i in range(len(key_columns))) + "---|---:|---:|---|"]
     for number, (key, run) in enumerate(runs.items(), 1):
-        architecture, loss, seed = key.split("|")
-        lines.append(f"| {number} | {architecture} | {loss} | {seed} | {vector_class(run.get('cpu_flags', []))} | "
+        lines.append(f"| {number} | " + " | ".join(key.split("|")) + f" | {vector_class(run.get('cpu_flags', []))} | "
                      f"{run['train_seconds']:.0f} | {run['eval_seconds']:.0f} | "
                      f"{run['first_loss']:.3f} → {run['final_loss']:.3f} |")
     return "\n".join(lines) + "\n"
