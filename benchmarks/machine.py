@@ -21,8 +21,8 @@ def cpu_flags():
 
 
 def vector_class(flags):
-    """The class of CPU a list of `cpu_flags()` names, as RESULTS compares machines: "AVX-512 + AMX", "AVX-512",
-    "AVX2" or "no AVX2"."""
+    """The CPU class that a list of `cpu_flags()` names, as RESULTS compares machines: "AVX-512 + AMX",
+    "AVX-512", "AVX2" or "no AVX2"."""
     flags = set(flags)
     if "avx512f" in flags:
         return "AVX-512 + AMX" if "amx_bf16" in flags else "AVX-512"
