@@ -21,15 +21,19 @@ def command(model_dir, *extra):
 
 def test_a_second_run_on_the_same_model_dir_refuses_while_the_first_runs(tmp_path):
     model_dir = tmp_path / "run"
-    first = subprocess.Popen(command(model_dir, "--steps", "400", "--checkpoint_every", "50"), cwd=REPOSITORY_ROOT,
+    # Steps it cannot finish before the interrupt below (the tiny model trains 400 steps in about 10 s on a fast
+    # CPU, less than the second run takes to start, which made this test fail on such a machine), over the first
+    # 3,200 pairs (by default steps x batch pairs are read: all of SQuAD train, minutes of segmenting).
+    steps = ["--steps", "1000000", "--max_train_pairs", "3200", "--checkpoint_every", "50"]
+    first = subprocess.Popen(command(model_dir, *steps), cwd=REPOSITORY_ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300
         while time.time() < deadline and not (model_dir / "metrics.jsonl").exists():
             assert first.poll() is None, first.communicate()[1][-2000:]
             time.sleep(0.05)
-        second = subprocess.run(command(model_dir, "--steps", "400", "--checkpoint_every", "50"),
-                                cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=300)
+        second = subprocess.run(command(model_dir, *steps), cwd=REPOSITORY_ROOT, capture_output=True, text=True,
+                                timeout=300)
         assert second.returncode == 2
         assert f"is in use by another run (pid {first.pid} on {socket.gethostname()}" in second.stderr
         assert "Traceback" not in second.stderr
