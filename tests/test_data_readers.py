@@ -178,3 +178,31 @@ def test_reqa_prefix_of_training_pairs_matches_the_full_read(shared_data, tmp_pa
     full = reqa_training_pairs(path)
     assert reqa_training_pairs(path, max_pairs=200) == full[:200]
     assert len(load_training_pairs(f"reqa:{path}", max_pairs=7)) == 7
+
+
+def test_reqa_pairs_past_the_end_of_the_file_are_segmented_once_then_read_from_the_cache(shared_data, tmp_path,
+                                                                                          monkeypatch):
+    import json
+
+    from samtone_tf.data import squad
+
+    # `train` asks for steps x batch pairs, which can exceed the file: that read segments every paragraph, so it
+    # caches the spans, and later reads of any prefix take them from the cache instead of segmenting again.
+    monkeypatch.setenv("SAMTONE_CACHE", str(tmp_path / "cache"))
+    train = json.loads((shared_data / "squad" / "train-v1.1.reconstructed.json").read_text())
+    train["data"] = train["data"][:2]
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(train))
+    short = squad.reqa_training_pairs(path, max_pairs=5)
+    assert not list((tmp_path / "cache").glob("sentences-*.json"))  # a prefix leaves no partial cache
+    everything = squad.reqa_training_pairs(path, max_pairs=10**9)
+    assert short == everything[:5] and len(everything) > 5
+    assert len(list((tmp_path / "cache").glob("sentences-*.json"))) == 1
+
+    def no_segmenting(paragraph):
+        raise AssertionError("segmented again although the spans are cached")
+
+    monkeypatch.setattr(squad, "sentence_spans", no_segmenting)
+    assert squad.reqa_training_pairs(path, max_pairs=10**9) == everything
+    assert squad.reqa_training_pairs(path, max_pairs=5) == short
+    assert squad.reqa_training_pairs(path) == everything

@@ -65,18 +65,35 @@ def cached_sentence_spans(paragraphs, source_path):
     Segmenting SQuAD train takes minutes; the cache file is named by a hash of the
     source bytes and the segmenter version, and written atomically.
     """
+    spans = read_cached_spans(source_path, len(paragraphs))
+    if spans is None:
+        spans = [sentence_spans(paragraph) for paragraph in paragraphs]
+        write_cached_spans(source_path, spans)
+    return spans
+
+
+def _cache_file(source_path):
     digest = hashlib.sha256(Path(source_path).read_bytes()).hexdigest()[:24]
-    path = cache_dir() / f"sentences-{SEGMENTER_VERSION}-{digest}.json"
+    return cache_dir() / f"sentences-{SEGMENTER_VERSION}-{digest}.json"
+
+
+def read_cached_spans(source_path, count):
+    """The cached sentence spans of the `count` paragraphs of `source_path`, or None (no cache, or a damaged one,
+    which is then recomputed)."""
+    path = _cache_file(source_path)
     if path.is_file():
         try:
             spans = json.loads(path.read_text())
-            if len(spans) == len(paragraphs):
+            if len(spans) == count:
                 return [[tuple(span) for span in spans_of] for spans_of in spans]
         except (OSError, ValueError):
-            pass  # a damaged cache is recomputed
-    spans = [sentence_spans(paragraph) for paragraph in paragraphs]
+            pass
+    return None
+
+
+def write_cached_spans(source_path, spans):
+    """Caches the sentence spans of every paragraph of `source_path` (an optimisation only: errors are ignored)."""
     try:
-        atomic_write_text(path, json.dumps(spans))
+        atomic_write_text(_cache_file(source_path), json.dumps(spans))
     except OSError:
-        pass  # caching is an optimisation only
-    return spans
+        pass

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from samtone_tf.data.errors import DataError
 from samtone_tf.data.records import RetrievalData, TrainingPair
-from samtone_tf.data.sentences import cached_sentence_spans, sentence_at, sentence_spans
+from samtone_tf.data.sentences import (cached_sentence_spans, read_cached_spans, sentence_at, sentence_spans,
+                                       write_cached_spans)
 
 
 @dataclass(frozen=True)
@@ -130,21 +131,32 @@ class ReqaBuilder:
 def _segmented(path):
     """(builder, [(paragraph, candidate ids, spans)]) for a SQuAD file."""
     paragraphs = read_squad(path)
-    all_spans = cached_sentence_spans([p.context for p in paragraphs], path)
+    return _with_candidates(paragraphs, cached_sentence_spans([p.context for p in paragraphs], path))
+
+
+def _with_candidates(paragraphs, all_spans):
     builder = ReqaBuilder()
     return builder, [(p, builder.candidates_of(p, spans), spans) for p, spans in zip(paragraphs, all_spans)]
 
 
 def _segmented_lazily(path):
-    """As `_segmented`, segmenting paragraph by paragraph (no cache): for reading a prefix."""
+    """As `_segmented`, for reading a prefix: from the cache when the file's spans are cached, else segmenting
+    paragraph by paragraph as they are consumed (and caching the spans once every paragraph has been)."""
+    paragraphs = read_squad(path)
+    cached = read_cached_spans(path, len(paragraphs))
+    if cached is not None:
+        return _with_candidates(paragraphs, cached)
     builder = ReqaBuilder()
 
-    def paragraphs():
-        for paragraph in read_squad(path):
+    def segmented():
+        all_spans = []
+        for paragraph in paragraphs:
             spans = sentence_spans(paragraph.context)
+            all_spans.append(spans)
             yield paragraph, builder.candidates_of(paragraph, spans), spans
+        write_cached_spans(path, all_spans)  # a prefix longer than the file: the next read takes the cache
 
-    return builder, paragraphs()
+    return builder, segmented()
 
 
 def reqa_evaluation(path, name="reqa:squad", split="dev"):
