@@ -19,13 +19,20 @@ def command(model_dir, *extra):
             "--eval_datasets", "", "--batch_size", "8", "--no-export", *extra]
 
 
+def _ctrl_c_as_in_a_terminal():
+    """A child's SIGINT back to the default, as a user's shell gives it: a test suite started in the background by a
+    script (no job control) inherits SIGINT ignored, and `train` rightly keeps an ignored SIGINT ignored, so the
+    interrupt below would be lost (it was, in a CI run started that way: the run trained on until the timeout)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_a_second_run_on_the_same_model_dir_refuses_while_the_first_runs(tmp_path):
     model_dir = tmp_path / "run"
     # Steps it cannot finish before the interrupt below (the tiny model trains 400 steps in about 10 s on a fast
     # CPU, less than the second run takes to start, which made this test fail on such a machine), over the first
     # 3,200 pairs (by default steps x batch pairs are read: all of SQuAD train, minutes of segmenting).
     steps = ["--steps", "1000000", "--max_train_pairs", "3200", "--checkpoint_every", "50"]
-    first = subprocess.Popen(command(model_dir, *steps), cwd=REPOSITORY_ROOT,
+    first = subprocess.Popen(command(model_dir, *steps), cwd=REPOSITORY_ROOT, preexec_fn=_ctrl_c_as_in_a_terminal,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300
