@@ -28,9 +28,9 @@ def _ctrl_c_as_in_a_terminal():
 
 def test_a_second_run_on_the_same_model_dir_refuses_while_the_first_runs(tmp_path):
     model_dir = tmp_path / "run"
-    # Steps it cannot finish before the interrupt below (the tiny model trains 400 steps in about 10 s on a fast
-    # CPU, less than the second run takes to start, which made this test fail on such a machine), over the first
-    # 3,200 pairs (by default steps x batch pairs are read: all of SQuAD train, minutes of segmenting).
+    # Steps it cannot finish before the interrupt below, so that a lost interrupt fails the test by its timeout
+    # rather than by a run that ended on its own (400 tiny steps take ~10 s on a fast CPU), over the first 3,200
+    # pairs (by default steps x batch pairs are read).
     steps = ["--steps", "1000000", "--max_train_pairs", "3200", "--checkpoint_every", "50"]
     first = subprocess.Popen(command(model_dir, *steps), cwd=REPOSITORY_ROOT, preexec_fn=_ctrl_c_as_in_a_terminal,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
