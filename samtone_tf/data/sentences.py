@@ -65,25 +65,27 @@ def cached_sentence_spans(paragraphs, source_path):
     Segmenting SQuAD train takes minutes; the cache file is named by a hash of the
     source bytes and the segmenter version, and written atomically.
     """
-    spans = read_cached_spans(source_path, len(paragraphs))
+    cache_file = sentence_cache_file(source_path)
+    spans = read_cached_spans(cache_file, len(paragraphs))
     if spans is None:
         spans = [sentence_spans(paragraph) for paragraph in paragraphs]
-        write_cached_spans(source_path, spans)
+        write_cached_spans(cache_file, spans)
     return spans
 
 
-def _cache_file(source_path):
+def sentence_cache_file(source_path):
+    """Where the sentence spans of `source_path` are cached: named by a hash of its bytes (read once here, so a
+    caller that reads and then writes the cache passes this path to both)."""
     digest = hashlib.sha256(Path(source_path).read_bytes()).hexdigest()[:24]
     return cache_dir() / f"sentences-{SEGMENTER_VERSION}-{digest}.json"
 
 
-def read_cached_spans(source_path, count):
-    """The cached sentence spans of the `count` paragraphs of `source_path`, or None (no cache, or a damaged one,
-    which is then recomputed)."""
-    path = _cache_file(source_path)
-    if path.is_file():
+def read_cached_spans(cache_file, count):
+    """The sentence spans of `count` paragraphs cached at `cache_file` (`sentence_cache_file`), or None (no cache,
+    or a damaged one, which is then recomputed)."""
+    if cache_file.is_file():
         try:
-            spans = json.loads(path.read_text())
+            spans = json.loads(cache_file.read_text())
             if len(spans) == count:
                 return [[tuple(span) for span in spans_of] for spans_of in spans]
         except (OSError, ValueError):
@@ -91,9 +93,9 @@ def read_cached_spans(source_path, count):
     return None
 
 
-def write_cached_spans(source_path, spans):
-    """Caches the sentence spans of every paragraph of `source_path` (an optimisation only: errors are ignored)."""
+def write_cached_spans(cache_file, spans):
+    """Caches the sentence spans of every paragraph at `cache_file` (an optimisation only: errors are ignored)."""
     try:
-        atomic_write_text(_cache_file(source_path), json.dumps(spans))
+        atomic_write_text(cache_file, json.dumps(spans))
     except OSError:
         pass

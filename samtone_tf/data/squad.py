@@ -15,8 +15,8 @@ from pathlib import Path
 
 from samtone_tf.data.errors import DataError
 from samtone_tf.data.records import RetrievalData, TrainingPair
-from samtone_tf.data.sentences import (cached_sentence_spans, read_cached_spans, sentence_at, sentence_spans,
-                                       write_cached_spans)
+from samtone_tf.data.sentences import (cached_sentence_spans, read_cached_spans, sentence_at, sentence_cache_file,
+                                       sentence_spans, write_cached_spans)
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,8 @@ def _segmented_lazily(path):
     """As `_segmented`, for reading a prefix: from the cache when the file's spans are cached, else segmenting
     paragraph by paragraph as they are consumed (and caching the spans once every paragraph has been)."""
     paragraphs = read_squad(path)
-    cached = read_cached_spans(path, len(paragraphs))
+    cache_file = sentence_cache_file(path)
+    cached = read_cached_spans(cache_file, len(paragraphs))
     if cached is not None:
         return _with_candidates(paragraphs, cached)
     builder = ReqaBuilder()
@@ -154,7 +155,7 @@ def _segmented_lazily(path):
             spans = sentence_spans(paragraph.context)
             all_spans.append(spans)
             yield paragraph, builder.candidates_of(paragraph, spans), spans
-        write_cached_spans(path, all_spans)  # a prefix longer than the file: the next read takes the cache
+        write_cached_spans(cache_file, all_spans)  # a prefix longer than the file: the next read takes the cache
 
     return builder, segmented()
 
