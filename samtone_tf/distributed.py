@@ -70,6 +70,15 @@ def task():
     return spec.get("type", "chief"), int(spec.get("index", 0))
 
 
+def is_multi_worker(strategy):
+    """Whether `strategy` spans several processes (a $TF_CONFIG or TPU cluster of more than one task)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return False
+    tasks = resolver.cluster_spec().as_dict().values()
+    return sum(len(addresses) for addresses in tasks) > 1
+
+
 def is_chief(strategy):
     """Whether this process writes the real checkpoints, logs and exports.
 

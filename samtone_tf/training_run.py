@@ -134,10 +134,12 @@ def _train(config, strategy, chief, model_dir, log):
         window_start, window_steps = time.perf_counter(), 0
         progress = _Progress(start_step, config.steps, enabled=chief and sys.stdout.isatty())
         step = start_step
-        interrupted, restore_sigint = _note_sigint()
+        multi_worker = distributed.is_multi_worker(strategy)
+        # Workers stopping at different steps would wait on each other's collectives: SIGTERM ends them at once.
+        stop = _StopSignals(signal.SIGINT) if multi_worker else _StopSignals(signal.SIGINT, signal.SIGTERM)
         try:
             for step in range(start_step + 1, config.steps + 1):
-                if interrupted.is_set():  # a Ctrl-C whose KeyboardInterrupt was swallowed (see _note_sigint)
+                if stop.received:  # a signal whose KeyboardInterrupt was swallowed (see _StopSignals)
                     raise KeyboardInterrupt
                 try:
                     loss = step_fn(next(iterator))
@@ -185,13 +187,14 @@ def _train(config, strategy, chief, model_dir, log):
         except KeyboardInterrupt:
             progress.clear()
             writer.flush()
-            latest = manager.latest_checkpoint
-            where = (f"the last checkpoint is {latest}" if latest else "no checkpoint was written yet")
-            log(f"interrupted at step {step} of {config.steps}; {where}. Run the same command again to "
-                "resume from it.", error=True)
-            return 130
+            signum = stop.received or signal.SIGINT
+            done = int(optimizer.iterations.numpy())
+            how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+            log(f"{how} after step {done} of {config.steps}; "
+                f"{_save_on_stop(manager, model, done, multi_worker)}", error=True)
+            return 128 + signum
         finally:
-            restore_sigint()
+            stop.restore()
         progress.clear()
         writer.flush()
         if config.jit_compile:
@@ -218,24 +221,57 @@ def _train(config, strategy, chief, model_dir, log):
     return 0
 
 
-def _note_sigint():
-    """Notes a SIGINT (Ctrl-C) in an event besides raising KeyboardInterrupt as Python does. Python raises it at
-    whatever bytecode runs next, and when that is a garbage-collection callback (a weakref's, as TensorFlow and
-    Keras hold many) the exception is printed as "ignored" and lost: the training loop then checks the event
-    before every step. Installed only over Python's default handler, in the main thread (a process started with
-    SIGINT ignored, or an application with its own handler, keeps its choice).
-    -> (threading.Event set by a SIGINT, a function restoring the previous handler)."""
-    interrupted = threading.Event()
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        return interrupted, lambda: None
+class _StopSignals:
+    """Turns `signals`, of SIGINT (Ctrl-C) and SIGTERM (what a scheduler or `kill` sends before it kills: Kubernetes,
+    Slurm, preemptible VMs), into a KeyboardInterrupt in the training loop, and notes the signal in `received` too.
+    Python raises the exception at whatever bytecode runs next, and when that is a garbage-collection callback
+    (a weakref's, as TensorFlow and Keras hold many) it is printed as "ignored" and lost: the training loop then
+    checks `received` before every step. A signal is taken over only from its default handling, in the main
+    thread: a process started with it ignored, or an application with its own handler, keeps its choice.
+    A signal arriving while a step runs is handled when the step returns (the step is one native call)."""
 
-    def handler(signum, frame):
-        interrupted.set()
+    DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+
+    def __init__(self, *signals):
+        self.received = None  # the number of the first signal received
+        self._previous = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in signals:
+            if signal.getsignal(signum) is self.DEFAULTS[signum]:
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.received is None:
+            self.received = signum
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, handler)
-    return interrupted, lambda: signal.signal(signal.SIGINT, previous)
+    def restore(self):
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
+
+
+def _save_on_stop(manager, model, done, multi_worker):
+    """Saves the steps a stopped run completed since its last checkpoint, so that resuming loses none.
+    -> where the run can resume from, as a sentence for the log."""
+    latest = manager.latest_checkpoint
+    resume = "Run the same command again to resume"
+    if multi_worker:  # saving is collective across workers, and the others may not have stopped
+        return (f"the last checkpoint is {latest}. {resume} from it." if latest else
+                f"no checkpoint was written yet. {resume}: it starts over.")
+    if done == 0 or (latest and latest.endswith(f"-{done}")):
+        return (f"the last checkpoint is {latest}. {resume} from it." if latest else
+                f"no step was completed. {resume}: it starts over.")
+    if not all_finite(model):
+        return (f"the weights are non-finite, so they were not saved; the last checkpoint is {latest or 'none'}. "
+                "Try a lower --learning_rate.")
+    try:
+        saved = manager.save(checkpoint_number=done)
+    except KeyboardInterrupt:  # a second Ctrl-C while saving: stop now (resuming skips a damaged save)
+        return (f"saving was interrupted; the last checkpoint is {latest}. {resume} from it." if latest else
+                f"saving was interrupted. {resume}: it starts over.")
+    return f"saved {saved}. {resume} from it."
 
 
 def evaluate_all(model, evaluation_sets, config, log):

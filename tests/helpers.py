@@ -1,6 +1,8 @@
 """Helpers shared by the tests, importable without side effects (conftest.py splits the CPU into logical
 devices when pytest loads it; importing this module changes nothing)."""
 
+import signal
+
 import tensorflow as tf
 
 from samtone_tf.locations import REPOSITORY_ROOT
@@ -72,3 +74,12 @@ def assert_dropout_replayed(model, x, output):
         variable.assign(value)
     np.testing.assert_array_equal(model(x, training=True)[output].numpy(), first)
     assert not np.allclose(different, first)
+
+
+def stop_signals_as_in_a_terminal():
+    """For `preexec_fn`: a child's SIGINT and SIGTERM back to their defaults, as a user's shell gives them. A test
+    suite started in the background by a script (no job control) inherits SIGINT ignored, and `train` rightly keeps
+    an ignored signal ignored, so an interrupt sent to the child would be lost (one was, in a CI run started that
+    way: the run trained on until the timeout)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

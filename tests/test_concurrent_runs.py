@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -9,21 +10,15 @@ import sys
 import time
 
 import pytest
+import tensorflow as tf
 
 from samtone_tf.run_dir import RunLock, RunLockedError
-from tests.helpers import REPOSITORY_ROOT
+from tests.helpers import REPOSITORY_ROOT, stop_signals_as_in_a_terminal
 
 
 def command(model_dir, *extra):
     return [sys.executable, "-m", "samtone_tf.train", "--model", "tiny", "--model_dir", str(model_dir),
             "--eval_datasets", "", "--batch_size", "8", "--no-export", *extra]
-
-
-def _ctrl_c_as_in_a_terminal():
-    """A child's SIGINT back to the default, as a user's shell gives it: a test suite started in the background by a
-    script (no job control) inherits SIGINT ignored, and `train` rightly keeps an ignored SIGINT ignored, so the
-    interrupt below would be lost (it was, in a CI run started that way: the run trained on until the timeout)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_a_second_run_on_the_same_model_dir_refuses_while_the_first_runs(tmp_path):
@@ -32,8 +27,8 @@ def test_a_second_run_on_the_same_model_dir_refuses_while_the_first_runs(tmp_pat
     # rather than by a run that ended on its own (400 tiny steps take ~10 s on a fast CPU), over the first 3,200
     # pairs (by default steps x batch pairs are read).
     steps = ["--steps", "1000000", "--max_train_pairs", "3200", "--checkpoint_every", "50"]
-    first = subprocess.Popen(command(model_dir, *steps), cwd=REPOSITORY_ROOT, preexec_fn=_ctrl_c_as_in_a_terminal,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(command(model_dir, *steps), cwd=REPOSITORY_ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, preexec_fn=stop_signals_as_in_a_terminal)
     try:
         deadline = time.time() + 300
         while time.time() < deadline and not (model_dir / "metrics.jsonl").exists():
@@ -48,9 +43,12 @@ def test_a_second_run_on_the_same_model_dir_refuses_while_the_first_runs(tmp_pat
     finally:
         first.send_signal(signal.SIGINT)
         out, err = first.communicate(timeout=300)
-    # SIGINT: where it stopped and how to resume, no traceback, exit 130; the lock is released.
+    # SIGINT: the steps done are saved, it says so and how to resume, no traceback, exit 130; the lock is released.
     assert first.returncode == 130, err[-2000:]
-    assert "Run the same command again to resume" in err and "Traceback" not in err
+    stopped_at = int(re.search(r"interrupted after step (\d+) of 1000000", err).group(1))
+    saved = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    assert f"saved {saved}. Run the same command again to resume from it." in err
+    assert saved.endswith(f"ckpt-{stopped_at}") and "Traceback" not in err
     assert not (model_dir / ".lock").exists()
 
 
@@ -78,23 +76,24 @@ def test_the_lock_in_process(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed interrupt
-def test_a_ctrl_c_swallowed_by_a_garbage_collection_callback_is_still_noted():
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_swallowed_by_a_garbage_collection_callback_is_still_noted(signum):
     """Python raises KeyboardInterrupt at the next bytecode; inside a weakref callback it is printed as "ignored"
     and lost (what made a Ctrl-C'd run finish its 400 steps). The training loop's handler notes it too."""
     import gc
     import weakref
 
-    from samtone_tf.training_run import _note_sigint
+    from samtone_tf.training_run import _StopSignals
 
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = {s: signal.signal(s, d) for s, d in _StopSignals.DEFAULTS.items()}
     try:
-        interrupted, restore = _note_sigint()
+        stop = _StopSignals(signal.SIGINT, signal.SIGTERM)
         try:
             class Thing:
                 pass
 
             def on_collected(_):
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signum)
                 time.sleep(0.5)  # the handler runs here, inside the callback
 
             thing = Thing()
@@ -102,9 +101,29 @@ def test_a_ctrl_c_swallowed_by_a_garbage_collection_callback_is_still_noted():
             del thing  # the callback runs; its KeyboardInterrupt is ignored, not raised here
             gc.collect()
             assert reference() is None
-            assert interrupted.is_set()
+            assert stop.received == signum
         finally:
-            restore()
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            stop.restore()
+        assert all(signal.getsignal(s) is d for s, d in _StopSignals.DEFAULTS.items())
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def test_a_signal_ignored_or_handled_by_the_application_is_left_to_it():
+    from samtone_tf.training_run import _StopSignals
+
+    def own_handler(signum, frame):
+        pass
+
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, own_handler)}
+    try:
+        stop = _StopSignals(signal.SIGINT, signal.SIGTERM)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is own_handler
+        stop.restore()
+        assert signal.getsignal(signal.SIGTERM) is own_handler
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -1,7 +1,8 @@
-"""python -m samtone_tf.train on a tiny model: outputs, resume after SIGKILL, NaN stop, strategies."""
+"""python -m samtone_tf.train on a tiny model: outputs, resume after SIGKILL and SIGTERM, NaN stop, strategies."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from samtone_tf.train import build_parser, negatives_per_query, resolve_config
-from tests.helpers import REPOSITORY_ROOT, free_ports
+from tests.helpers import REPOSITORY_ROOT, free_ports, mirrored_strategy, stop_signals_as_in_a_terminal
 
 SQUAD_SAMPLE = "reqa:squad2-dev-sample/dev-v2.0-sample.json"
 
@@ -137,6 +138,46 @@ def test_default_run_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp
     assert not [line for line in finished.stderr.splitlines() if line.strip()], finished.stderr[-2000:]
 
 
+def test_a_run_stopped_by_sigterm_saves_the_steps_it_completed_and_the_same_command_resumes_from_them(tmp_path):
+    """SIGTERM is what a scheduler sends before it kills (Kubernetes, Slurm, preemptible VMs): the run finishes its
+    step, saves it, exits 143; resuming loses none of its steps, not only those after the last periodic save."""
+    model_dir = tmp_path / "run"
+    # Steps it cannot finish before the signal (a lost signal fails by the timeout); no periodic checkpoint, so the
+    # one found was written on the signal.
+    settings = ["--batch_size", "8", "--no-export", "--max_train_pairs", "3200", "--checkpoint_every", "1000000"]
+    process = subprocess.Popen(command(model_dir, "--steps", "1000000", *settings), cwd=REPOSITORY_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=stop_signals_as_in_a_terminal)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not any("loss" in record for record in _records(model_dir)):
+            assert process.poll() is None, process.communicate()[1][-2000:]
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
+    stopped_at = int(re.search(r"stopped by SIGTERM after step (\d+) of 1000000", err).group(1))
+    assert stopped_at >= 2 and "Traceback" not in err
+    saved = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    assert saved.endswith(f"ckpt-{stopped_at}") and f"saved {saved}. Run the same command again" in err
+    reader = tf.train.load_checkpoint(saved)
+    assert reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == stopped_at
+    assert not (model_dir / ".lock").exists()
+
+    # The same settings resume at the step saved (here with two more steps to go: --steps may change).
+    resumed = run(command(model_dir, "--steps", str(stopped_at + 2), *settings))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {saved} at step {stopped_at}" in resumed.stdout
+    assert f"step {stopped_at + 2}/{stopped_at + 2}" in resumed.stdout
+
+
+def _records(model_dir):
+    path = model_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [json.loads(line) for line in lines[:-1]]  # the last line may be half-written
+
+
 def test_resuming_with_other_settings_is_a_clear_error(tmp_path):
     model_dir = tmp_path / "run"
     first = run(command(model_dir, "--steps", "2", "--batch_size", "8", "--no-export"))
@@ -220,6 +261,24 @@ def test_mirrored_run_over_two_cpu_replicas(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 replica(s); global batch 8 = 2 x 4; each query sees 14 negatives" in result.stdout
     assert "step 4/4" in result.stdout
+
+
+def test_only_a_strategy_over_several_processes_counts_as_multi_worker():
+    from types import SimpleNamespace
+
+    from samtone_tf.distributed import is_multi_worker
+
+    assert not is_multi_worker(tf.distribute.get_strategy())
+    assert not is_multi_worker(mirrored_strategy(2))
+
+    def resolved(cluster):  # what a strategy made from $TF_CONFIG holds
+        spec = tf.train.ClusterSpec(cluster)
+        return SimpleNamespace(cluster_resolver=tf.distribute.cluster_resolver.SimpleClusterResolver(spec))
+
+    assert not is_multi_worker(resolved({}))
+    assert not is_multi_worker(resolved({"worker": ["127.0.0.1:1"]}))
+    assert is_multi_worker(resolved({"worker": ["127.0.0.1:1", "127.0.0.1:2"]}))
+    assert is_multi_worker(resolved({"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"]}))
 
 
 def test_multi_worker_run_with_two_local_workers(tmp_path):
