@@ -133,7 +133,6 @@ def _train(config, strategy, chief, model_dir, log):
         iterator = iter(dataset)
         window_start, window_steps = time.perf_counter(), 0
         progress = _Progress(start_step, config.steps, enabled=chief and sys.stdout.isatty())
-        step = start_step
         multi_worker = distributed.is_multi_worker(strategy)
         # Workers stopping at different steps would wait on each other's collectives: SIGTERM ends them at once.
         stop = _StopSignals(signal.SIGINT) if multi_worker else _StopSignals(signal.SIGINT, signal.SIGTERM)
@@ -257,20 +256,18 @@ def _save_on_stop(manager, model, done, multi_worker):
     -> where the run can resume from, as a sentence for the log."""
     latest = manager.latest_checkpoint
     resume = "Run the same command again to resume"
-    if multi_worker:  # saving is collective across workers, and the others may not have stopped
-        return (f"the last checkpoint is {latest}. {resume} from it." if latest else
-                f"no checkpoint was written yet. {resume}: it starts over.")
-    if done == 0 or (latest and latest.endswith(f"-{done}")):
-        return (f"the last checkpoint is {latest}. {resume} from it." if latest else
-                f"no step was completed. {resume}: it starts over.")
+    from_latest = (f"the last checkpoint is {latest}. {resume} from it." if latest else
+                   f"no checkpoint was written yet. {resume}: it starts over.")
+    # Multi-worker: saving is collective across workers, and the others may not have stopped.
+    if multi_worker or done == 0 or (latest and latest.endswith(f"-{done}")):
+        return from_latest
     if not all_finite(model):
         return (f"the weights are non-finite, so they were not saved; the last checkpoint is {latest or 'none'}. "
                 "Try a lower --learning_rate.")
     try:
         saved = manager.save(checkpoint_number=done)
     except KeyboardInterrupt:  # a second Ctrl-C while saving: stop now (resuming skips a damaged save)
-        return (f"saving was interrupted; the last checkpoint is {latest}. {resume} from it." if latest else
-                f"saving was interrupted. {resume}: it starts over.")
+        return f"saving was interrupted; {from_latest}"
     return f"saved {saved}. {resume} from it."
 
 

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from samtone_tf.run_dir import read_jsonl_records
 from samtone_tf.train import build_parser, negatives_per_query, resolve_config
 from tests.helpers import REPOSITORY_ROOT, free_ports, mirrored_strategy, stop_signals_as_in_a_terminal
 
@@ -149,8 +150,8 @@ def test_a_run_stopped_by_sigterm_saves_the_steps_it_completed_and_the_same_comm
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=stop_signals_as_in_a_terminal)
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline and not any("loss" in record for record in _records(model_dir)):
+        deadline, log = time.time() + 300, model_dir / "metrics.jsonl"  # a torn last line is skipped, not repaired
+        while time.time() < deadline and not any("loss" in r for r in read_jsonl_records(log, repair=False)):
             assert process.poll() is None, process.communicate()[1][-2000:]
             time.sleep(0.05)
     finally:
@@ -170,12 +171,6 @@ def test_a_run_stopped_by_sigterm_saves_the_steps_it_completed_and_the_same_comm
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {saved} at step {stopped_at}" in resumed.stdout
     assert f"step {stopped_at + 2}/{stopped_at + 2}" in resumed.stdout
-
-
-def _records(model_dir):
-    path = model_dir / "metrics.jsonl"
-    lines = path.read_text().split("\n") if path.is_file() else [""]
-    return [json.loads(line) for line in lines[:-1]]  # the text after the last newline may be half-written
 
 
 def test_resuming_with_other_settings_is_a_clear_error(tmp_path):
