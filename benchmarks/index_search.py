@@ -13,8 +13,9 @@ included), and a part passing `--memory_limit_gb` is killed and reported as not 
 - `scann`: `index_tuning.tune_scann_for_targets` at each `--targets` recall@10 (one walk of the trees for all
   targets); per target the chosen settings, tuning time, held-out recall, its queries/s against exact search
   (`ExactIndex`, batched over the same queries), and the searcher's size on disk.
-- `partitioned`: k-means partitions (`partitioned.build_partitions`) and probes tuned to `--partitioned_target`
-  (`tune_probes`); the partitioned search against the exact retriever's search (matrix product and top-k over
+- `partitioned`: the partitioning and probes tuned to `--partitioned_target` (`partitioned.tune_partitions`: √N,
+  2√N and 4√N k-means partitions, each with its fewest probes, the fastest kept); the partitioned search
+  against the exact retriever's search (matrix product and top-k over
   a variable, as the retriever SavedModel serves), both as `tf.function`s over requests of `--request_sizes`
   queries, for at most `--seconds` each.
 Rows are merged into an existing --json by size (a cut run is resumed size by size). Needs the machine to itself.
@@ -105,16 +106,14 @@ def partitioned_part(size, args):
 
     from samtone_tf.index_tuning import exact_rows, held_out_split
     from samtone_tf.metrics import recall_at_k
-    from samtone_tf.partitioned import build_partitions, partitioned_top_k, tune_probes
+    from samtone_tf.partitioned import partitioned_top_k, tune_partitions
 
     corpus, queries, real = corpus_and_queries(size, args.cache_dir, args.spread)
     tune, held = held_out_split(len(queries))
     truth = exact_rows(corpus, np.arange(size), queries, K, np.full(len(queries), -1))
     start = time.perf_counter()
-    partitions = build_partitions(corpus)
-    build_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    probes, tuning_recall = tune_probes(partitions, queries[tune], truth[tune], args.partitioned_target, k=K)
+    partitions, probes, tuning_recall, report = tune_partitions(corpus, queries[tune], truth[tune],
+                                                                args.partitioned_target, k=K, say=lambda *a: None)
     tuning_seconds = time.perf_counter() - start
 
     # The two retrievers' searches, as their SavedModels hold and run them.
@@ -153,8 +152,8 @@ def partitioned_part(size, args):
         rates.append(row)
     return dict(size=size, real=real, queries=len(queries), held_out_queries=len(held),
                 partitions=partitions.count, probes=probes, target_recall=args.partitioned_target,
-                tuning_recall=tuning_recall, held_out_recall=held_out_recall, build_seconds=build_seconds,
-                tuning_seconds=tuning_seconds, rates=rates, peak_rss_gb=peak_gb())
+                tuning_recall=tuning_recall, held_out_recall=held_out_recall, build_seconds=report["build_seconds"],
+                tuning_seconds=tuning_seconds, tried=report["tried"], rates=rates, peak_rss_gb=peak_gb())
 
 
 PARTS = {"scann": scann_part, "partitioned": partitioned_part}

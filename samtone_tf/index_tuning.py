@@ -112,14 +112,14 @@ def tune_scann_for_targets(embeddings, doc_ids, queries, targets, k=10, excluded
         for depth in sorted({max(d, k) for d in REORDER_DEPTHS}):
             for fraction in LEAF_FRACTIONS:
                 searched = max(1, int(round(leaves * fraction)))
-                found, qps = _timed(lambda: _scann_rows(index, queries[tune], k, excluded_rows[tune], searched,
+                found, qps = timed(lambda: _scann_rows(index, queries[tune], k, excluded_rows[tune], searched,
                                                         depth))
                 trial = dict(num_leaves=leaves, num_leaves_to_search=searched, reorder=depth,
                              recall=recall_at_k(found, truth[tune]), queries_per_second=qps,
                              build_seconds=build_seconds)
                 tried.append(trial)
                 for target in targets:
-                    if _better(trial, best[target], target):
+                    if better_trial(trial, best[target], target):
                         best[target], best_index[target] = trial, index
                 if trial["recall"] >= highest:
                     break  # more leaves only cost time at this depth
@@ -151,7 +151,7 @@ def _with_settings(index, settings, doc_ids):
     return out
 
 
-def _better(trial, best, target):
+def better_trial(trial, best, target):
     """Reaching the target beats not reaching it; among those reaching it, faster wins; among those
     not reaching it, higher recall wins."""
     if best is None:
@@ -164,7 +164,7 @@ def _better(trial, best, target):
     return trial["recall"] > best["recall"]
 
 
-def _timed(search, repeats=2):
+def timed(search, repeats=2):
     """(result, queries/s): the best of `repeats` runs (the first may pay for warming caches)."""
     best_seconds, result = float("inf"), None
     for _ in range(repeats):

@@ -220,7 +220,8 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
     `target_recall` the index is the fastest reaching recall@k >= target_recall on the corpus's queries
     (or, without queries, documents standing in for them): `samtone_tf.index_tuning.tune_scann`.
     `retriever` "partitioned" makes the retriever SavedModel search k-means partitions instead of every
-    document, probing the fewest partitions that reach `target_recall` (default 0.95) on those queries.
+    document, in the partitioning (of those `partitioned.tune_partitions` tries) that is fastest at
+    `target_recall` (default 0.95) on those queries, probing the fewest partitions that reach it.
     `corpus_embeddings` (doc_ids, float32 [N, D]), e.g. of a prebuilt index, stand for the corpus's documents
     instead of encoding it again, and a prebuilt `ScannIndex` of them (`prebuilt_index`) becomes index/N. The
     version is whole or absent: on any failure the previous version, the manifest and
@@ -272,7 +273,8 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
             retriever_report = {"kind": retriever}
             if retriever == "partitioned":
                 retriever_report.update(_save_partitioned(model.query_tower, embeddings, doc_ids, k, queries,
-                                                          excluded, target_recall or 0.95, staging / RETRIEVER))
+                                                          excluded, target_recall or 0.95, staging / RETRIEVER,
+                                                          say))
             else:
                 save_retriever(model.query_tower, embeddings, doc_ids, k, staging / RETRIEVER)
             say(f"wrote {RETRIEVER} version {version} ({retriever})")
@@ -306,19 +308,18 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
     return manifest
 
 
-def _save_partitioned(query_tower, embeddings, doc_ids, k, queries, excluded, target_recall, directory):
-    """The partitioned retriever, probing the fewest partitions that reach `target_recall` on `queries`.
-    -> what the manifest records of it."""
+def _save_partitioned(query_tower, embeddings, doc_ids, k, queries, excluded, target_recall, directory, say):
+    """The partitioned retriever: the fastest partitioning (`partitioned.tune_partitions`) reaching
+    `target_recall` on `queries`, probing the fewest partitions that do. -> what the manifest records of it."""
     from samtone_tf.index_tuning import exact_rows
-    from samtone_tf.partitioned import build_partitions, tune_probes
+    from samtone_tf.partitioned import tune_partitions
 
-    partitions = build_partitions(embeddings)
     depth = min(k, len(doc_ids) - int((excluded >= 0).any()))
     truth = exact_rows(embeddings, np.arange(len(doc_ids)), queries, depth, excluded)
-    probes, recall = tune_probes(partitions, queries, truth, target_recall, depth, excluded)
+    partitions, probes, _, report = tune_partitions(embeddings, queries, truth, target_recall, depth, excluded,
+                                                    say=say)
     save_partitioned_retriever(query_tower, partitions, doc_ids, probes, k, directory)
-    return {"partitions": partitions.count, "probes": probes, "target_recall": float(target_recall),
-            "recall": recall, "k": depth, "tuning_queries": len(queries)}
+    return report
 
 
 def _manifest(model, version, earlier_versions, training_config, metrics):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from samtone_tf.index import ExactIndex
-from samtone_tf.partitioned import (PartitionedIndex, build_partitions, partitioned_top_k, probes_holding_k,
-                                   tune_probes)
+from samtone_tf.partitioned import (PartitionedIndex, build_partitions, default_partition_count, partition_counts,
+                                   partitioned_top_k, probes_holding_k, tune_partitions, tune_probes)
 from samtone_tf.serving import run_like_tf_serving, run_tf2
 from tests.helpers import REPOSITORY_ROOT
 from tests.test_index import clustered, unit
@@ -100,6 +100,36 @@ def test_tuned_probes_meet_the_target_on_unseen_queries_and_are_the_fewest(corpu
     assert recall_fewer < 0.95
 
 
+def test_the_partition_counts_tried_are_multiples_of_sqrt_n_and_leave_partitions_of_several_documents():
+    assert partition_counts(1_000_000) == [1000, 2000, 4000]
+    assert partition_counts(5183) == [72, 144, 288]
+    assert partition_counts(40) == [6, 10]  # 12 and 24 capped at 40 // 4: partitions of 4 documents on average
+    assert partition_counts(1) == [1]
+    assert default_partition_count(5183) == 72
+
+
+def test_the_tuned_partitioning_is_the_fastest_reaching_the_target_and_meets_it_on_unseen_queries(corpus):
+    documents, tuning, unseen = corpus
+    exact = ExactIndex(documents, np.arange(len(documents)))
+    truth = exact.search(tuning, 10)[0].astype(np.int64)
+    messages = []
+    partitions, probes, recall, report = tune_partitions(documents, tuning, truth, 0.95, k=10, say=messages.append)
+    tried = report["tried"]
+    assert [t["partitions"] for t in tried] == partition_counts(len(documents)) == [77, 154, 308]
+    assert all(t["recall"] >= 0.95 for t in tried) and len(messages) == 3
+    fastest = max(tried, key=lambda t: t["queries_per_second"])
+    assert (partitions.count, probes, recall) == (fastest["partitions"], fastest["probes"], fastest["recall"])
+    assert report["partitions"] == partitions.count and report["target_recall"] == 0.95
+    # Each partitioning's probes are its own fewest reaching the target.
+    for trial in tried:
+        again = build_partitions(documents, trial["partitions"])
+        assert tune_probes(again, tuning, truth, 0.95, k=10) == (trial["probes"], trial["recall"])
+    found, _ = PartitionedIndex(partitions, np.arange(len(documents)), probes).search(unseen, 10)
+    unseen_truth = exact.search(unseen, 10)[0]
+    recall_unseen = np.mean([len(set(f.tolist()) & set(t.tolist())) / 10 for f, t in zip(found, unseen_truth)])
+    assert recall_unseen >= 0.95 - 0.03
+
+
 def test_an_exported_partitioned_retriever_serves_alike_under_every_loader(tiny_model_dir, tmp_path, shared_data):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "samtone_tf.export", "--model_dir", str(tiny_model_dir), "--out", str(out),
@@ -108,8 +138,10 @@ def test_an_exported_partitioned_retriever_serves_alike_under_every_loader(tiny_
     result = subprocess.run(command, cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     search = json.loads((out / "manifest.json").read_text())["models"]["retriever"]["search"]
-    assert search["kind"] == "partitioned" and search["partitions"] == 72  # ~sqrt(5183)
-    assert search["recall"] >= 0.9 and 1 <= search["probes"] <= 72
+    assert search["kind"] == "partitioned" and search["partitions"] in (72, 144, 288)  # sqrt(5183) x 1, 2, 4
+    assert [t["partitions"] for t in search["tried"]] == [72, 144, 288]
+    assert search["recall"] >= 0.9 and 1 <= search["probes"] <= search["partitions"]
+    assert search["queries_per_second"] == max(t["queries_per_second"] for t in search["tried"])
     texts = ["what causes cancer", "vitamin d deficiency", "0-dimensional biomaterials show inductive properties."]
     served = run_like_tf_serving(out / "retriever" / "1", texts)
     reference = run_tf2(out / "retriever" / "1", texts)
