@@ -155,6 +155,11 @@ def _concat(found, k):
     return tf.cond(found.size() > 0, found.concat, lambda: tf.zeros(tf.stack([0, k]), found.dtype))
 
 
+# One traced search shared by every PartitionedIndex: tuning makes several, and a tf.function per index would be
+# retraced for each (and TensorFlow warns of the retracing).
+_traced_search = tf.function(partitioned_top_k, reduce_retracing=True)
+
+
 class PartitionedIndex:
     """`Partitions` searched in NumPy-in/NumPy-out form, with the same answer as the retriever SavedModel.
     -> search(query_embeddings [Q, D], k, probes) = (doc_ids object [Q, k], scores float32 [Q, k])."""
@@ -166,7 +171,7 @@ class PartitionedIndex:
         self._centroids = tf.constant(partitions.centroids)
         self._embeddings = tf.constant(partitions.embeddings)
         self._offsets = tf.constant(partitions.offsets)
-        self._search = tf.function(partitioned_top_k, reduce_retracing=True)
+        self._search = _traced_search
 
     def __len__(self):
         return len(self.doc_ids)
