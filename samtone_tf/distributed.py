@@ -79,6 +79,18 @@ def is_multi_worker(strategy):
     return sum(len(addresses) for addresses in tasks) > 1
 
 
+def any_worker_flag(strategy):
+    """-> flagged(flag: bool) -> bool: whether `flag` is true on any worker of `strategy`, by one all-reduce of a
+    scalar over every replica. Collective: every worker must call it at the same point of its loop."""
+
+    @tf.function
+    def count(flag):
+        per_replica = strategy.run(lambda value: value, args=(flag,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return lambda flag: bool(count(tf.constant(1.0 if flag else 0.0)).numpy() > 0)
+
+
 def is_chief(strategy):
     """Whether this process writes the real checkpoints, logs and exports.
 

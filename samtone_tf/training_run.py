@@ -134,11 +134,14 @@ def _train(config, strategy, chief, model_dir, log):
         window_start, window_steps = time.perf_counter(), 0
         progress = _Progress(start_step, config.steps, enabled=chief and sys.stdout.isatty())
         multi_worker = distributed.is_multi_worker(strategy)
-        # Workers stopping at different steps would wait on each other's collectives: SIGTERM ends them at once.
-        stop = _StopSignals(signal.SIGINT) if multi_worker else _StopSignals(signal.SIGINT, signal.SIGTERM)
+        # Workers stopping at different steps would wait on each other's collectives: in a multi-worker job a
+        # signal is only noted, and after every step the workers agree (one all-reduce) whether any was signalled;
+        # then all save the same step and stop together.
+        stop = _StopSignals(signal.SIGINT, signal.SIGTERM, defer=multi_worker)
+        any_worker_stopping = distributed.any_worker_flag(strategy) if multi_worker else None
         try:
             for step in range(start_step + 1, config.steps + 1):
-                if stop.received:  # a signal whose KeyboardInterrupt was swallowed (see _StopSignals)
+                if stop.received and not multi_worker:  # its KeyboardInterrupt was swallowed (see _StopSignals)
                     raise KeyboardInterrupt
                 try:
                     loss = step_fn(next(iterator))
@@ -183,14 +186,20 @@ def _train(config, strategy, chief, model_dir, log):
                     during = evaluate_all(model, evaluation_sets, config, log)
                     _append_jsonl(metrics_log, {"step": step, "phase": "during", "evaluation": during})
                     _summaries(writer, step, during)
-        except KeyboardInterrupt:
+                if any_worker_stopping and step < config.steps and any_worker_stopping(stop.received is not None):
+                    raise _WorkersStopping
+        except (KeyboardInterrupt, _WorkersStopping) as stopped:
             progress.clear()
             writer.flush()
-            signum = stop.received or signal.SIGINT
+            agreed = isinstance(stopped, _WorkersStopping)
+            signum = stop.received or (signal.SIGTERM if agreed else signal.SIGINT)
             done = int(optimizer.iterations.numpy())
             how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+            if agreed and not stop.received:
+                how = "stopped with another worker, which was signalled,"
+            # A multi-worker save is collective: only when every worker agreed to stop here.
             log(f"{how} after step {done} of {config.steps}; "
-                f"{_save_on_stop(manager, model, done, multi_worker)}", error=True)
+                f"{_save_on_stop(manager, model, done, can_save=agreed or not multi_worker)}", error=True)
             return 128 + signum
         finally:
             stop.restore()
@@ -220,9 +229,15 @@ def _train(config, strategy, chief, model_dir, log):
     return 0
 
 
+class _WorkersStopping(Exception):
+    """The workers of a multi-worker job agreed to stop after this step (one of them was signalled)."""
+
+
 class _StopSignals:
     """Turns `signals`, of SIGINT (Ctrl-C) and SIGTERM (what a scheduler or `kill` sends before it kills: Kubernetes,
     Slurm, preemptible VMs), into a KeyboardInterrupt in the training loop, and notes the signal in `received` too.
+    With `defer` (multi-worker jobs, whose workers must stop at the same step) the first signal is only noted, for
+    the loop to act on; a second one raises KeyboardInterrupt at once (a worker stuck waiting on a lost peer).
     Python raises the exception at whatever bytecode runs next, and when that is a garbage-collection callback
     (a weakref's, as TensorFlow and Keras hold many) it is printed as "ignored" and lost: the training loop then
     checks `received` before every step. A signal is taken over only from its default handling, in the main
@@ -231,8 +246,9 @@ class _StopSignals:
 
     DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
-    def __init__(self, *signals):
+    def __init__(self, *signals, defer=False):
         self.received = None  # the number of the first signal received
+        self._defer = defer
         self._previous = {}
         if threading.current_thread() is not threading.main_thread():
             return
@@ -243,6 +259,8 @@ class _StopSignals:
     def _handle(self, signum, frame):
         if self.received is None:
             self.received = signum
+            if self._defer:
+                return
         raise KeyboardInterrupt
 
     def restore(self):
@@ -251,15 +269,15 @@ class _StopSignals:
         self._previous = {}
 
 
-def _save_on_stop(manager, model, done, multi_worker):
-    """Saves the steps a stopped run completed since its last checkpoint, so that resuming loses none.
+def _save_on_stop(manager, model, done, can_save):
+    """Saves the steps a stopped run completed since its last checkpoint, so that resuming loses none (unless not
+    `can_save`: a multi-worker save is collective, and the other workers may not be stopping).
     -> where the run can resume from, as a sentence for the log."""
     latest = manager.latest_checkpoint
     resume = "Run the same command again to resume"
     from_latest = (f"the last checkpoint is {latest}. {resume} from it." if latest else
                    f"no checkpoint was written yet. {resume}: it starts over.")
-    # Multi-worker: saving is collective across workers, and the others may not have stopped.
-    if multi_worker or done == 0 or (latest and latest.endswith(f"-{done}")):
+    if not can_save or done == 0 or (latest and latest.endswith(f"-{done}")):
         return from_latest
     if not all_finite(model):
         return (f"the weights are non-finite, so they were not saved; the last checkpoint is {latest or 'none'}. "

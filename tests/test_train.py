@@ -276,6 +276,58 @@ def test_only_a_strategy_over_several_processes_counts_as_multi_worker():
     assert is_multi_worker(resolved({"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"]}))
 
 
+def _start_workers(model_dir, tmp_path, workers, *extra):
+    """The training processes of a local multi-worker job (one per address of `workers`), signals as in a terminal."""
+    processes = []
+    for index in range(len(workers)):
+        env = os.environ.copy()
+        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        env["TMPDIR"] = str(tmp_path / f"tmp{index}")
+        os.makedirs(env["TMPDIR"], exist_ok=True)
+        processes.append(subprocess.Popen(
+            command(model_dir, "--strategy", "multi_worker", "--batch_size", "8", *extra), cwd=REPOSITORY_ROOT,
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=stop_signals_as_in_a_terminal))
+    return processes
+
+
+def test_a_multi_worker_run_whose_worker_gets_sigterm_stops_and_saves_the_same_step_everywhere_then_resumes(
+        tmp_path):
+    """A preempted worker (SIGTERM to one process of the job) stops the whole job after one common step, saved;
+    the same commands resume from it. Stopping at once would leave the other worker waiting on its collectives."""
+    model_dir = tmp_path / "multi"
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    settings = ["--no-export", "--max_train_pairs", "1600", "--checkpoint_every", "1000000", "--log_every", "1"]
+    processes = _start_workers(model_dir, tmp_path, workers, "--steps", "1000000", *settings)
+    try:
+        deadline, log = time.time() + 400, model_dir / "metrics.jsonl"
+        while time.time() < deadline and not any("loss" in r for r in read_jsonl_records(log, repair=False)):
+            assert all(p.poll() is None for p in processes), [p.communicate()[1][-2000:] for p in processes]
+            time.sleep(0.05)
+    finally:
+        processes[1].send_signal(signal.SIGTERM)  # the other worker, not the chief, is preempted
+        outputs = [p.communicate(timeout=300) for p in processes]
+    for process, (_, err) in zip(processes, outputs):
+        assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
+        assert "Traceback" not in err
+    chief_err, worker_err = outputs[0][1], outputs[1][1]
+    stopped_at = int(re.search(r"stopped with another worker, which was signalled, after step (\d+) of 1000000",
+                               chief_err).group(1))
+    assert f"stopped by SIGTERM after step {stopped_at} of 1000000" in worker_err
+    saved = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    assert saved.endswith(f"ckpt-{stopped_at}") and f"saved {saved}. Run the same command again" in chief_err
+    reader = tf.train.load_checkpoint(saved)
+    assert reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == stopped_at
+
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]  # fresh ports: the old ones may linger in TIME_WAIT
+    resumed = _start_workers(model_dir, tmp_path, workers, "--steps", str(stopped_at + 2), *settings)
+    outputs = [p.communicate(timeout=600) for p in resumed]
+    for process, (_, err) in zip(resumed, outputs):
+        assert process.returncode == 0, err[-3000:]
+    assert f"resumed from {saved} at step {stopped_at}" in outputs[0][0]
+    assert f"step {stopped_at + 2}/{stopped_at + 2}" in outputs[0][0]
+
+
 def test_multi_worker_run_with_two_local_workers(tmp_path):
     model_dir = tmp_path / "multi"
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
