@@ -48,9 +48,9 @@ def build_parser():
                              "search, measured on the corpus's queries on this machine (default: ScaNN's defaults)")
     parser.add_argument("--retriever", default="exact", choices=("exact", "partitioned"),
                         help="with --corpus: the retriever SavedModel searches every document (exact) or the "
-                             "nearest k-means partitions (partitioned: for corpora too large to search exactly per query); "
-                             "of sqrt(N), 2 sqrt(N) and 4 sqrt(N) partitions, the fastest at --target_recall "
-                             "(default 0.95) on this machine, probing as few as reach it")
+                             "nearest k-means partitions (partitioned: for corpora too large to search exactly "
+                             "per query); of sqrt(N), 2 sqrt(N) and 4 sqrt(N) partitions, the fastest at "
+                             "--target_recall (default 0.95) on this machine, probing as few as reach it")
     parser.add_argument("--index", default=None, metavar="INDEX_DIR",
                         help="a prebuilt index of --corpus (python -m samtone_tf.index build): its embeddings and, "
                              "for a ScaNN index, the index itself are used instead of encoding the corpus again "

@@ -113,7 +113,7 @@ def tune_scann_for_targets(embeddings, doc_ids, queries, targets, k=10, excluded
             for fraction in LEAF_FRACTIONS:
                 searched = max(1, int(round(leaves * fraction)))
                 found, qps = timed(lambda: _scann_rows(index, queries[tune], k, excluded_rows[tune], searched,
-                                                        depth))
+                                                       depth))
                 trial = dict(num_leaves=leaves, num_leaves_to_search=searched, reorder=depth,
                              recall=recall_at_k(found, truth[tune]), queries_per_second=qps,
                              build_seconds=build_seconds)

@@ -19,9 +19,8 @@ at most 2 log2(P) + 1 searches of the tuning queries to find its probes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
