@@ -13,7 +13,7 @@ included), and a part passing `--memory_limit_gb` is killed and reported as not 
 - `scann`: `index_tuning.tune_scann_for_targets` at each `--targets` recall@10 (one walk of the trees for all
   targets); per target the chosen settings, tuning time, held-out recall, its queries/s against exact search
   (`ExactIndex`, batched over the same queries), and the searcher's size on disk.
-- `partitioned`: the partitioning and probes tuned to `--partitioned_target` (`partitioned.tune_partitions`: √N,
+- `partitioned`: the partitioning and probes tuned to `--partitioned_target` (`index_tuning.tune_partitions`: √N,
   2√N and 4√N k-means partitions, each with its fewest probes, the fastest kept); the partitioned search
   against the exact retriever's search (matrix product and top-k over
   a variable, as the retriever SavedModel serves), both as `tf.function`s over requests of `--request_sizes`
@@ -104,9 +104,9 @@ def partitioned_part(size, args):
     import numpy as np
     import tensorflow as tf
 
-    from samtone_tf.index_tuning import exact_rows, held_out_split
+    from samtone_tf.index_tuning import exact_rows, held_out_split, tune_partitions
     from samtone_tf.metrics import recall_at_k
-    from samtone_tf.partitioned import partitioned_top_k, tune_partitions
+    from samtone_tf.partitioned import partitioned_top_k
 
     corpus, queries, real = corpus_and_queries(size, args.cache_dir, args.spread)
     tune, held = held_out_split(len(queries))

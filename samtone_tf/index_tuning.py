@@ -10,6 +10,9 @@ Recall is then measured again on queries the tuning did not see, and both figure
 Build time is bounded: at most `max_builds` trees (each a build of the default size), and the search grid is
 walked from the cheapest setting upwards, stopping for each tree and depth at the first setting that reaches
 the target, so at most `len(LEAF_FRACTIONS) x len(REORDER_DEPTHS)` searches of the tuning queries per tree.
+
+`tune_partitions` does the same for the partitioned TF retriever (`samtone_tf.partitioned`): a few partition
+counts, each with its fewest probes reaching the target, the fastest kept.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 
 from samtone_tf.index import SCANN_BRUTE_FORCE_BELOW, ExactIndex, ScannIndex, scann_defaults
 from samtone_tf.metrics import recall_at_k
+from samtone_tf.partitioned import PartitionedIndex, build_partitions, partition_counts, tune_probes
 
 LEAF_FRACTIONS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)  # of the tree's leaves, searched per query
 REORDER_DEPTHS = (50, 100, 250, 500)  # candidates re-scored exactly (never fewer than k)
@@ -112,14 +116,14 @@ def tune_scann_for_targets(embeddings, doc_ids, queries, targets, k=10, excluded
         for depth in sorted({max(d, k) for d in REORDER_DEPTHS}):
             for fraction in LEAF_FRACTIONS:
                 searched = max(1, int(round(leaves * fraction)))
-                found, qps = timed(lambda: _scann_rows(index, queries[tune], k, excluded_rows[tune], searched,
-                                                       depth))
+                found, qps = _timed(lambda: _scann_rows(index, queries[tune], k, excluded_rows[tune], searched,
+                                                        depth))
                 trial = dict(num_leaves=leaves, num_leaves_to_search=searched, reorder=depth,
                              recall=recall_at_k(found, truth[tune]), queries_per_second=qps,
                              build_seconds=build_seconds)
                 tried.append(trial)
                 for target in targets:
-                    if better_trial(trial, best[target], target):
+                    if _better(trial, best[target], target):
                         best[target], best_index[target] = trial, index
                 if trial["recall"] >= highest:
                     break  # more leaves only cost time at this depth
@@ -143,6 +147,42 @@ def tune_scann_for_targets(embeddings, doc_ids, queries, targets, k=10, excluded
     return chosen
 
 
+def tune_partitions(embeddings, queries, true_rows, target_recall, k=10, excluded_rows=None, counts=None,
+                    request=64, say=print):
+    """The fastest partitioning of `embeddings` [N, D] reaching recall@k >= `target_recall` on `queries` [Q, D]
+    against `true_rows` [Q, k] (corpus rows; `excluded_rows` [Q] as in `tune_probes`).
+
+    For each count of `counts` (default `partitioned.partition_counts(N)`): k-means partitions, the fewest probes
+    reaching the target (`partitioned.tune_probes`), and the queries/s of searching the queries in requests of
+    `request`. The fastest wins (every partitioning reaches the target: probing all of it is the exact search).
+    -> (Partitions, probes, recall on `queries`, report: what the manifest records, with every partitioning tried).
+    """
+    embeddings = np.asarray(embeddings, np.float32)
+    queries = np.asarray(queries, np.float32)
+    excluded = np.full(len(queries), -1) if excluded_rows is None else np.asarray(excluded_rows)
+    extra = int((excluded >= 0).any())
+    tried, best, best_partitions = [], None, None
+    for count in counts or partition_counts(len(embeddings)):
+        start = time.perf_counter()
+        partitions = build_partitions(embeddings, count)
+        build_seconds = time.perf_counter() - start
+        probes, recall = tune_probes(partitions, queries, true_rows, target_recall, k, excluded)
+        index = PartitionedIndex(partitions, np.arange(len(partitions.rows)), probes)
+        index.search(queries[:request], k + extra)  # traced and warm before timing
+        _, qps = _timed(lambda: index.search(queries, k + extra, batch=request)[0])
+        trial = dict(partitions=partitions.count, probes=probes, recall=recall, queries_per_second=qps,
+                     build_seconds=build_seconds)
+        tried.append(trial)
+        say(f"partitioned: {count} partitions, {probes} probes: recall@{k} {recall:.3f} at {qps:.0f} q/s "
+            f"(requests of {request})")
+        if _better(trial, best, target_recall):
+            best, best_partitions = trial, partitions
+        partitions = index = None  # a losing partitioning's copy of the corpus is freed before the next
+    report = dict(best, target_recall=float(target_recall), k=int(k), tuning_queries=len(queries),
+                  request_queries=int(request), tried=tried)
+    return best_partitions, best["probes"], best["recall"], report
+
+
 def _with_settings(index, settings, doc_ids):
     """A ScannIndex sharing `index`'s searcher, with its own settings and document ids."""
     out = copy.copy(index)
@@ -151,7 +191,7 @@ def _with_settings(index, settings, doc_ids):
     return out
 
 
-def better_trial(trial, best, target):
+def _better(trial, best, target):
     """Reaching the target beats not reaching it; among those reaching it, faster wins; among those
     not reaching it, higher recall wins."""
     if best is None:
@@ -164,7 +204,7 @@ def better_trial(trial, best, target):
     return trial["recall"] > best["recall"]
 
 
-def timed(search, repeats=2):
+def _timed(search, repeats=2):
     """(result, queries/s): the best of `repeats` runs (the first may pay for warming caches)."""
     best_seconds, result = float("inf"), None
     for _ in range(repeats):

@@ -9,17 +9,16 @@ distinct partitions the batch probes; each is one matrix product with the querie
 (query, partition) pair; the pairs' results are then merged into a top k per query. Probing every partition gives
 the exact top k.
 
-How many partitions: `tune_partitions` builds √N, 2√N and 4√N partitions (`PARTITION_MULTIPLIERS`), gives each
-the fewest probes reaching the recall target, times each on the tuning queries, and keeps the fastest. More,
-smaller partitions cost more centroid scores and loop steps per query but read less of the corpus for the same
-recall; which wins depends on the corpus, the request size and the CPU, so it is measured, not assumed. Build
-time is bounded: three k-means runs (each on a sample of at most max(100,000, 30 P) rows) and, per partitioning,
-at most 2 log2(P) + 1 searches of the tuning queries to find its probes.
+How many partitions: `index_tuning.tune_partitions` builds √N, 2√N and 4√N partitions (`PARTITION_MULTIPLIERS`),
+gives each the fewest probes reaching the recall target (`tune_probes`), times each on the tuning queries, and keeps
+the fastest. More, smaller partitions cost more centroid scores and loop steps per query but read less of the
+corpus for the same recall; which wins depends on the corpus, the request size and the CPU, so it is measured,
+not assumed. Build time is bounded: three k-means runs (each on a sample of at most max(100,000, 30 P) rows) and,
+per partitioning, at most 2 log2(P) + 1 searches of the tuning queries to find its probes.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -234,41 +233,3 @@ def tune_probes(partitions, queries, true_rows, target_recall, k=10, excluded_ro
         high = floor
         measured[high] = recall(high)
     return high, measured[high]
-
-
-def tune_partitions(embeddings, queries, true_rows, target_recall, k=10, excluded_rows=None, counts=None,
-                    request=64, say=print):
-    """The fastest partitioning of `embeddings` [N, D] reaching recall@k >= `target_recall` on `queries` [Q, D]
-    against `true_rows` [Q, k] (corpus rows; `excluded_rows` [Q] as in `tune_probes`).
-
-    For each count of `counts` (default `partition_counts(N)`): k-means partitions, the fewest probes reaching the
-    target (`tune_probes`), and the queries/s of searching the queries in requests of `request`. The fastest
-    wins (every partitioning reaches the target: probing all of it is the exact search).
-    -> (Partitions, probes, recall on `queries`, report: what the manifest records, with every partitioning tried).
-    """
-    from samtone_tf.index_tuning import better_trial, timed
-
-    embeddings = np.asarray(embeddings, np.float32)
-    queries = np.asarray(queries, np.float32)
-    excluded = np.full(len(queries), -1) if excluded_rows is None else np.asarray(excluded_rows)
-    extra = int((excluded >= 0).any())
-    tried, best, best_partitions = [], None, None
-    for count in counts or partition_counts(len(embeddings)):
-        start = time.perf_counter()
-        partitions = build_partitions(embeddings, count)
-        build_seconds = time.perf_counter() - start
-        probes, recall = tune_probes(partitions, queries, true_rows, target_recall, k, excluded)
-        index = PartitionedIndex(partitions, np.arange(len(partitions.rows)), probes)
-        index.search(queries[:request], k + extra)  # traced and warm before timing
-        _, qps = timed(lambda: index.search(queries, k + extra, batch=request)[0])
-        trial = dict(partitions=partitions.count, probes=probes, recall=recall, queries_per_second=qps,
-                     build_seconds=build_seconds)
-        tried.append(trial)
-        say(f"partitioned: {count} partitions, {probes} probes: recall@{k} {recall:.3f} at {qps:.0f} q/s "
-            f"(requests of {request})")
-        if better_trial(trial, best, target_recall):
-            best, best_partitions = trial, partitions
-        partitions = index = None  # a losing partitioning's copy of the corpus is freed before the next
-    report = dict(best, target_recall=float(target_recall), k=int(k), tuning_queries=len(queries),
-                  request_queries=int(request), tried=tried)
-    return best_partitions, best["probes"], best["recall"], report

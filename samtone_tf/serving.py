@@ -220,7 +220,7 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
     `target_recall` the index is the fastest reaching recall@k >= target_recall on the corpus's queries
     (or, without queries, documents standing in for them): `samtone_tf.index_tuning.tune_scann`.
     `retriever` "partitioned" makes the retriever SavedModel search k-means partitions instead of every
-    document, in the partitioning (of those `partitioned.tune_partitions` tries) that is fastest at
+    document, in the partitioning (of those `index_tuning.tune_partitions` tries) that is fastest at
     `target_recall` (default 0.95) on those queries, probing the fewest partitions that reach it.
     `corpus_embeddings` (doc_ids, float32 [N, D]), e.g. of a prebuilt index, stand for the corpus's documents
     instead of encoding it again, and a prebuilt `ScannIndex` of them (`prebuilt_index`) becomes index/N. The
@@ -309,10 +309,9 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
 
 
 def _save_partitioned(query_tower, embeddings, doc_ids, k, queries, excluded, target_recall, directory, say):
-    """The partitioned retriever: the fastest partitioning (`partitioned.tune_partitions`) reaching
+    """The partitioned retriever: the fastest partitioning (`index_tuning.tune_partitions`) reaching
     `target_recall` on `queries`, probing the fewest partitions that do. -> what the manifest records of it."""
-    from samtone_tf.index_tuning import exact_rows
-    from samtone_tf.partitioned import tune_partitions
+    from samtone_tf.index_tuning import exact_rows, tune_partitions
 
     depth = min(k, len(doc_ids) - int((excluded >= 0).any()))
     truth = exact_rows(embeddings, np.arange(len(doc_ids)), queries, depth, excluded)
