@@ -134,14 +134,14 @@ def _train(config, strategy, chief, model_dir, log):
         window_start, window_steps = time.perf_counter(), 0
         progress = _Progress(start_step, config.steps, enabled=chief and sys.stdout.isatty())
         multi_worker = distributed.is_multi_worker(strategy)
-        # Workers stopping at different steps would wait on each other's collectives: in a multi-worker job a
-        # signal is only noted, and after every step the workers agree (one all-reduce) whether any was signalled;
-        # then all save the same step and stop together.
-        stop = _StopSignals(signal.SIGINT, signal.SIGTERM, defer=multi_worker)
+        # A signal is only noted (see _StopSignals) and acted on between steps. Workers stopping at different
+        # steps would wait on each other's collectives: in a multi-worker job, after every step the workers agree
+        # (one all-reduce) whether any was signalled; then all save the same step and stop together.
+        stop = _StopSignals(signal.SIGINT, signal.SIGTERM)
         any_worker_stopping = distributed.any_worker_flag(strategy) if multi_worker else None
         try:
             for step in range(start_step + 1, config.steps + 1):
-                if stop.received and not multi_worker:  # its KeyboardInterrupt was swallowed (see _StopSignals)
+                if stop.received and not multi_worker:
                     raise KeyboardInterrupt
                 try:
                     loss = step_fn(next(iterator))
@@ -234,21 +234,21 @@ class _WorkersStopping(Exception):
 
 
 class _StopSignals:
-    """Turns `signals`, of SIGINT (Ctrl-C) and SIGTERM (what a scheduler or `kill` sends before it kills: Kubernetes,
-    Slurm, preemptible VMs), into a KeyboardInterrupt in the training loop, and notes the signal in `received` too.
-    With `defer` (multi-worker jobs, whose workers must stop at the same step) the first signal is only noted, for
-    the loop to act on; a second one raises KeyboardInterrupt at once (a worker stuck waiting on a lost peer).
-    Python raises the exception at whatever bytecode runs next, and when that is a garbage-collection callback
-    (a weakref's, as TensorFlow and Keras hold many) it is printed as "ignored" and lost: the training loop then
-    checks `received` before every step. A signal is taken over only from its default handling, in the main
-    thread: a process started with it ignored, or an application with its own handler, keeps its choice.
-    A signal arriving while a step runs is handled when the step returns (the step is one native call)."""
+    """Notes the first of `signals`, of SIGINT (Ctrl-C) and SIGTERM (what a scheduler or `kill` sends before it kills:
+    Kubernetes, Slurm, preemptible VMs), in `received`, for the training loop to stop on between steps (all workers
+    of a multi-worker job at the same step), and says so on stderr; a second signal raises KeyboardInterrupt at once
+    (a step or an evaluation that takes too long, a worker stuck waiting on a lost peer).
+    Why the first one raises nothing: Python raises a handler's exception at whatever bytecode runs next. Inside a
+    garbage-collection callback (a weakref's, as TensorFlow and Keras hold many) it is printed as "ignored" and lost;
+    inside code a native library runs through `PyRun_*`, CPython 3.11 remembers it as unhandled even when the loop
+    catches it, and the process, its stop saved, then exits killed by SIGINT instead of with its own code.
+    A signal is taken over only from its default handling, in the main thread: a process started with it ignored,
+    or an application with its own handler, keeps its choice."""
 
     DEFAULTS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
-    def __init__(self, *signals, defer=False):
+    def __init__(self, *signals):
         self.received = None  # the number of the first signal received
-        self._defer = defer
         self._previous = {}
         if threading.current_thread() is not threading.main_thread():
             return
@@ -257,11 +257,12 @@ class _StopSignals:
                 self._previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame):
-        if self.received is None:
-            self.received = signum
-            if self._defer:
-                return
-        raise KeyboardInterrupt
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        # os.write, not print: a handler that runs inside a print to the same stream would fail on re-entry.
+        os.write(2, f"{signal.Signals(signum).name} received: stopping after this step, which is then saved "
+                    "(send it again to stop at once)\n".encode())
 
     def restore(self):
         for signum, previous in self._previous.items():
