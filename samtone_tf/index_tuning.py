@@ -24,7 +24,7 @@ import numpy as np
 
 from samtone_tf.index import SCANN_BRUTE_FORCE_BELOW, ExactIndex, ScannIndex, scann_defaults
 from samtone_tf.metrics import recall_at_k
-from samtone_tf.partitioned import PartitionedIndex, build_partitions, partition_counts, tune_probes
+from samtone_tf.partitioned import build_partitions, partition_counts, row_index, tune_probes
 
 LEAF_FRACTIONS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)  # of the tree's leaves, searched per query
 REORDER_DEPTHS = (50, 100, 250, 500)  # candidates re-scored exactly (never fewer than k)
@@ -166,10 +166,10 @@ def tune_partitions(embeddings, queries, true_rows, target_recall, k=10, exclude
         start = time.perf_counter()
         partitions = build_partitions(embeddings, count)
         build_seconds = time.perf_counter() - start
-        probes, recall = tune_probes(partitions, queries, true_rows, target_recall, k, excluded)
-        index = PartitionedIndex(partitions, np.arange(len(partitions.rows)), probes)
-        index.search(queries[:request], k + extra)  # traced and warm before timing
-        _, qps = _timed(lambda: index.search(queries, k + extra, batch=request)[0])
+        index = row_index(partitions)  # one copy of the corpus for both tuning the probes and timing them
+        probes, recall = tune_probes(partitions, queries, true_rows, target_recall, k, excluded, index=index)
+        index.search(queries[:request], k + extra, probes=probes)  # traced and warm before timing
+        _, qps = _timed(lambda: index.search(queries, k + extra, probes=probes, batch=request)[0])
         trial = dict(partitions=partitions.count, probes=probes, recall=recall, queries_per_second=qps,
                      build_seconds=build_seconds)
         tried.append(trial)

@@ -192,6 +192,11 @@ class PartitionedIndex:
         return np.concatenate(all_ids), np.concatenate(all_scores)
 
 
+def row_index(partitions, probes=1):
+    """A PartitionedIndex of `partitions` whose document ids are the corpus rows (what tuning compares)."""
+    return PartitionedIndex(partitions, np.arange(len(partitions.rows)), probes)
+
+
 def probes_holding_k(partitions, k):
     """The fewest probes that hold at least k documents whichever partitions are probed (the smallest ones
     summed): with at least this many, every query gets k results, never an empty slot."""
@@ -199,10 +204,12 @@ def probes_holding_k(partitions, k):
     return int(min(np.searchsorted(np.cumsum(sizes), k) + 1, partitions.count))
 
 
-def tune_probes(partitions, queries, true_rows, target_recall, k=10, excluded_rows=None):
+def tune_probes(partitions, queries, true_rows, target_recall, k=10, excluded_rows=None, index=None):
     """The fewest probes whose recall@k against `true_rows` [Q, k] (corpus rows) reaches `target_recall`, by
-    doubling then bisecting, and never fewer than `probes_holding_k`. -> (probes, recall measured with them)."""
-    index = PartitionedIndex(partitions, np.arange(len(partitions.rows)), probes=1)
+    doubling then bisecting, and never fewer than `probes_holding_k`. `index`: a PartitionedIndex of `partitions`
+    whose ids are the corpus rows, to search with (default: one is built; it holds a copy of the corpus).
+    -> (probes, recall measured with them)."""
+    index = index or row_index(partitions)
     excluded = np.full(len(queries), -1) if excluded_rows is None else np.asarray(excluded_rows)
     extra = int((excluded >= 0).any())
 

@@ -331,17 +331,7 @@ def test_a_multi_worker_run_whose_worker_gets_sigterm_stops_and_saves_the_same_s
 def test_multi_worker_run_with_two_local_workers(tmp_path):
     model_dir = tmp_path / "multi"
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
-    processes = []
-    for index in range(2):
-        env = os.environ.copy()
-        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
-        env["TMPDIR"] = str(tmp_path / f"tmp{index}")
-        os.makedirs(env["TMPDIR"])
-        processes.append(subprocess.Popen(
-            command(model_dir, "--strategy", "multi_worker", "--batch_size", "8", "--steps", "4",
-                    "--checkpoint_every", "2"),
-            cwd=REPOSITORY_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))
+    processes = _start_workers(model_dir, tmp_path, workers, "--steps", "4", "--checkpoint_every", "2")
     outputs = [p.communicate(timeout=600) for p in processes]
     for process, (out, err) in zip(processes, outputs):
         assert process.returncode == 0, err[-3000:]
