@@ -14,10 +14,9 @@ included), and a part passing `--memory_limit_gb` is killed and reported as not 
   targets); per target the chosen settings, tuning time, held-out recall, its queries/s against exact search
   (`ExactIndex`, batched over the same queries), and the searcher's size on disk.
 - `partitioned`: the partitioning and probes tuned to `--partitioned_target` (`index_tuning.tune_partitions`: √N,
-  2√N and 4√N k-means partitions, each with its fewest probes, the fastest kept); the partitioned search
-  against the exact retriever's search (matrix product and top-k over
-  a variable, as the retriever SavedModel serves), both as `tf.function`s over requests of `--request_sizes`
-  queries, for at most `--seconds` each.
+  2√N and 4√N k-means partitions, each with its fewest probes, the fastest kept); the partitioned search against
+  the exact retriever's search (matrix product and top-k over a variable, as the retriever SavedModel serves),
+  both as `tf.function`s over requests of `--request_sizes` queries, for at most `--seconds` each.
 Rows are merged into an existing --json by size (a cut run is resumed size by size). Needs the machine to itself.
 """
 
