@@ -3,11 +3,12 @@ queries, measured against exact search on this machine.
 
 ScaNN's speed and recall depend on the corpus and on the CPU (the exact search it is compared with is itself
 5x faster with AVX-512 than with AVX2), so a default cannot serve every user. `tune_scann` builds a few trees
-(numbers of leaves around sqrt(N)), and for each searches a grid of leaves searched x re-ordering depth,
+(sqrt(N), 2 sqrt(N) and 4 sqrt(N) leaves), and for each searches a grid of leaves searched x re-ordering depth,
 measuring recall@k against exact search and queries/s; the fastest configuration reaching the target wins.
 Recall is then measured again on queries the tuning did not see, and both figures go into the index manifest.
 
-Build time is bounded: at most `max_builds` trees (each a build of the default size), and the search grid is
+Build time is bounded: at most `max_builds` trees (each a k-means of ScaNN's 12 iterations over at most
+`scann_training_sample` rows: 100 per leaf, at least 100,000), and the search grid is
 walked from the cheapest setting upwards, stopping for each tree and depth at the first setting that reaches
 the target, so at most `len(LEAF_FRACTIONS) x len(REORDER_DEPTHS)` searches of the tuning queries per tree.
 
@@ -22,13 +23,15 @@ import time
 
 import numpy as np
 
-from samtone_tf.index import SCANN_BRUTE_FORCE_BELOW, ExactIndex, ScannIndex, scann_defaults
+from samtone_tf.index import SCANN_BRUTE_FORCE_BELOW, ExactIndex, ScannIndex, scann_defaults, scann_training_sample
 from samtone_tf.metrics import recall_at_k
 from samtone_tf.partitioned import build_partitions, partition_counts, row_index, tune_probes
 
-LEAF_FRACTIONS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64)  # of the tree's leaves, searched per query
+# Of the tree's leaves, searched per query: steps of about sqrt(2) (doubling skipped the fastest setting at 1M,
+# between 10 and 20 of 1,000 leaves), down to 0.2% for trees of 4 sqrt(N) leaves.
+LEAF_FRACTIONS = (0.002, 0.003, 0.004, 0.005, 0.007, 0.01, 0.014, 0.02, 0.028, 0.04, 0.056, 0.08, 0.16, 0.32, 0.64)
 REORDER_DEPTHS = (50, 100, 250, 500)  # candidates re-scored exactly (never fewer than k)
-LEAF_MULTIPLIERS = (1.0, 0.5, 2.0)  # trees of sqrt(N) x these leaves, in this order, up to max_builds
+LEAF_MULTIPLIERS = (1.0, 2.0, 4.0)  # trees of sqrt(N) x these leaves, in this order, up to max_builds
 
 
 def tuning_queries(query_embeddings, document_embeddings, size=2000, seed=0):
@@ -109,13 +112,12 @@ def tune_scann_for_targets(embeddings, doc_ids, queries, targets, k=10, excluded
     highest = max(targets)
     tried, best, best_index = [], {t: None for t in targets}, {t: None for t in targets}
     for leaves in leaf_counts[:max_builds]:
-        settings = dict(num_leaves=leaves, training_sample_size=min(size, max(100_000, 30 * leaves)))
+        settings = dict(num_leaves=leaves, training_sample_size=scann_training_sample(size, leaves))
         start = time.perf_counter()
         index = ScannIndex(embeddings, row_ids, k=k, settings=settings)
         build_seconds = time.perf_counter() - start
         for depth in sorted({max(d, k) for d in REORDER_DEPTHS}):
-            for fraction in LEAF_FRACTIONS:
-                searched = max(1, int(round(leaves * fraction)))
+            for searched in sorted({max(1, int(round(leaves * fraction))) for fraction in LEAF_FRACTIONS}):
                 found, qps = _timed(lambda: _scann_rows(index, queries[tune], k, excluded_rows[tune], searched,
                                                         depth))
                 trial = dict(num_leaves=leaves, num_leaves_to_search=searched, reorder=depth,

@@ -142,6 +142,14 @@ def _merge(scores_a, rows_a, scores_b, rows_b, k):
 
 
 SCANN_BRUTE_FORCE_BELOW = 20_000  # smaller corpora are searched exactly (in ScaNN's brute-force mode)
+# k-means points per leaf of a ScaNN tree. With 30 (a common rule) the leaves of a 1M corpus of clustered
+# embeddings split its clusters: recall@10 0.95 needed 40+ of 4,000 leaves searched; with 100, 12 (3.5x faster).
+SCANN_SAMPLE_PER_LEAF = 100
+
+
+def scann_training_sample(size, leaves):
+    """Rows the k-means of a `leaves`-leaf tree over `size` rows trains on: at least 100,000 (or all)."""
+    return int(min(size, max(100_000, SCANN_SAMPLE_PER_LEAF * leaves)))
 
 
 def scann_defaults(size, dimension):
@@ -154,7 +162,7 @@ def scann_defaults(size, dimension):
         mode="tree_ah",
         num_leaves=leaves,
         num_leaves_to_search=max(10, leaves // 10),
-        training_sample_size=min(size, max(100_000, 30 * leaves)),
+        training_sample_size=scann_training_sample(size, leaves),
         spherical=True,  # the towers' embeddings are unit vectors: spherical k-means suits them
         dimensions_per_block=2,
         anisotropic_quantization_threshold=0.2,
