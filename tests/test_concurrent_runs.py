@@ -75,8 +75,19 @@ def test_the_lock_in_process(tmp_path):
         assert json.loads(lock.path.read_text())["pid"] == os.getpid()
 
 
+@pytest.fixture
+def stop_signals_at_their_defaults():
+    """SIGINT and SIGTERM at their default handling (which _StopSignals takes over) for the test, then as before."""
+    from samtone_tf.training_run import _StopSignals
+
+    previous = {s: signal.signal(s, d) for s, d in _StopSignals.DEFAULTS.items()}
+    yield
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_stop_signal_arriving_in_a_garbage_collection_callback_is_noted(signum):
+def test_a_stop_signal_arriving_in_a_garbage_collection_callback_is_noted(signum, stop_signals_at_their_defaults):
     """Python runs a handler at the next bytecode; a KeyboardInterrupt raised inside a weakref callback would be
     printed as "ignored" and lost (what once made a Ctrl-C'd run finish its 400 steps). The handler only notes it."""
     import gc
@@ -84,29 +95,24 @@ def test_a_stop_signal_arriving_in_a_garbage_collection_callback_is_noted(signum
 
     from samtone_tf.training_run import _StopSignals
 
-    previous = {s: signal.signal(s, d) for s, d in _StopSignals.DEFAULTS.items()}
+    stop = _StopSignals(signal.SIGINT, signal.SIGTERM)
     try:
-        stop = _StopSignals(signal.SIGINT, signal.SIGTERM)
-        try:
-            class Thing:
-                pass
+        class Thing:
+            pass
 
-            def on_collected(_):
-                os.kill(os.getpid(), signum)
-                time.sleep(0.5)  # the handler runs here, inside the callback
+        def on_collected(_):
+            os.kill(os.getpid(), signum)
+            time.sleep(0.5)  # the handler runs here, inside the callback
 
-            thing = Thing()
-            reference = weakref.ref(thing, on_collected)
-            del thing  # the callback runs; its KeyboardInterrupt is ignored, not raised here
-            gc.collect()
-            assert reference() is None
-            assert stop.received == signum
-        finally:
-            stop.restore()
-        assert all(signal.getsignal(s) is d for s, d in _StopSignals.DEFAULTS.items())
+        thing = Thing()
+        reference = weakref.ref(thing, on_collected)
+        del thing  # the callback runs; the handler notes the signal there
+        gc.collect()
+        assert reference() is None
+        assert stop.received == signum
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        stop.restore()
+    assert all(signal.getsignal(s) is d for s, d in _StopSignals.DEFAULTS.items())
 
 
 STOPPED_INSIDE_PYRUN = """
@@ -139,25 +145,20 @@ def test_a_stop_signal_arriving_inside_python_code_run_by_a_native_library_still
     assert "SIGTERM received: stopping after this step" in result.stderr
 
 
-def test_a_second_stop_signal_stops_at_once():
+def test_a_second_stop_signal_stops_at_once(stop_signals_at_their_defaults):
     from samtone_tf.training_run import _StopSignals
 
-    previous = {s: signal.signal(s, d) for s, d in _StopSignals.DEFAULTS.items()}
+    stop = _StopSignals(signal.SIGINT, signal.SIGTERM)
     try:
-        stop = _StopSignals(signal.SIGINT, signal.SIGTERM)
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.2)  # the handler runs here and raises nothing
-            assert stop.received == signal.SIGTERM
-            with pytest.raises(KeyboardInterrupt):
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(5)
-            assert stop.received == signal.SIGTERM  # the first signal is the one the run reports
-        finally:
-            stop.restore()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler runs here and raises nothing
+        assert stop.received == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        assert stop.received == signal.SIGTERM  # the first signal is the one the run reports
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        stop.restore()
 
 
 def test_a_signal_ignored_or_handled_by_the_application_is_left_to_it():
