@@ -278,7 +278,9 @@ def _save_on_stop(manager, model, done, can_save):
     resume = "Run the same command again to resume"
     from_latest = (f"the last checkpoint is {latest}. {resume} from it." if latest else
                    f"no checkpoint was written yet. {resume}: it starts over.")
-    if not can_save or done == 0 or (latest and latest.endswith(f"-{done}")):
+    if latest and latest.endswith(f"-{done}"):  # stopped right after a periodic save: the steps done are in it
+        return f"saved {latest}. {resume} from it."
+    if not can_save or done == 0:
         return from_latest
     if not all_finite(model):
         return (f"the weights are non-finite, so they were not saved; the last checkpoint is {latest or 'none'}. "
