@@ -132,6 +132,56 @@ def evaluate_all(model, evaluation_sets, batch_size, done=()):
     return results
 
 
+def read_store(path):
+    """The results store in `path` ({} when there is none), each run's per-query metrics as {query_id: value}."""
+    if not path.is_file():
+        return {}
+    store = json.loads(path.read_text())
+    query_ids = store.pop("query_ids", {})
+    for run in _runs(store):
+        for label, result in run["results"].items():
+            if isinstance(result.get("per_query"), list):  # as write_store writes them
+                result["per_query"] = dict(zip(query_ids[label], result["per_query"], strict=True))
+    return store
+
+
+def write_store(path, store):
+    """Writes `store` to `path` atomically and compactly: every set's query ids once ("query_ids"), each run's
+    per-query metrics as a list in that order, and lists on one line (a dict per query made the file 5 MB at 13
+    runs)."""
+    stored = dict(store)
+    query_ids = {}
+    for key, run in store.items():
+        if not isinstance(run, dict) or "results" not in run:
+            continue
+        results = {}
+        for label, result in run["results"].items():
+            result = dict(result)
+            if "per_query" in result:
+                ids = query_ids.setdefault(label, sorted(result["per_query"]))
+                if len(ids) != len(result["per_query"]) or any(q not in result["per_query"] for q in ids):
+                    raise ValueError(f"{path}: run {key} scored other {label} queries than the runs before it")
+                result["per_query"] = [result["per_query"][q] for q in ids]
+            results[label] = result
+        stored[key] = {**run, "results": results}
+    stored["query_ids"] = query_ids
+    atomic_write_text(path, _json_text(stored) + "\n")
+
+
+def _runs(store):
+    return [run for run in store.values() if isinstance(run, dict) and "results" in run]
+
+
+def _json_text(value, depth=0):
+    """JSON with one key per line in dicts and every list on one line."""
+    if not isinstance(value, dict) or not value:
+        return json.dumps(value, ensure_ascii=False)
+    inner = " " * (depth + 1)
+    items = [f"{inner}{json.dumps(key, ensure_ascii=False)}: {_json_text(item, depth + 1)}"
+             for key, item in value.items()]
+    return "{\n" + ",\n".join(items) + "\n" + " " * depth + "}"
+
+
 def summary(results, sets):
     return statistics.fmean(results[label][metric] for label, _, metric in sets)
 
@@ -283,7 +333,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     path = Path(args.results)
-    store = json.loads(path.read_text()) if path.is_file() else {}
+    store = read_store(path)
     if args.report:
         print(report(store, args))
         return 0
@@ -308,7 +358,7 @@ def main(argv=None):
           f"{sum(len(d.corpus) for _, d, _ in evaluation_sets)} documents", flush=True)
 
     def save():
-        atomic_write_text(path, json.dumps(store, indent=1))
+        write_store(path, store)
 
     zero = store.setdefault("zero-shot", {"results": {}})
     missing = [label for label, _, _ in sets if label not in zero["results"]]

@@ -1,6 +1,7 @@
 """benchmarks/quality.py's report and run order: what RESULTS quotes about the paper's claim comes from here."""
 
 import importlib.util
+import json
 import re
 import statistics
 import sys
@@ -94,3 +95,38 @@ def test_the_runs_table_lists_each_run_in_the_order_run_with_its_cpu_and_times(q
     # A store without CPU flags (the 1-layer study) has no runs table.
     legacy = {"sets": SETS, "ade|standard|0": {**_run([1, 1], [0.5, 0.5]), "train_seconds": 1.0, "eval_seconds": 1.0}}
     assert "| run |" not in quality.report(legacy)
+
+
+def test_the_results_file_holds_each_sets_query_ids_once_and_reads_back_as_written(quality, tmp_path):
+    store = {"sets": SETS, "zero-shot": _run([0, 1, 0, 1], [0.5, 0.5, 0.5]),
+             "ade|standard|0": _run([1, 0, 0, 1], [0.5, 0.25, 0.75]),
+             "ade|SamToNe|0": _run([1, 1, 0, 1], [0.5, 0.5, 1])}
+    path = tmp_path / "quality.json"
+
+    quality.write_store(path, store)
+
+    text = path.read_text()
+    assert text.count('"q3"') == 1  # set A's ids, once for three runs
+    assert '"per_query": [1, 1, 0, 1]' in text  # SamToNe's A values, in id order, on one line
+    assert quality.read_store(path) == store
+    assert quality.report(quality.read_store(path)) == quality.report(store)
+
+
+def test_a_results_file_with_a_dict_per_query_as_earlier_versions_wrote_reads_the_same(quality, tmp_path):
+    store = {"sets": SETS, "ade|standard|0": _run([1, 0, 0, 1], [0.5, 0.25, 0.75])}
+    path = tmp_path / "quality.json"
+    path.write_text(json.dumps(store, indent=1))
+
+    assert quality.read_store(path) == store
+
+
+def test_a_run_that_scored_other_queries_is_refused_and_the_file_left_as_it_was(quality, tmp_path):
+    path = tmp_path / "quality.json"
+    quality.write_store(path, {"sets": SETS, "ade|standard|0": _run([1, 0, 0, 1], [0.5, 0.25, 0.75])})
+    before = path.read_text()
+    store = {"sets": SETS, "ade|standard|0": _run([1, 0, 0, 1], [0.5, 0.25, 0.75]),
+             "ade|SamToNe|0": _run([1, 1, 0], [0.5, 0.5, 1])}
+
+    with pytest.raises(ValueError, match=re.escape("run ade|SamToNe|0 scored other A queries")):
+        quality.write_store(path, store)
+    assert path.read_text() == before
