@@ -12,7 +12,8 @@ Each (size, part) runs in a fresh process, so the peak resident memory reported 
 included), and a part passing `--memory_limit_gb` is killed and reported as not fitting. Parts:
 - `scann`: `index_tuning.tune_scann_for_targets` at each `--targets` recall@10 (one walk of the trees for all
   targets); per target the chosen settings, tuning time, held-out recall, its queries/s against exact search
-  (`ExactIndex`, batched over the same queries), and the searcher's size on disk.
+  (`ExactIndex`, batched over the same queries), and the searcher's size on disk; every setting tried (`tried`:
+  leaves, leaves searched, reorder depth, tuning recall and queries/s).
 - `partitioned`: the partitioning and probes tuned to `--partitioned_target` (`index_tuning.tune_partitions`: √N,
   2√N and 4√N k-means partitions, each with its fewest probes, the fastest kept); the partitioned search against
   the exact retriever's search (matrix product and top-k over a variable, as the retriever SavedModel serves),
@@ -96,7 +97,7 @@ def scann_part(size, args):
                          queries_per_second=qps, speedup=qps / exact_qps, disk_gb=disk_gb))
     return dict(size=size, real=real, queries=len(queries), held_out_queries=len(held), exact_qps=exact_qps,
                 tuning_seconds=tuning_seconds, trees=report["builds"], trials=len(report["tried"]),
-                tuned=rows, peak_rss_gb=peak_gb())
+                tuned=rows, tried=report["tried"], peak_rss_gb=peak_gb())
 
 
 def partitioned_part(size, args):
