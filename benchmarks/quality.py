@@ -134,13 +134,16 @@ def evaluate_all(model, evaluation_sets, batch_size, done=()):
 
 def read_store(path):
     """The results store in `path` ({} when there is none), each run's per-query metrics as {query_id: value}."""
-    if not path.is_file():
-        return {}
-    store = json.loads(path.read_text())
+    return expanded(json.loads(path.read_text())) if path.is_file() else {}
+
+
+def expanded(store):
+    """`store` as read from a results file (the JSON), with each run's per-query metrics as {query_id: value}
+    (write_store stores them as lists in the order of "query_ids"). Changes `store`."""
     query_ids = store.pop("query_ids", {})
     for run in _runs(store):
         for label, result in run["results"].items():
-            if isinstance(result.get("per_query"), list):  # as write_store writes them
+            if isinstance(result.get("per_query"), list):
                 result["per_query"] = dict(zip(query_ids[label], result["per_query"], strict=True))
     return store
 

@@ -96,7 +96,8 @@ def batch_size(results):
 
 
 def quality(results):
-    return _benchmark("quality").report(results, None)
+    benchmark = _benchmark("quality")
+    return benchmark.report(benchmark.expanded(results), None)
 
 
 def mining(results):
