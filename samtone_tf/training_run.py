@@ -188,6 +188,8 @@ def _train(config, strategy, chief, model_dir, log):
                     _summaries(writer, step, during)
                 if any_worker_stopping and step < config.steps and any_worker_stopping(stop.received is not None):
                     raise _WorkersStopping
+            if stop.received:  # during the last step, which is saved: stop before the final evaluation and export
+                raise KeyboardInterrupt
         except (KeyboardInterrupt, _WorkersStopping) as stopped:
             progress.clear()
             writer.flush()

@@ -178,3 +178,48 @@ def test_a_signal_ignored_or_handled_by_the_application_is_left_to_it():
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+SIGNALLED_IN_THE_LAST_STEP = """
+import signal, sys
+import samtone_tf
+import tensorflow as tf
+from samtone_tf import train
+
+save = tf.train.CheckpointManager.save
+
+
+def save_then_signal(self, checkpoint_number=None, **options):
+    path = save(self, checkpoint_number=checkpoint_number, **options)
+    if checkpoint_number == 3:  # the last step's save: the signal arrives before that step has ended
+        signal.raise_signal(signal.SIGTERM)
+    return path
+
+
+tf.train.CheckpointManager.save = save_then_signal
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_a_stop_signal_during_the_last_step_stops_before_the_final_model_evaluation_and_export(tmp_path):
+    """The last step is saved like any other; a run told it stops after this step must not go on for minutes of
+    evaluation and export (a scheduler kills it at the end of its grace period). The same command finishes it."""
+    module = tmp_path / "signalled_in_the_last_step.py"
+    module.write_text(SIGNALLED_IN_THE_LAST_STEP)
+    model_dir = tmp_path / "run"
+    arguments = command(model_dir, "--steps", "3", "--checkpoint_every", "1000")
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPOSITORY_ROOT)])}
+    stopped = subprocess.run([sys.executable, "-m", "signalled_in_the_last_step", *arguments[3:]], cwd=REPOSITORY_ROOT,
+                             capture_output=True, text=True, timeout=300, env=environment,
+                             preexec_fn=stop_signals_as_in_a_terminal)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    saved = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    assert saved.endswith("ckpt-3")
+    assert (f"stopped by SIGTERM after step 3 of 3; saved {saved}. Run the same command again to resume from it."
+            in stopped.stderr)
+    assert not (model_dir / "model.keras").exists() and not (model_dir / ".lock").exists()
+
+    finished = subprocess.run(arguments, cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "already trained to step 3 of 3" in finished.stdout + finished.stderr
+    assert (model_dir / "model.keras").is_file()
