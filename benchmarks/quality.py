@@ -141,7 +141,7 @@ def expanded(store):
     """`store` as read from a results file (the JSON), with each run's per-query metrics as {query_id: value}
     (write_store stores them as lists in the order of "query_ids"). Changes `store`."""
     query_ids = store.pop("query_ids", {})
-    for run in _runs(store):
+    for run in _runs(store).values():
         for label, result in run["results"].items():
             if isinstance(result.get("per_query"), list):
                 result["per_query"] = dict(zip(query_ids[label], result["per_query"], strict=True))
@@ -154,15 +154,13 @@ def write_store(path, store):
     runs)."""
     stored = dict(store)
     query_ids = {}
-    for key, run in store.items():
-        if not isinstance(run, dict) or "results" not in run:
-            continue
+    for key, run in _runs(store).items():
         results = {}
         for label, result in run["results"].items():
             result = dict(result)
             if "per_query" in result:
                 ids = query_ids.setdefault(label, sorted(result["per_query"]))
-                if len(ids) != len(result["per_query"]) or any(q not in result["per_query"] for q in ids):
+                if result["per_query"].keys() != set(ids):
                     raise ValueError(f"{path}: run {key} scored other {label} queries than the runs before it")
                 result["per_query"] = [result["per_query"][q] for q in ids]
             results[label] = result
@@ -172,7 +170,8 @@ def write_store(path, store):
 
 
 def _runs(store):
-    return [run for run in store.values() if isinstance(run, dict) and "results" in run]
+    """{key: run} of the entries of `store` that are runs (the zero-shot one included), not settings or sets."""
+    return {key: run for key, run in store.items() if isinstance(run, dict) and "results" in run}
 
 
 def _json_text(value, depth=0):
