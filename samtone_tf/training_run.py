@@ -55,13 +55,20 @@ def run_training(config):
     model_dir = Path(config.model_dir)
     log = _Printer(chief)
     if not chief:
-        return _train(config, strategy, chief, model_dir, log)
+        # Every worker must save (the save reads mirrored variables in step), but only the chief's checkpoints
+        # are kept; the others write to a scratch directory, removed however the run ends (a stop signal too).
+        task_type, task_id = distributed.task()
+        scratch = tempfile.mkdtemp(prefix=f"samtone-{task_type}{task_id}-checkpoints-")
+        try:
+            return _train(config, strategy, chief, model_dir, log, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     # One run per model_dir: a second one would interleave its logs and checkpoints with ours.
     with RunLock(model_dir, say=log):
-        return _train(config, strategy, chief, model_dir, log)
+        return _train(config, strategy, chief, model_dir, log, str(model_dir / "checkpoints"))
 
 
-def _train(config, strategy, chief, model_dir, log):
+def _train(config, strategy, chief, model_dir, log, checkpoint_dir):
     replicas = strategy.num_replicas_in_sync
     keras.utils.set_random_seed(config.seed)
 
@@ -95,8 +102,7 @@ def _train(config, strategy, chief, model_dir, log):
     schedule = config.schedule
 
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-    manager = tf.train.CheckpointManager(checkpoint, _checkpoint_dir(model_dir, chief, distributed.task()),
-                                         max_to_keep=3)
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=3)
     # Every worker resumes from the chief's checkpoints, so all start at the same step.
     if checkpoint_candidates(model_dir / "checkpoints"):
         check_resumable(model_dir, config)
@@ -213,7 +219,6 @@ def _train(config, strategy, chief, model_dir, log):
         log(f"already trained to step {start_step} of {config.steps}")
 
     if not chief:
-        shutil.rmtree(manager.directory, ignore_errors=True)
         return 0
     _save_model(model, model_dir / "model.keras")
     after = {}
@@ -326,15 +331,6 @@ class _Printer:
             print(message, file=sys.stderr, flush=True)
         elif self.chief:
             print(message, flush=True)
-
-
-def _checkpoint_dir(model_dir, chief, task):
-    if chief:
-        return str(model_dir / "checkpoints")
-    # Every worker must save (the save reads mirrored variables in step), but only the
-    # chief's checkpoints are kept; the others write to a scratch directory.
-    task_type, task_id = task
-    return tempfile.mkdtemp(prefix=f"samtone-{task_type}{task_id}-checkpoints-")
 
 
 def _save_model(model, path):

@@ -314,6 +314,7 @@ def test_a_multi_worker_run_whose_worker_gets_sigterm_stops_and_saves_the_same_s
     stopped_at = int(re.search(r"stopped with another worker, which was signalled, after step (\d+) of 1000000",
                                chief_err).group(1))
     assert f"stopped by SIGTERM after step {stopped_at} of 1000000" in worker_err
+    assert not list((tmp_path / "tmp1").glob("samtone-*")), "the other worker's scratch checkpoints are left"
     saved = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
     assert saved.endswith(f"ckpt-{stopped_at}") and f"saved {saved}. Run the same command again" in chief_err
     reader = tf.train.load_checkpoint(saved)
