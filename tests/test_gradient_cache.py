@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from samtone_tf.data.pipeline import distributed_training_dataset, training_dataset
+from samtone_tf.data.pipeline import distributed_training_dataset, per_replica_element_spec, training_dataset
 from samtone_tf.towers import ARCHITECTURES, tiny_dual_encoder
 from samtone_tf.training import (TrainConfig, compile_for_training, gradient_cached_gradients, make_train_step,
                                  split_batch)
@@ -77,10 +77,12 @@ def test_dropout_masks_are_replayed_exactly():
 def _train(strategy, chunk, steps=3):
     with strategy.scope():
         model, batch = model_and_batch()
-    step = make_train_step(strategy, model, gradient_cache_chunk=chunk)
-    # Each replica's rows padded to their own longest, as the training command feeds them.
+    # Each replica's rows padded to their own longest, as the training command feeds them, and the step given
+    # the dataset's spec, as the command gives it (one trace for every batch length).
     dataset = distributed_training_dataset(strategy, pairs(), 8, seed=0, hard_negatives=2,
                                            tokenize=model.tokenize_inputs)
+    step = make_train_step(strategy, model, gradient_cache_chunk=chunk,
+                           element_spec=per_replica_element_spec(dataset, strategy, 8))
     losses = [step(b) for b, _ in zip(dataset, range(steps))]
     return losses, [w.numpy() for w in model.trainable_weights]
 
