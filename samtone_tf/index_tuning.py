@@ -25,7 +25,8 @@ import numpy as np
 
 from samtone_tf.index import SCANN_BRUTE_FORCE_BELOW, ExactIndex, ScannIndex, scann_defaults, scann_training_sample
 from samtone_tf.metrics import recall_at_k
-from samtone_tf.partitioned import build_partitions, partition_counts, row_index, tune_probes
+from samtone_tf.partitioned import (build_partitions, excluded_rows_and_extra, partition_counts, row_index,
+                                    tune_probes)
 
 # Of the tree's leaves, searched per query: steps of about sqrt(2) (doubling skipped the fastest setting at 1M,
 # between 10 and 20 of 1,000 leaves), down to 0.2% for trees of 4 sqrt(N) leaves.
@@ -83,8 +84,8 @@ def tune_scann_for_targets(embeddings, doc_ids, queries, targets, k=10, excluded
         raise ValueError(f"target_recall must be in (0, 1]; got {targets[0] if len(targets) == 1 else targets}")
     if len(queries) < 2:
         raise ValueError(f"tuning needs at least 2 queries; got {len(queries)}")
-    excluded_rows = np.full(len(queries), -1, np.int64) if excluded_rows is None else np.asarray(excluded_rows)
-    k = min(int(k), len(embeddings) - int((excluded_rows >= 0).any()))
+    excluded_rows, extra = excluded_rows_and_extra(excluded_rows, len(queries))
+    k = min(int(k), len(embeddings) - extra)
     tune, held = held_out_split(len(queries), held_out_fraction, seed)
     row_ids = np.arange(len(embeddings))
     truth = exact_rows(embeddings, row_ids, queries, k, excluded_rows)
@@ -161,8 +162,7 @@ def tune_partitions(embeddings, queries, true_rows, target_recall, k=10, exclude
     """
     embeddings = np.asarray(embeddings, np.float32)
     queries = np.asarray(queries, np.float32)
-    excluded = np.full(len(queries), -1) if excluded_rows is None else np.asarray(excluded_rows)
-    extra = int((excluded >= 0).any())
+    excluded, extra = excluded_rows_and_extra(excluded_rows, len(queries))
     tried, best, best_partitions = [], None, None
     for count in counts or partition_counts(len(embeddings)):
         start = time.perf_counter()

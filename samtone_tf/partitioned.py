@@ -204,14 +204,21 @@ def probes_holding_k(partitions, k):
     return int(min(np.searchsorted(np.cumsum(sizes), k) + 1, partitions.count))
 
 
+def excluded_rows_and_extra(excluded_rows, count):
+    """`excluded_rows` [Q] (per query, a corpus row not to count, -1 for none; None: no query has one) as an
+    int64 array of `count` rows, and how many candidates beyond k a search must fetch so that k remain once each
+    query's excluded row is dropped (1 if any query has one, else 0)."""
+    excluded = np.full(count, -1, np.int64) if excluded_rows is None else np.asarray(excluded_rows, np.int64)
+    return excluded, int((excluded >= 0).any())
+
+
 def tune_probes(partitions, queries, true_rows, target_recall, k=10, excluded_rows=None, index=None):
     """The fewest probes whose recall@k against `true_rows` [Q, k] (corpus rows) reaches `target_recall`, by
     doubling then bisecting, and never fewer than `probes_holding_k`. `index`: a PartitionedIndex of `partitions`
     whose ids are the corpus rows, to search with (default: one is built; it holds a copy of the corpus).
     -> (probes, recall measured with them)."""
     index = index or row_index(partitions)
-    excluded = np.full(len(queries), -1) if excluded_rows is None else np.asarray(excluded_rows)
-    extra = int((excluded >= 0).any())
+    excluded, extra = excluded_rows_and_extra(excluded_rows, len(queries))
 
     def recall(probes):
         found, _ = index.search(queries, k + extra, probes=probes)
