@@ -188,10 +188,15 @@ def _train(config, strategy, chief, model_dir, log, checkpoint_dir):
                             "and is kept. Try a lower --learning_rate.", error=True)
                         return 3
                     manager.save(checkpoint_number=step)
-                if chief and config.eval_every and step % config.eval_every == 0 and step < config.steps:
-                    during = evaluate_all(model, evaluation_sets, config, log)
-                    _append_jsonl(metrics_log, {"step": step, "phase": "during", "evaluation": during})
-                    _summaries(writer, step, during)
+                # A run told to stop does not start (or go on with) an evaluation: it could take minutes, and a
+                # scheduler kills at the end of its grace period.
+                if (chief and config.eval_every and step % config.eval_every == 0 and step < config.steps
+                        and not stop.received):
+                    during = evaluate_all(model, evaluation_sets, config, log,
+                                          stopping=lambda: stop.received is not None)
+                    if during is not None:
+                        _append_jsonl(metrics_log, {"step": step, "phase": "during", "evaluation": during})
+                        _summaries(writer, step, during)
                 if any_worker_stopping and step < config.steps and any_worker_stopping(stop.received is not None):
                     raise _WorkersStopping
             if stop.received:  # during the last step, which is saved: stop before the final evaluation and export
@@ -299,9 +304,14 @@ def _save_on_stop(manager, model, done, can_save):
     return f"saved {saved}. {resume} from it."
 
 
-def evaluate_all(model, evaluation_sets, config, log):
+def evaluate_all(model, evaluation_sets, config, log, stopping=None):
+    """{spec: metrics} of `model` on every (spec, data) of `evaluation_sets`; None if `stopping()` turned true
+    before the last set (the sets left are skipped)."""
     results = {}
     for spec, data in evaluation_sets:
+        if stopping and stopping():
+            log(f"evaluation at this step skipped from {spec} on: the run is stopping", error=True)
+            return None
         log(f"evaluating on {spec}: {len(data.queries)} queries, {len(data.corpus)} documents")
         results[spec] = evaluate_encoder(model, data, batch_size=config.eval_batch_size, verbose=False)
     return results

@@ -12,7 +12,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from samtone_tf.run_dir import RunLock, RunLockedError
+from samtone_tf.run_dir import RunLock, RunLockedError, read_jsonl_records
 from tests.helpers import REPOSITORY_ROOT, stop_signals_as_in_a_terminal
 
 
@@ -223,3 +223,62 @@ def test_a_stop_signal_during_the_last_step_stops_before_the_final_model_evaluat
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert "already trained to step 3 of 3" in finished.stdout + finished.stderr
     assert (model_dir / "model.keras").is_file()
+
+
+SIGNALLED_AT_STEP_2 = """
+import os, signal, sys
+import samtone_tf
+import tensorflow as tf
+from samtone_tf import train, training_run
+
+where = os.environ["SIGNAL_AT"]  # "save": in step 2's checkpoint save; "evaluation": in step 2's first evaluation set
+save, evaluate, evaluations = tf.train.CheckpointManager.save, training_run.evaluate_encoder, []
+
+
+def save_then_signal(self, checkpoint_number=None, **options):
+    path = save(self, checkpoint_number=checkpoint_number, **options)
+    if where == "save" and checkpoint_number == 2:  # step 2 has not ended: its evaluation is still to come
+        signal.raise_signal(signal.SIGTERM)
+    return path
+
+
+def evaluate_then_signal(*args, **options):
+    result = evaluate(*args, **options)
+    evaluations.append(1)
+    if where == "evaluation" and len(evaluations) == 3:  # two sets before training, then step 2's first
+        signal.raise_signal(signal.SIGTERM)
+    return result
+
+
+tf.train.CheckpointManager.save = save_then_signal
+training_run.evaluate_encoder = evaluate_then_signal
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("signal_at", ["save", "evaluation"])
+def test_a_run_told_to_stop_does_not_start_or_go_on_with_an_evaluation_during_training(tmp_path, signal_at):
+    """An evaluation during training can take minutes: a signal before it skips it, one during it skips the sets
+    left; the step is saved and the run stops, as it says."""
+    module = tmp_path / "signalled_at_step_2.py"
+    module.write_text(SIGNALLED_AT_STEP_2)
+    model_dir = tmp_path / "run"
+    arguments = command(model_dir, "--steps", "4", "--checkpoint_every", "2", "--eval_every", "2",
+                        "--eval_datasets", "reqa:squad2-dev-sample/dev-v2.0-sample.json,wikiqa")
+    environment = {**os.environ, "SIGNAL_AT": signal_at,
+                   "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPOSITORY_ROOT)])}
+    stopped = subprocess.run([sys.executable, "-m", "signalled_at_step_2", *arguments[3:]], cwd=REPOSITORY_ROOT,
+                             capture_output=True, text=True, timeout=300, env=environment,
+                             preexec_fn=stop_signals_as_in_a_terminal)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    saved = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    assert saved.endswith("ckpt-2")
+    assert f"stopped by SIGTERM after step 2 of 4; saved {saved}." in stopped.stderr
+    evaluations = stopped.stdout.count("evaluating on ")
+    records = read_jsonl_records(model_dir / "metrics.jsonl", repair=False)
+    assert [r["phase"] for r in records if "phase" in r] == ["before"]  # no evaluation of step 2 is recorded
+    if signal_at == "save":
+        assert evaluations == 2, stopped.stdout  # the two sets before training only
+    else:
+        assert evaluations == 3, stopped.stdout  # and step 2's first set; the second was skipped
+        assert "evaluation at this step skipped from wikiqa on: the run is stopping" in stopped.stderr
