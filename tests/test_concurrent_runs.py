@@ -201,17 +201,21 @@ sys.exit(train.main(sys.argv[1:]))
 """
 
 
+def run_train_through(tmp_path, name, source, arguments, **environment):
+    """`python -m samtone_tf.train` with `arguments` (a `command()` list), run as module `name` of `source` (which
+    wraps the library to deliver a signal at a chosen point, then calls train.main), signals as in a terminal."""
+    (tmp_path / f"{name}.py").write_text(source)
+    environment = {**os.environ, **environment, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPOSITORY_ROOT)])}
+    return subprocess.run([sys.executable, "-m", name, *arguments[3:]], cwd=REPOSITORY_ROOT, capture_output=True,
+                          text=True, timeout=300, env=environment, preexec_fn=stop_signals_as_in_a_terminal)
+
+
 def test_a_stop_signal_during_the_last_step_stops_before_the_final_model_evaluation_and_export(tmp_path):
     """The last step is saved like any other; a run told it stops after this step must not go on for minutes of
     evaluation and export (a scheduler kills it at the end of its grace period). The same command finishes it."""
-    module = tmp_path / "signalled_in_the_last_step.py"
-    module.write_text(SIGNALLED_IN_THE_LAST_STEP)
     model_dir = tmp_path / "run"
     arguments = command(model_dir, "--steps", "3", "--checkpoint_every", "1000")
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPOSITORY_ROOT)])}
-    stopped = subprocess.run([sys.executable, "-m", "signalled_in_the_last_step", *arguments[3:]], cwd=REPOSITORY_ROOT,
-                             capture_output=True, text=True, timeout=300, env=environment,
-                             preexec_fn=stop_signals_as_in_a_terminal)
+    stopped = run_train_through(tmp_path, "signalled_in_the_last_step", SIGNALLED_IN_THE_LAST_STEP, arguments)
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
     saved = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
     assert saved.endswith("ckpt-3")
@@ -260,16 +264,10 @@ sys.exit(train.main(sys.argv[1:]))
 def test_a_run_told_to_stop_does_not_start_or_go_on_with_an_evaluation_during_training(tmp_path, signal_at):
     """An evaluation during training can take minutes: a signal before it skips it, one during it skips the sets
     left; the step is saved and the run stops, as it says."""
-    module = tmp_path / "signalled_at_step_2.py"
-    module.write_text(SIGNALLED_AT_STEP_2)
     model_dir = tmp_path / "run"
     arguments = command(model_dir, "--steps", "4", "--checkpoint_every", "2", "--eval_every", "2",
                         "--eval_datasets", "reqa:squad2-dev-sample/dev-v2.0-sample.json,wikiqa")
-    environment = {**os.environ, "SIGNAL_AT": signal_at,
-                   "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPOSITORY_ROOT)])}
-    stopped = subprocess.run([sys.executable, "-m", "signalled_at_step_2", *arguments[3:]], cwd=REPOSITORY_ROOT,
-                             capture_output=True, text=True, timeout=300, env=environment,
-                             preexec_fn=stop_signals_as_in_a_terminal)
+    stopped = run_train_through(tmp_path, "signalled_at_step_2", SIGNALLED_AT_STEP_2, arguments, SIGNAL_AT=signal_at)
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
     saved = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
     assert saved.endswith("ckpt-2")
