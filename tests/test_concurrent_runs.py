@@ -136,11 +136,7 @@ def test_a_stop_signal_arriving_inside_python_code_run_by_a_native_library_still
     """A KeyboardInterrupt leaving a `PyRun_*` frame is remembered by CPython as unhandled even when caught later,
     and the process then exits killed by SIGINT (what made a SIGTERM'd run that saved its step exit -2 instead of
     143 in a loaded CI). The handler raises nothing on a first signal, so the exit code is the run's own."""
-    module = tmp_path / "stopped_inside_pyrun.py"
-    module.write_text(STOPPED_INSIDE_PYRUN)
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPOSITORY_ROOT)])}
-    result = subprocess.run([sys.executable, "-m", "stopped_inside_pyrun"], capture_output=True, text=True,
-                            timeout=300, env=environment, preexec_fn=stop_signals_as_in_a_terminal)
+    result = run_wrapped_module(tmp_path, "stopped_inside_pyrun", STOPPED_INSIDE_PYRUN)
     assert result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
     assert "SIGTERM received: stopping after this step" in result.stderr
 
@@ -201,12 +197,13 @@ sys.exit(train.main(sys.argv[1:]))
 """
 
 
-def run_train_through(tmp_path, name, source, arguments, **environment):
-    """`python -m samtone_tf.train` with `arguments` (a `command()` list), run as module `name` of `source` (which
-    wraps the library to deliver a signal at a chosen point, then calls train.main), signals as in a terminal."""
+def run_wrapped_module(tmp_path, name, source, arguments=(), **environment):
+    """`python -m name arguments...` for module `name` of `source` (which wraps the library to deliver a signal at a
+    chosen point, then runs it: for the train command, `command()[3:]` are its arguments), signals as in a
+    terminal, with `environment` added to this process's."""
     (tmp_path / f"{name}.py").write_text(source)
     environment = {**os.environ, **environment, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPOSITORY_ROOT)])}
-    return subprocess.run([sys.executable, "-m", name, *arguments[3:]], cwd=REPOSITORY_ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", name, *arguments], cwd=REPOSITORY_ROOT, capture_output=True,
                           text=True, timeout=300, env=environment, preexec_fn=stop_signals_as_in_a_terminal)
 
 
@@ -215,7 +212,7 @@ def test_a_stop_signal_during_the_last_step_stops_before_the_final_model_evaluat
     evaluation and export (a scheduler kills it at the end of its grace period). The same command finishes it."""
     model_dir = tmp_path / "run"
     arguments = command(model_dir, "--steps", "3", "--checkpoint_every", "1000")
-    stopped = run_train_through(tmp_path, "signalled_in_the_last_step", SIGNALLED_IN_THE_LAST_STEP, arguments)
+    stopped = run_wrapped_module(tmp_path, "signalled_in_the_last_step", SIGNALLED_IN_THE_LAST_STEP, arguments[3:])
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
     saved = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
     assert saved.endswith("ckpt-3")
@@ -267,7 +264,8 @@ def test_a_run_told_to_stop_does_not_start_or_go_on_with_an_evaluation_during_tr
     model_dir = tmp_path / "run"
     arguments = command(model_dir, "--steps", "4", "--checkpoint_every", "2", "--eval_every", "2",
                         "--eval_datasets", "reqa:squad2-dev-sample/dev-v2.0-sample.json,wikiqa")
-    stopped = run_train_through(tmp_path, "signalled_at_step_2", SIGNALLED_AT_STEP_2, arguments, SIGNAL_AT=signal_at)
+    stopped = run_wrapped_module(tmp_path, "signalled_at_step_2", SIGNALLED_AT_STEP_2, arguments[3:],
+                                 SIGNAL_AT=signal_at)
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
     saved = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
     assert saved.endswith("ckpt-2")
