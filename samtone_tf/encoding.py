@@ -37,6 +37,8 @@ def encode_in_batches(encode_batch, texts, batch_size=64, verbose=True, what="te
     progress = keras.utils.Progbar(len(texts), unit_name=what, verbose=progress_verbosity(verbose))
     out = None
     for start in range(0, len(texts), batch_size):
+        if any(stopping() for stopping in _STOP_CHECKS):
+            raise EncodingStopped(f"encoding stopped after {start} of {len(texts)} {what}")
         rows = order[start : start + batch_size]
         embeddings = np.asarray(encode_batch(tf.constant([texts[i] for i in rows])))
         if out is None:
@@ -44,6 +46,26 @@ def encode_in_batches(encode_batch, texts, batch_size=64, verbose=True, what="te
         out[rows] = embeddings
         progress.add(len(rows))
     return out if out is not None else np.zeros((0, 0), np.float32)
+
+
+class EncodingStopped(Exception):
+    """Raised by `encode_in_batches`, between two batches, inside `stop_encoding_when(stopping)` once `stopping()`
+    is true."""
+
+
+_STOP_CHECKS = []
+
+
+@contextlib.contextmanager
+def stop_encoding_when(stopping):
+    """While active, `encode_in_batches` asks `stopping()` before every batch and raises `EncodingStopped` when it
+    is true: a training run told to stop leaves an evaluation within one batch (seconds) instead of finishing the
+    corpus (minutes at full size), and saves its step before a scheduler's grace period ends."""
+    _STOP_CHECKS.append(stopping)
+    try:
+        yield
+    finally:
+        _STOP_CHECKS.remove(stopping)
 
 
 def progress_verbosity(verbose):

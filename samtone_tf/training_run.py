@@ -22,6 +22,7 @@ from samtone_tf import distributed
 from samtone_tf.atomic import atomic_write_text
 from samtone_tf.data.datasets import load_evaluation, load_training_pairs
 from samtone_tf.data.pipeline import distributed_training_dataset, per_replica_element_spec, raise_input_error
+from samtone_tf.encoding import EncodingStopped, stop_encoding_when
 from samtone_tf.models import build_model
 from samtone_tf.retrieval import evaluate_encoder
 from samtone_tf.run_dir import RunLock, check_resumable, checkpoint_candidates, read_jsonl_records, restore_latest
@@ -306,14 +307,20 @@ def _save_on_stop(manager, model, done, can_save):
 
 def evaluate_all(model, evaluation_sets, config, log, stopping=None):
     """{spec: metrics} of `model` on every (spec, data) of `evaluation_sets`; None if `stopping()` turned true
-    before the last set (the sets left are skipped)."""
+    before the last set ended (the set being encoded stops within one batch; the sets left are skipped)."""
     results = {}
     for spec, data in evaluation_sets:
         if stopping and stopping():
             log(f"evaluation at this step skipped from {spec} on: the run is stopping", error=True)
             return None
         log(f"evaluating on {spec}: {len(data.queries)} queries, {len(data.corpus)} documents")
-        results[spec] = evaluate_encoder(model, data, batch_size=config.eval_batch_size, verbose=False)
+        try:
+            with stop_encoding_when(stopping or (lambda: False)):
+                results[spec] = evaluate_encoder(model, data, batch_size=config.eval_batch_size, verbose=False)
+        except EncodingStopped as stopped:
+            log(f"evaluation at this step stopped in {spec} ({stopped}) and skipped from there on: the run is "
+                "stopping", error=True)
+            return None
     return results
 
 

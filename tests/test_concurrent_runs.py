@@ -230,10 +230,13 @@ SIGNALLED_AT_STEP_2 = """
 import os, signal, sys
 import samtone_tf
 import tensorflow as tf
-from samtone_tf import train, training_run
+from samtone_tf import encoding, train, training_run
 
-where = os.environ["SIGNAL_AT"]  # "save": in step 2's checkpoint save; "evaluation": in step 2's first evaluation set
+# "save": in step 2's checkpoint save; "evaluation": after step 2's first evaluation set; "encoding": before the
+# second batch of step 2's first evaluation set
+where = os.environ["SIGNAL_AT"]
 save, evaluate, evaluations = tf.train.CheckpointManager.save, training_run.evaluate_encoder, []
+compiled_encoder, sets_entered, signalled = encoding._compiled_encoder, [], []
 
 
 def save_then_signal(self, checkpoint_number=None, **options):
@@ -244,6 +247,7 @@ def save_then_signal(self, checkpoint_number=None, **options):
 
 
 def evaluate_then_signal(*args, **options):
+    sets_entered.append(1)
     result = evaluate(*args, **options)
     evaluations.append(1)
     if where == "evaluation" and len(evaluations) == 3:  # two sets before training, then step 2's first
@@ -251,19 +255,36 @@ def evaluate_then_signal(*args, **options):
     return result
 
 
+def encoder_that_signals(tower, jit_compile=False):
+    encode = compiled_encoder(tower, jit_compile)
+
+    def encode_batch(texts):
+        if len(signalled) == 2:
+            print("a batch was encoded after the signal", file=sys.stderr, flush=True)
+        if where == "encoding" and len(sets_entered) == 3:  # two sets before training, then step 2's first
+            signalled.append(1)
+            if len(signalled) == 2:  # the set's second batch: the first has been encoded
+                signal.raise_signal(signal.SIGTERM)
+        return encode(texts)
+
+    return encode_batch
+
+
 tf.train.CheckpointManager.save = save_then_signal
 training_run.evaluate_encoder = evaluate_then_signal
+encoding._compiled_encoder = encoder_that_signals
 sys.exit(train.main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("signal_at", ["save", "evaluation"])
+@pytest.mark.parametrize("signal_at", ["save", "evaluation", "encoding"])
 def test_a_run_told_to_stop_does_not_start_or_go_on_with_an_evaluation_during_training(tmp_path, signal_at):
-    """An evaluation during training can take minutes: a signal before it skips it, one during it skips the sets
-    left; the step is saved and the run stops, as it says."""
+    """An evaluation during training can take minutes: a signal before it skips it, one during it stops the set
+    being encoded within one batch and skips the sets left; the step is saved and the run stops, as it says."""
     model_dir = tmp_path / "run"
     arguments = command(model_dir, "--steps", "4", "--checkpoint_every", "2", "--eval_every", "2",
-                        "--eval_datasets", "reqa:squad2-dev-sample/dev-v2.0-sample.json,wikiqa")
+                        "--eval_datasets", "reqa:squad2-dev-sample/dev-v2.0-sample.json,wikiqa",
+                        "--eval_batch_size", "16")
     stopped = run_wrapped_module(tmp_path, "signalled_at_step_2", SIGNALLED_AT_STEP_2, arguments[3:],
                                  SIGNAL_AT=signal_at)
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
@@ -275,6 +296,11 @@ def test_a_run_told_to_stop_does_not_start_or_go_on_with_an_evaluation_during_tr
     assert [r["phase"] for r in records if "phase" in r] == ["before"]  # no evaluation of step 2 is recorded
     if signal_at == "save":
         assert evaluations == 2, stopped.stdout  # the two sets before training only
-    else:
+    elif signal_at == "evaluation":
         assert evaluations == 3, stopped.stdout  # and step 2's first set; the second was skipped
         assert "evaluation at this step skipped from wikiqa on: the run is stopping" in stopped.stderr
+    else:
+        assert evaluations == 3, stopped.stdout  # step 2's first set, left after its second batch
+        assert "a batch was encoded after the signal" not in stopped.stderr
+        assert ("evaluation at this step stopped in reqa:squad2-dev-sample/dev-v2.0-sample.json (encoding stopped "
+                "after 32 of " in stopped.stderr), stopped.stderr[-2000:]
