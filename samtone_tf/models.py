@@ -25,6 +25,7 @@ def build_model(config, load_pretrained_weights=True):
         architecture=config.architecture, projection_dim=config.projection_dim,
         query_max_length=config.query_max_length, document_max_length=config.document_max_length,
         learnable_temperature=config.learnable_temperature, temperature=config.temperature,
+        length_groups=config.length_groups,
     )
     if config.pooling:
         options["pooling"] = config.pooling

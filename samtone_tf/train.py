@@ -82,6 +82,11 @@ def build_parser():
                               help="gradient caching: encode this many rows of a replica's batch at a time (the "
                                    "same loss and gradients, activation memory of one chunk: much larger batches "
                                    "fit; default: off)")
+    optimization.add_argument("--length_groups", type=positive_int, default=8,
+                              help="encode a training batch in this many groups of rows of similar length, each cut "
+                                   "to its longest row (the same embeddings and gradients; fewer token positions on "
+                                   "mixed lengths, a fixed cost per group: at small per-replica batches of similar "
+                                   "lengths fewer may be faster, depending on the CPU); 1: the batch whole")
     optimization.add_argument("--mixed_precision", default="none", choices=("none", "bf16", "fp16"),
                               help="bf16: TPUs, recent GPUs (Ampere+), CPUs with AVX-512 BF16 or AMX (elsewhere it is "
                                    "emulated and slow; a warning says so); fp16: GPUs, with dynamic loss scaling. "

@@ -54,6 +54,7 @@ class TrainConfig:
     hard_negatives: int = 0
     dropout: float | None = None  # None: the checkpoint's rate
     gradient_cache_chunk: int | None = None  # None: no gradient caching
+    length_groups: int = 8  # rows of similar length encoded together (DualEncoder(length_groups)); 1: batch whole
     mixed_precision: str = "none"  # "bf16" or "fp16": Keras mixed-precision policies
     jit_compile: bool = False  # the replica step compiled with XLA
     batch_size: int = 32
@@ -81,7 +82,7 @@ class TrainConfig:
             self.eval_datasets = [name for name in self.eval_datasets.split(",") if name]
         problems = []
         for name in ("query_max_length", "document_max_length", "batch_size", "steps", "checkpoint_every",
-                     "log_every", "eval_batch_size"):
+                     "log_every", "eval_batch_size", "length_groups"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 problems.append(f"{name} must be a positive integer; got {getattr(self, name)!r}")
         for name in ("hard_negatives", "eval_every", "seed", "warmup_steps"):

@@ -21,6 +21,7 @@ def run(*args):
     ("--log_every", "0", "must be at least 1; got 0"),
     ("--batch_size", "-4", "must be at least 1; got -4"),
     ("--steps", "0", "must be at least 1; got 0"),
+    ("--length_groups", "0", "must be at least 1; got 0"),
     ("--max_train_pairs", "-3", "must be at least 0; got -3"),
     ("--temperature", "0", "must be greater than 0.0; got 0.0"),
     ("--learning_rate", "nan", "must be finite"),

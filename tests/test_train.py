@@ -61,7 +61,7 @@ def test_help_documents_every_option_with_its_default():
 def test_resolved_configuration_and_negatives():
     config = resolve_config(build_parser().parse_args(["--batch_size", "64", "--steps", "50",
                                                        "--hard_negatives", "2"]))
-    assert config.warmup_steps == 5 and config.max_train_pairs == 3200
+    assert config.warmup_steps == 5 and config.max_train_pairs == 3200 and config.length_groups == 8
     assert negatives_per_query(config) == (63, 63, 128)
     config = resolve_config(build_parser().parse_args(["--same_tower", "none"]))
     assert negatives_per_query(config)[1] == 0
@@ -71,12 +71,12 @@ def test_tiny_run_writes_config_checkpoints_logs_metrics_and_model(tmp_path):
     model_dir = tmp_path / "run"
     result = run(command(model_dir, "--steps", "6", "--batch_size", "8", "--checkpoint_every", "3",
                          "--eval_datasets", SQUAD_SAMPLE, "--eval_every", "3", "--learnable_temperature",
-                         "--architecture", "ade_spl"))
+                         "--architecture", "ade_spl", "--length_groups", "2"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "each query sees 14 negatives (7 documents + 7 other queries + 0 hard negatives)" in result.stdout
     assert "SQuAD held-out articles" in result.stdout and "P@1" in result.stdout
     config = json.loads((model_dir / "config.json").read_text())
-    assert config["architecture"] == "ade_spl" and config["steps"] == 6
+    assert config["architecture"] == "ade_spl" and config["steps"] == 6 and config["length_groups"] == 2
     assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-6")
     assert list((model_dir / "logs").glob("events.out.tfevents.*"))
     records = metrics(model_dir)
@@ -85,12 +85,12 @@ def test_tiny_run_writes_config_checkpoints_logs_metrics_and_model(tmp_path):
     assert [r["step"] for r in steps] == [2, 4, 6]
     assert all(k in steps[0] for k in ("learning_rate", "temperature", "steps_per_second", "examples_per_second"))
     model = keras.saving.load_model(model_dir / "model.keras")
-    assert model.architecture == "ade_spl" and model.learnable_temperature
+    assert model.architecture == "ade_spl" and model.learnable_temperature and model.length_groups == 2
 
     # The same command again resumes at the end: it evaluates again, and metrics.jsonl keeps one "after".
     again = run(command(model_dir, "--steps", "6", "--batch_size", "8", "--checkpoint_every", "3",
                         "--eval_datasets", SQUAD_SAMPLE, "--eval_every", "3", "--learnable_temperature",
-                        "--architecture", "ade_spl"))
+                        "--architecture", "ade_spl", "--length_groups", "2"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already trained to step 6 of 6" in again.stdout
     assert [(r["step"], r.get("phase")) for r in metrics(model_dir)] == [(r["step"], r.get("phase")) for r in records]
