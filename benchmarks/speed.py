@@ -5,7 +5,8 @@
 Needs torch 2.13.0 and sentence-transformers besides samtone_tf (benchmark only).
 
 training  pairs/s of one training step (forward, backward, AdamW) of samtone_tf (query-side SamToNe, SDE) in
-          each of --train_settings (float32, bf16, jit, bf16+jit) against sentence-transformers'
+          each of --train_settings (float32, bf16, jit, bf16+jit; "/gN" after one sets --length_groups N, 8 by
+          default: e.g. bf16/g2) against sentence-transformers'
           MultipleNegativesRankingLoss(directions=("query_to_doc", "query_to_query")), same checkpoint, same
           batches, batch size and sequence length; interleaved rounds, median; with the CPU flags, the padded
           tokens per step and the GFLOP/s of a bare float32 matrix product on this machine.
@@ -45,6 +46,16 @@ from samtone_tf.training import (LENGTH_BUCKET, TrainConfig, compile_for_trainin
 SETTINGS = {"float32": ("none", False), "bf16": ("bf16", False), "jit": ("none", True),
             "bf16+jit": ("bf16", True)}  # --train_settings: (mixed precision, XLA-compiled step)
 
+
+def training_setting(text):
+    """A --train_settings value: one of SETTINGS, optionally followed by "/gN" (N length groups)
+    -> (mixed precision, XLA-compiled step, length groups)."""
+    name, _, groups = text.partition("/g")
+    if name not in SETTINGS or (groups and not (groups.isdigit() and int(groups) >= 1)):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one of {', '.join(SETTINGS)}, optionally with /gN "
+                                         "(N >= 1 length groups)")
+    return text
+
 REAL_CORPORA = ["wikiqa", "beir:scifact", "beir:cacm", "beir:cranfield", "beir:medline",
                 "reqa:squad2-dev-sample/dev-v2.0-sample.json", "beir:npl"]
 
@@ -66,12 +77,14 @@ def training_throughput(args, results):
     def trainer(setting):
         """One of our settings: a fresh model under its precision policy, its (compiled) step, and a function
         that trains on a batch of pairs, tokenising in the timed loop as the peer does."""
-        precision, jit_compile = SETTINGS[setting]
+        name, _, groups = setting.partition("/g")
+        precision, jit_compile = SETTINGS[name]
         warning = precision_policy(precision)
         if warning:
             print(f"  {setting}: {warning}", flush=True)
         model = dual_encoder_from_checkpoint(checkpoint, architecture="sde", query_max_length=args.seq_len,
-                                             document_max_length=args.seq_len, temperature=args.temperature)
+                                             document_max_length=args.seq_len, temperature=args.temperature,
+                                             length_groups=int(groups or TrainConfig.length_groups))
         precision_policy("none")
         compile_for_training(model, config)
         step = make_train_step(tf.distribute.get_strategy(), model, jit_compile=jit_compile)
@@ -279,7 +292,7 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--seq_len", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.05)
-    parser.add_argument("--train_settings", nargs="+", default=["float32", "bf16", "jit"], choices=tuple(SETTINGS),
+    parser.add_argument("--train_settings", nargs="+", default=["float32", "bf16", "jit"], type=training_setting,
                         help="our training settings to time against the peer")
     parser.add_argument("--train_warmup", type=int, default=3)
     parser.add_argument("--train_rounds", type=int, default=4)
