@@ -47,13 +47,20 @@ SETTINGS = {"float32": ("none", False), "bf16": ("bf16", False), "jit": ("none",
             "bf16+jit": ("bf16", True)}  # --train_settings: (mixed precision, XLA-compiled step)
 
 
-def training_setting(text):
-    """A --train_settings value: one of SETTINGS, optionally followed by "/gN" (N length groups)
-    -> (mixed precision, XLA-compiled step, length groups)."""
+def setting_options(text):
+    """A --train_settings value: one of SETTINGS, optionally followed by "/gN" (N length groups; without it the
+    training command's default) -> (mixed precision, XLA-compiled step, length groups)."""
     name, _, groups = text.partition("/g")
     if name not in SETTINGS or (groups and not (groups.isdigit() and int(groups) >= 1)):
         raise argparse.ArgumentTypeError(f"{text!r}: expected one of {', '.join(SETTINGS)}, optionally with /gN "
                                          "(N >= 1 length groups)")
+    return (*SETTINGS[name], int(groups) if groups else TrainConfig.length_groups)
+
+
+def training_setting(text):
+    """argparse's type for --train_settings: the value checked by `setting_options`, kept as its name (the
+    results' key)."""
+    setting_options(text)
     return text
 
 REAL_CORPORA = ["wikiqa", "beir:scifact", "beir:cacm", "beir:cranfield", "beir:medline",
@@ -77,14 +84,13 @@ def training_throughput(args, results):
     def trainer(setting):
         """One of our settings: a fresh model under its precision policy, its (compiled) step, and a function
         that trains on a batch of pairs, tokenising in the timed loop as the peer does."""
-        name, _, groups = setting.partition("/g")
-        precision, jit_compile = SETTINGS[name]
+        precision, jit_compile, length_groups = setting_options(setting)
         warning = precision_policy(precision)
         if warning:
             print(f"  {setting}: {warning}", flush=True)
         model = dual_encoder_from_checkpoint(checkpoint, architecture="sde", query_max_length=args.seq_len,
                                              document_max_length=args.seq_len, temperature=args.temperature,
-                                             length_groups=int(groups or TrainConfig.length_groups))
+                                             length_groups=length_groups)
         precision_policy("none")
         compile_for_training(model, config)
         step = make_train_step(tf.distribute.get_strategy(), model, jit_compile=jit_compile)
