@@ -468,19 +468,25 @@ def make_optimizer(config, schedule):
 
 @keras.saving.register_keras_serializable(package="samtone_tf")
 class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from 0 to `peak` over `warmup_steps`, then linear decay to 0 at `total_steps`.
+    """Linear warm-up to `peak` over the first `warmup_steps` steps, then linear decay over the rest, so that
+    every one of the `total_steps` steps takes a positive rate: step n (1-based) takes peak * n / warmup_steps
+    while n <= warmup_steps, then peak * (total_steps - n + 1) / (total_steps - warmup_steps); the last step takes
+    peak / (total_steps - warmup_steps), and 0 would come one step after it. From the end of warm-up on these are
+    the rates of transformers' get_linear_schedule_with_warmup (sentence-transformers' default), whose warm-up
+    starts at 0 instead (a first step that changes nothing).
 
-    Its position is the optimizer's iteration count, so a resumed run continues it exactly.
+    Its position is the optimizer's iteration count (the steps already taken), so a resumed run continues it
+    exactly.
     """
 
     def __init__(self, peak, warmup_steps, total_steps):
         self.peak, self.warmup_steps, self.total_steps = float(peak), int(warmup_steps), int(total_steps)
 
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32) + 1.0
+    def __call__(self, iterations):
+        step = tf.cast(iterations, tf.float32) + 1.0  # the 1-based step this rate is for
         warmup = self.peak * step / max(self.warmup_steps, 1)
         remaining = max(self.total_steps - self.warmup_steps, 1)
-        decay = self.peak * tf.maximum(0.0, (self.total_steps - step) / remaining)
+        decay = self.peak * tf.maximum(0.0, (self.total_steps - step + 1.0) / remaining)
         return tf.where(step <= self.warmup_steps, warmup, decay)
 
     def get_config(self):

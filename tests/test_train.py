@@ -84,6 +84,7 @@ def test_tiny_run_writes_config_checkpoints_logs_metrics_and_model(tmp_path):
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in steps] == [2, 4, 6]
     assert all(k in steps[0] for k in ("learning_rate", "temperature", "steps_per_second", "examples_per_second"))
+    assert steps[-1]["learning_rate"] > 0  # the last step trains too
     model = keras.saving.load_model(model_dir / "model.keras")
     assert model.architecture == "ade_spl" and model.learnable_temperature and model.length_groups == 2
 

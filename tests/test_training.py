@@ -44,6 +44,23 @@ def _batch(hard=True):
     return next(iter(dataset))
 
 
+
+@pytest.mark.parametrize("warmup_steps, steps", [(2, 10), (0, 4), (3, 4), (1, 2)])
+def test_the_schedule_warms_up_then_decays_and_gives_every_step_a_positive_rate(warmup_steps, steps):
+    # The rate of 1-based step n: a line from 0 to the peak at the end of warm-up, the peak again on the first
+    # step after it, then a line to 0 one step after the last.
+    config = TrainConfig(steps=steps, warmup_steps=warmup_steps, learning_rate=2e-3)
+    rates = np.array([float(config.schedule(iterations)) for iterations in range(steps + 2)], np.float64)
+    n = np.arange(1, steps + 3, dtype=np.float64)
+    if warmup_steps == 0:
+        expected = np.interp(n, [1, steps + 1], [1, 0])
+    else:
+        expected = np.interp(n, [0, warmup_steps, warmup_steps + 1, steps + 1], [0, 1, 1, 0])
+    np.testing.assert_allclose(rates, 2e-3 * expected, rtol=1e-6, atol=1e-12)
+    assert np.all(rates[:steps] > 0), "a step of the run takes the rate 0 and changes no weight"
+    assert rates[steps] == 0 and rates[steps + 1] == 0
+
+
 @pytest.mark.parametrize("architecture", ["sde", "ade_spl"])
 def test_a_step_on_tokenised_batches_equals_the_step_on_raw_strings(architecture):
     config = TrainConfig(model="tiny", architecture=architecture, batch_size=8, hard_negatives=2, steps=5,
