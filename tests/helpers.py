@@ -2,6 +2,7 @@
 devices when pytest loads it; importing this module changes nothing)."""
 
 import signal
+import subprocess
 
 import tensorflow as tf
 
@@ -83,3 +84,21 @@ def stop_signals_as_in_a_terminal():
     way: the run trained on until the timeout)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class CommandInBackground:
+    """A command started now and awaited later with `finish()` (a subprocess.CompletedProcess), its stdout and
+    stderr going to files in `log_dir`: unread pipes would stall it on a full buffer while the test awaits
+    another process, and so serialise commands meant to run side by side."""
+
+    def __init__(self, args, log_dir, name, **popen):
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.stdout_path, self.stderr_path = log_dir / f"{name}.stdout", log_dir / f"{name}.stderr"
+        with open(self.stdout_path, "w") as stdout, open(self.stderr_path, "w") as stderr:
+            self.process = subprocess.Popen(args, cwd=popen.pop("cwd", REPOSITORY_ROOT), stdout=stdout,
+                                            stderr=stderr, **popen)
+
+    def finish(self, timeout=600):
+        self.process.wait(timeout=timeout)
+        return subprocess.CompletedProcess(self.process.args, self.process.returncode,
+                                           self.stdout_path.read_text(), self.stderr_path.read_text())

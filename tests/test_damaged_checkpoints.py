@@ -2,6 +2,7 @@
 falls back to the previous one, a torn metrics.jsonl line is repaired."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -21,11 +22,19 @@ def run(args):
     return subprocess.run(args, cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=600)
 
 
-@pytest.fixture
-def trained(tmp_path):
-    model_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("trained") / "run"
     result = run(command(model_dir, "--steps", "4"))
     assert result.returncode == 0, result.stderr[-2000:]
+    return model_dir
+
+
+@pytest.fixture
+def trained(trained_once, tmp_path):
+    """A copy of one 4-step run (checkpoints at steps 2 and 4), for each test to damage as it likes."""
+    model_dir = tmp_path / "run"
+    shutil.copytree(trained_once, model_dir)
     return model_dir
 
 

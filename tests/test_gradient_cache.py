@@ -116,16 +116,14 @@ def test_the_command_with_gradient_caching_on_two_workers_trains_like_one_uncach
     import subprocess
     import sys
 
-    from tests.helpers import REPOSITORY_ROOT, free_ports
+    from tests.helpers import REPOSITORY_ROOT, CommandInBackground, free_ports
 
     def command(model_dir, *extra):
         return [sys.executable, "-m", "samtone_tf.train", "--model", "tiny", "--model_dir", str(model_dir),
                 "--eval_datasets", "", "--batch_size", "8", "--steps", "3", "--dropout", "0", "--hard_negatives", "0",
                 "--no-export", "--learning_rate", "1e-3", *extra]
 
-    plain = subprocess.run(command(tmp_path / "plain"), cwd=REPOSITORY_ROOT, capture_output=True, text=True,
-                           timeout=600)
-    assert plain.returncode == 0, plain.stderr[-3000:]
+    plain_run = CommandInBackground(command(tmp_path / "plain"), tmp_path, "plain")  # beside the workers
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     processes = []
     for index in range(2):
@@ -141,6 +139,8 @@ def test_the_command_with_gradient_caching_on_two_workers_trains_like_one_uncach
     for process, (_, err) in zip(processes, outputs):
         assert process.returncode == 0, err[-3000:]
     assert "gradient caching: each replica encodes its 4 rows 3 at a time" in outputs[0][0]
+    plain = plain_run.finish()
+    assert plain.returncode == 0, plain.stderr[-3000:]
     want, got = _checkpoint_weights(tmp_path / "plain"), _checkpoint_weights(tmp_path / "cached")
     assert want.keys() == got.keys()
     for name in want:

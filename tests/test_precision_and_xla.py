@@ -105,20 +105,20 @@ def test_under_two_replicas_the_compiled_towers_step_equals_the_eager_step():
 
 
 def test_the_command_with_xla_and_bf16_on_one_device_and_under_mirrored(tmp_path):
-    import subprocess
     import sys
 
-    from tests.helpers import REPOSITORY_ROOT
+    from tests.helpers import CommandInBackground
 
-    def run(*extra):
-        return subprocess.run([sys.executable, "-m", "samtone_tf.train", "--model", "tiny", "--eval_datasets", "",
-                               "--steps", "4", "--batch_size", "8", "--no-export", "--log_every", "2", *extra],
-                              cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=600)
+    def start(name, *extra):
+        return CommandInBackground([sys.executable, "-m", "samtone_tf.train", "--model", "tiny", "--eval_datasets",
+                                    "", "--steps", "4", "--batch_size", "8", "--no-export", "--log_every", "2",
+                                    "--model_dir", str(tmp_path / name), *extra], tmp_path, name)
 
-    compiled = run("--model_dir", str(tmp_path / "a"), "--jit_compile", "--mixed_precision", "bf16")
+    # The two runs side by side: XLA's compilations are mostly single-threaded.
+    compiling = start("a", "--jit_compile", "--mixed_precision", "bf16")
+    mirroring = start("b", "--jit_compile", "--strategy", "mirrored", "--cpu_replicas", "2")
+    compiled, mirrored = compiling.finish(), mirroring.finish()
     assert compiled.returncode == 0, compiled.stderr[-3000:]
     assert "step 4/4" in compiled.stdout and "XLA compilations of the replica step: 1" in compiled.stdout
-    mirrored = run("--model_dir", str(tmp_path / "b"), "--jit_compile", "--strategy", "mirrored",
-                   "--cpu_replicas", "2")
     assert mirrored.returncode == 0, mirrored.stderr[-3000:]
     assert "step 4/4" in mirrored.stdout and "XLA compilations of the towers' networks:" in mirrored.stdout

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from samtone_tf.run_dir import read_jsonl_records
 from samtone_tf.train import build_parser, negatives_per_query, resolve_config
-from tests.helpers import REPOSITORY_ROOT, free_ports, mirrored_strategy, stop_signals_as_in_a_terminal
+from tests.helpers import REPOSITORY_ROOT, CommandInBackground, free_ports, mirrored_strategy, stop_signals_as_in_a_terminal
 
 SQUAD_SAMPLE = "reqa:squad2-dev-sample/dev-v2.0-sample.json"
 
@@ -103,11 +103,11 @@ def test_default_run_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp
         return [sys.executable, "-m", "samtone_tf.train", "--model", "tiny", "--model_dir", str(model_dir),
                 "--eval_datasets", "", "--no-export"]
 
+    # The uninterrupted run goes on beside the one to be killed (much of each is single-threaded start-up).
     uninterrupted = tmp_path / "uninterrupted"
     as_a_newcomer = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    finished = run(default_command(uninterrupted), env=as_a_newcomer)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    assert "ETA" in finished.stdout
+    uninterrupted_run = CommandInBackground(default_command(uninterrupted), tmp_path, "uninterrupted",
+                                            env=as_a_newcomer)
 
     interrupted = tmp_path / "interrupted"
     process = subprocess.Popen(default_command(interrupted), cwd=REPOSITORY_ROOT, stdout=subprocess.DEVNULL,
@@ -125,6 +125,9 @@ def test_default_run_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp
     assert killed_at and not killed_at.endswith("ckpt-50")
 
     resumed = run(default_command(interrupted))
+    finished = uninterrupted_run.finish()
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "ETA" in finished.stdout
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {killed_at} at step {killed_at.rsplit('-', 1)[1]}" in resumed.stdout
     assert tf.train.latest_checkpoint(str(interrupted / "checkpoints")).endswith("ckpt-50")
