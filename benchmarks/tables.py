@@ -20,6 +20,20 @@ def loss_overhead(results):
     return "\n".join(lines) + "\n"
 
 
+def symmetric_product(results):
+    ms = results["ms"]
+    projected = ms["same_tower"] - ms["product"] + ms["syrk"] + ms["whole"]
+    lines = [f"| operation (B = {results['batch']}, D = {results['dim']}) | ms | × standard loss |", "|---|---:|---:|",
+             f"| standard loss, forward + backward | {ms['standard']:.2f} | 1.00 |",
+             f"| query-side SamToNe, forward + backward | {ms['same_tower']:.2f} | "
+             f"{ms['same_tower'] / ms['standard']:.2f} |",
+             f"| q·qᵀ: TensorFlow's product | {ms['product']:.2f} | |",
+             f"| q·qᵀ: BLAS SYRK, one triangle ({results['blas']}) | {ms['syrk']:.2f} | |",
+             f"| the triangle made whole (TensorFlow) | {ms['whole']:.2f} | |",
+             f"| query-side SamToNe with the SYRK (projected) | {projected:.2f} | {projected / ms['standard']:.2f} |"]
+    return "\n".join(lines) + "\n"
+
+
 def encode_speed(results):
     lines = ["| encoder | documents/s | × sentence-transformers | min cosine to peer |", "|---|---:|---:|---:|"]
     for row in results["rows"]:
@@ -205,6 +219,7 @@ RENDERERS = {  # results file kind (its name up to the first "-") -> renderer
     "analysis": analysis, "batch_size": batch_size, "beam_encoding": beam_encoding, "encode_speed": encode_speed,
     "gradient_cache": gradient_cache, "index_search": index_search, "length_groups": length_groups,
     "loss_overhead": loss_overhead, "mining": mining, "quality": quality, "speed": speed,
+    "symmetric_product": symmetric_product,
 }
 
 
