@@ -16,7 +16,8 @@ import tensorflow as tf
 
 from samtone_tf.run_dir import read_jsonl_records
 from samtone_tf.train import build_parser, negatives_per_query, resolve_config
-from tests.helpers import REPOSITORY_ROOT, CommandInBackground, free_ports, mirrored_strategy, stop_signals_as_in_a_terminal
+from tests.helpers import (REPOSITORY_ROOT, CommandInBackground, free_ports, mirrored_strategy,
+                           stop_signals_as_in_a_terminal)
 
 SQUAD_SAMPLE = "reqa:squad2-dev-sample/dev-v2.0-sample.json"
 

@@ -44,7 +44,6 @@ def _batch(hard=True):
     return next(iter(dataset))
 
 
-
 @pytest.mark.parametrize("warmup_steps, steps", [(2, 10), (0, 4), (3, 4), (1, 2)])
 def test_the_schedule_warms_up_then_decays_and_gives_every_step_a_positive_rate(warmup_steps, steps):
     # The rate of 1-based step n: a line from 0 to the peak at the end of warm-up, the peak again on the first
