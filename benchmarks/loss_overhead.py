@@ -50,22 +50,28 @@ def make_step(same_tower, bidirectional, jit_compile):
     return step
 
 
+def interleaved_medians(operations, repeats):
+    """{name: median seconds} of `operations` ({name: a function that runs once and waits for its result}) over
+    `repeats` rounds, each running every operation once, so that machine noise hits them alike (after 2 warm-up
+    runs each, which trace)."""
+    for run in operations.values():
+        run(), run()
+    times = {name: [] for name in operations}
+    for _ in range(repeats):
+        for name, run in operations.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def time_configs(batch, dim, repeats, jit_compile):
     query = tf.math.l2_normalize(tf.random.normal([batch, dim], seed=1), axis=-1)
     document = tf.math.l2_normalize(tf.random.normal([batch, dim], seed=2), axis=-1)
     steps = {config: make_step(*config, jit_compile) for config in CONFIGS}
-    for step in steps.values():  # trace and warm up
-        for _ in range(2):
-            _, grads = step(query, document)
-            grads[0].numpy()
-    times = {config: [] for config in CONFIGS}
-    for _ in range(repeats):
-        for config, step in steps.items():
-            start = time.perf_counter()
-            _, grads = step(query, document)
-            grads[0].numpy()  # wait for the result
-            times[config].append(time.perf_counter() - start)
-    return {config: statistics.median(values) for config, values in times.items()}
+    # grads[0].numpy() waits for the result.
+    return interleaved_medians({config: lambda step=step: step(query, document)[1][0].numpy()
+                                for config, step in steps.items()}, repeats)
 
 
 def main(argv=None):

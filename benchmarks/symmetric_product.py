@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -27,7 +25,7 @@ import tensorflow as tf  # noqa: E402
 from scipy.linalg import blas  # noqa: E402
 
 import tables  # noqa: E402,I001  (benchmarks/tables.py, beside this script)
-from loss_overhead import make_step  # noqa: E402
+from loss_overhead import interleaved_medians, make_step  # noqa: E402
 from machine import cpu_flags, describe  # noqa: E402
 from samtone_tf.atomic import atomic_write_text  # noqa: E402
 
@@ -57,19 +55,6 @@ def operations(batch, dim):
     return tensorflow_operations, lambda: blas.ssyrk(1.0, query_fortran), check
 
 
-def median_ms(operations, repeats):
-    """{name: median milliseconds} over `repeats` rounds, each running every operation once (after 2 warm-ups)."""
-    for run in operations.values():
-        run(), run()
-    times = {name: [] for name in operations}
-    for _ in range(repeats):
-        for name, run in operations.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(values) for name, values in times.items()}
-
-
 def blas_library():
     import scipy
 
@@ -86,8 +71,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     tensorflow_operations, syrk, check = operations(args.batch, args.dim)
-    ms = median_ms(tensorflow_operations, args.repeats)
-    ms.update(median_ms({"syrk": syrk}, args.repeats))  # after TensorFlow's rounds: see the docstring
+    seconds = interleaved_medians(tensorflow_operations, args.repeats)
+    seconds.update(interleaved_medians({"syrk": syrk}, args.repeats))  # after TensorFlow's rounds: see the docstring
+    ms = {name: 1000 * value for name, value in seconds.items()}
     check()
     results = dict(machine=f"{describe()}, TF {tf.__version__}", cpu_flags=cpu_flags(), batch=args.batch,
                    dim=args.dim, repeats=args.repeats, blas=blas_library(), ms=ms)
