@@ -5,6 +5,8 @@ is bounded by what the archive declares.
 What is refused, with one ValueError naming the file (and the tensor, where there is one):
   - any class in the pickle but tensors, parameters, storages and ordered dicts (code would run);
   - a storage whose bytes differ from the element count the pickle declares for it;
+  - one storage key declared twice with another element count or type (the first declaration would be checked
+    against the file, the second one read through it);
   - a compressed storage inflating far beyond its compressed size (PyTorch stores them uncompressed);
   - a view with a negative offset, size or stride, or reaching past the end of its storage;
   - views adding up to more than twice the bytes of the storages they view (a 4-byte storage with
@@ -63,7 +65,7 @@ def read_pytorch_state_dict(path):
         if not isinstance(state, dict):
             raise ValueError(f"{path}: the checkpoint holds a {type(state).__name__}, not a state dict")
         views = {name: value for name, value in state.items() if isinstance(value, _View)}
-        storages = {view.storage.key: view.storage for view in views.values()}
+        storages = _declared_storages(views, path)
         budget = MAX_VIEW_FACTOR * sum(s.numel * s.itemsize for s in storages.values())
         loaded, materialised, weights = {}, 0, {}
         for name, view in views.items():
@@ -77,6 +79,23 @@ def read_pytorch_state_dict(path):
                 loaded[view.storage.key] = _read_storage(archive, prefix, view.storage, path, name)
             weights[name] = view.materialise(loaded[view.storage.key])
     return weights
+
+
+def _declared_storages(views, path):
+    """{storage key: _Storage} of `views`, every key declared alike wherever it appears: one key declared with two
+    element counts or two types would have its first declaration checked against the archive's bytes and its
+    second read through them."""
+    storages = {}
+    for name, view in views.items():
+        storage = view.storage
+        if not isinstance(storage, _Storage):
+            continue  # `_View.check` names it
+        first = storages.setdefault(storage.key, storage)
+        if (first.numel, first.dtype) != (storage.numel, storage.dtype):
+            raise ValueError(f"{path}: tensor {name!r}: storage {storage.key!r} is declared twice, as {first.numel} "
+                             f"elements of {first.dtype} and as {storage.numel} of {storage.dtype} "
+                             "(a crafted or damaged checkpoint)")
+    return storages
 
 
 class _Storage:
@@ -116,6 +135,8 @@ class _View:
         if self.numel == 0:
             return np.zeros(self.size, self.storage.dtype)
         itemsize = self.storage.itemsize
+        if len(data) != self.storage.numel:  # never read through another declaration's buffer
+            raise ValueError(f"a storage of {len(data)} elements materialised as one of {self.storage.numel}")
         view = np.lib.stride_tricks.as_strided(data[self.offset:], shape=tuple(self.size),
                                                strides=tuple(s * itemsize for s in self.stride), writeable=False)
         return np.array(view)

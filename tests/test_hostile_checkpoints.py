@@ -25,12 +25,12 @@ def _fake_torch():
     def _rebuild_tensor_v2(*args):
         raise AssertionError("never called while writing")
 
-    class FloatStorage:
-        pass
-
-    _rebuild_tensor_v2.__module__, FloatStorage.__module__ = "torch._utils", "torch"
-    _rebuild_tensor_v2.__qualname__, FloatStorage.__qualname__ = "_rebuild_tensor_v2", "FloatStorage"
-    utils._rebuild_tensor_v2, torch.FloatStorage, torch._utils = _rebuild_tensor_v2, FloatStorage, utils
+    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+    utils._rebuild_tensor_v2, torch._utils = _rebuild_tensor_v2, utils
+    for name in ("FloatStorage", "DoubleStorage"):
+        storage_type = type(name, (), {"__module__": "torch"})
+        storage_type.__qualname__ = name
+        setattr(torch, name, storage_type)
     sys.modules.update({"torch": torch, "torch._utils": utils})
     try:
         yield torch, utils
@@ -43,8 +43,9 @@ def _fake_torch():
 
 
 class _Tensor:
-    def __init__(self, key, numel, offset, size, stride):
+    def __init__(self, key, numel, offset, size, stride, storage_type="FloatStorage"):
         self.key, self.numel, self.offset, self.size, self.stride = key, numel, offset, size, stride
+        self.storage_type = storage_type
 
 
 def write_checkpoint(path, tensors, storages, compress=False):
@@ -53,7 +54,7 @@ def write_checkpoint(path, tensors, storages, compress=False):
         class Pickler(pickle.Pickler):
             def persistent_id(self, obj):
                 if isinstance(obj, tuple) and obj and obj[0] == "storage-ref":
-                    return ("storage", torch.FloatStorage, obj[1], "cpu", obj[2])
+                    return ("storage", getattr(torch, obj[3]), obj[1], "cpu", obj[2])
                 return None
 
         class Reduced:
@@ -62,7 +63,7 @@ def write_checkpoint(path, tensors, storages, compress=False):
 
             def __reduce__(self):
                 t = self.tensor
-                return (utils._rebuild_tensor_v2, (("storage-ref", t.key, t.numel), t.offset, t.size, t.stride,
+                return (utils._rebuild_tensor_v2, (("storage-ref", t.key, t.numel, t.storage_type), t.offset, t.size, t.stride,
                                                    False, None))
 
         import io
@@ -111,6 +112,15 @@ def test_the_real_fixture_still_reads():
      "more than 2x the 4 bytes of the storages"),
     ("one storage viewed 64 times", {f"w{i}": _Tensor("0", 1024, 0, (1024,), (1,)) for i in range(64)},
      {"0": floats(1024)}, "more than 2x the 4096 bytes"),
+    ("one storage key declared with two sizes (the second read through the first's bytes)",
+     {"small": _Tensor("0", 4, 0, (4,), (1,)), "weight": _Tensor("0", 4096, 0, (4096,), (1,))}, {"0": floats(4)},
+     "storage '0' is declared twice, as 4 elements of float32 and as 4096"),
+    ("the larger declaration first", {"weight": _Tensor("0", 4096, 0, (4096,), (1,)),
+                                      "small": _Tensor("0", 4, 0, (4,), (1,))}, {"0": floats(4)},
+     "storage '0' is declared twice"),
+    ("one storage key declared with two types", {"a": _Tensor("0", 4, 0, (4,), (1,)),
+                                                 "b": _Tensor("0", 4, 0, (4,), (1,), "DoubleStorage")},
+     {"0": floats(4)}, "declared twice, as 4 elements of float32 and as 4 of float64"),
     ("missing storage", {"w": _Tensor("7", 4, 0, (4,), (1,))}, {"0": floats(4)}, "storage archive/data/7 is missing"),
 ])
 def test_crafted_views_are_refused_naming_file_and_tensor(tmp_path, case, tensors, storages, message):
