@@ -28,13 +28,17 @@ ID_KEYS = ("query_id", "document_id", "hard_negative_ids")
 PRECISION_POLICIES = {"none": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
+DEFAULT_DATASET = "reqa:squad"
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Every setting of a training run (the options of `python -m samtone_tf.train`, same names)."""
 
-    dataset: str = "reqa:squad"
+    dataset: str = DEFAULT_DATASET
     train_split: str = "train"
-    max_train_pairs: int | None = None  # None: all pairs
+    max_train_pairs: int | None = None  # a seeded sample of this many pairs from the whole file; None: all pairs
+    first_train_pairs: int | None = None  # the first pairs in file order instead (read lazily); None: see above
     eval_datasets: list = dataclasses.field(default_factory=list)
     data_dir: str | None = None
     unique_ids: bool = True
@@ -90,11 +94,14 @@ class TrainConfig:
                 problems.append(f"{name} must be a non-negative integer; got {getattr(self, name)!r}")
         if self.dropout is not None and not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             problems.append(f"dropout must be in [0, 1); got {self.dropout!r}")
-        for name in ("max_train_pairs", "num_layers", "projection_dim", "cpu_replicas", "gradient_cache_chunk"):
+        for name in ("max_train_pairs", "first_train_pairs", "num_layers", "projection_dim", "cpu_replicas",
+                     "gradient_cache_chunk"):
             value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < (0 if name == "max_train_pairs" else 1)):
-                problems.append(f"{name} must be {'a non-negative' if name == 'max_train_pairs' else 'a positive'} "
-                                f"integer or None; got {value!r}")
+            if value is not None and (not _is_int(value) or value < 1):
+                problems.append(f"{name} must be a positive integer or None; got {value!r}")
+        if self.max_train_pairs is not None and self.first_train_pairs is not None:
+            problems.append("max_train_pairs (a sample of the whole file) and first_train_pairs (its head) exclude "
+                            "each other")
         for name in ("temperature", "learning_rate"):
             if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) > 0:
                 problems.append(f"{name} must be positive; got {getattr(self, name)!r}")

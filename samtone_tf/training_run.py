@@ -21,13 +21,15 @@ import tensorflow as tf
 from samtone_tf import distributed
 from samtone_tf.atomic import atomic_write_text
 from samtone_tf.data.datasets import load_evaluation, load_training_pairs
-from samtone_tf.data.pipeline import distributed_training_dataset, per_replica_element_spec, raise_input_error
+from samtone_tf.data.pipeline import (SHUFFLE_BUFFER, distributed_training_dataset, per_replica_element_spec,
+                                      raise_input_error)
 from samtone_tf.encoding import EncodingStopped, stop_encoding_when
 from samtone_tf.models import build_model
 from samtone_tf.retrieval import evaluate_encoder
 from samtone_tf.run_dir import RunLock, check_resumable, checkpoint_candidates, read_jsonl_records, restore_latest
 from samtone_tf.serving import export
-from samtone_tf.training import LENGTH_BUCKET, all_finite, compile_for_training, make_train_step, precision_policy
+from samtone_tf.training import (DEFAULT_DATASET, LENGTH_BUCKET, all_finite, compile_for_training, make_train_step,
+                                 precision_policy)
 
 DEFAULT_EVALUATION = ("reqa:squad2-dev-sample/dev-v2.0-sample.json", "wikiqa")
 EVALUATION_LABELS = {
@@ -69,6 +71,22 @@ def run_training(config):
         return _train(config, strategy, chief, model_dir, log, str(model_dir / "checkpoints"))
 
 
+def describe_training_data(config, pairs):
+    """The log line saying which pairs train, in what order, and how many epochs the run makes of them."""
+    if config.first_train_pairs is not None:
+        chosen = f"the first {config.first_train_pairs} in file order (--first_train_pairs)"
+    elif config.max_train_pairs is not None:
+        chosen = f"a sample of {config.max_train_pairs} drawn from the whole file (--max_train_pairs, seed {config.seed})"
+    else:
+        chosen = "every pair of the file"
+    if hasattr(pairs, "__len__"):
+        epochs = config.steps * config.batch_size / max(len(pairs), 1)
+        return (f"training data {config.dataset} ({config.train_split}): {len(pairs)} pairs, {chosen}; shuffled "
+                f"each epoch (seed {config.seed}); {config.steps} steps x {config.batch_size} = {epochs:.2f} epochs")
+    return (f"training data {config.dataset} ({config.train_split}): streamed, {chosen}; shuffled through a "
+            f"buffer of {SHUFFLE_BUFFER} pairs each pass (seed {config.seed}), cycled for {config.steps} steps")
+
+
 def _train(config, strategy, chief, model_dir, log, checkpoint_dir):
     replicas = strategy.num_replicas_in_sync
     keras.utils.set_random_seed(config.seed)
@@ -82,9 +100,8 @@ def _train(config, strategy, chief, model_dir, log, checkpoint_dir):
         log(f"gradient caching: each replica encodes its {config.batch_size // replicas} rows "
             f"{config.gradient_cache_chunk} at a time")
     pairs = load_training_pairs(config.dataset, config.train_split, config.data_dir,
-                                max_pairs=config.max_train_pairs)
-    log(f"training data {config.dataset} ({config.train_split}): "
-        f"{len(pairs) if hasattr(pairs, '__len__') else 'streamed'} pairs")
+                                max_pairs=config.first_train_pairs, sample=config.max_train_pairs, seed=config.seed)
+    log(describe_training_data(config, pairs))
     evaluation_sets = []
     if chief:
         for spec in config.eval_datasets:

@@ -25,8 +25,8 @@ def test_a_second_run_on_the_same_model_dir_refuses_while_the_first_runs(tmp_pat
     model_dir = tmp_path / "run"
     # Steps it cannot finish before the interrupt below, so that a lost interrupt fails the test by its timeout
     # rather than by a run that ended on its own (400 tiny steps take ~10 s on a fast CPU), over the first 3,200
-    # pairs (by default steps x batch pairs are read).
-    steps = ["--steps", "1000000", "--max_train_pairs", "3200", "--checkpoint_every", "50"]
+    # pairs.
+    steps = ["--steps", "1000000", "--first_train_pairs", "3200", "--checkpoint_every", "50"]
     first = subprocess.Popen(command(model_dir, *steps), cwd=REPOSITORY_ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, preexec_fn=stop_signals_as_in_a_terminal)
     try:

@@ -62,7 +62,8 @@ def test_help_documents_every_option_with_its_default():
 def test_resolved_configuration_and_negatives():
     config = resolve_config(build_parser().parse_args(["--batch_size", "64", "--steps", "50",
                                                        "--hard_negatives", "2"]))
-    assert config.warmup_steps == 5 and config.max_train_pairs == 3200 and config.length_groups == 8
+    assert config.warmup_steps == 5 and config.first_train_pairs == 3200 and config.max_train_pairs is None
+    assert config.length_groups == 8
     assert negatives_per_query(config) == (63, 63, 128)
     config = resolve_config(build_parser().parse_args(["--same_tower", "none"]))
     assert negatives_per_query(config)[1] == 0
@@ -150,7 +151,7 @@ def test_a_run_stopped_by_sigterm_saves_the_steps_it_completed_and_the_same_comm
     model_dir = tmp_path / "run"
     # Steps it cannot finish before the signal (a lost signal fails by the timeout); no periodic checkpoint, so the
     # one found was written on the signal.
-    settings = ["--batch_size", "8", "--no-export", "--max_train_pairs", "3200", "--checkpoint_every", "1000000"]
+    settings = ["--batch_size", "8", "--no-export", "--first_train_pairs", "3200", "--checkpoint_every", "1000000"]
     process = subprocess.Popen(command(model_dir, "--steps", "1000000", *settings), cwd=REPOSITORY_ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=stop_signals_as_in_a_terminal)
@@ -302,7 +303,7 @@ def test_a_multi_worker_run_whose_worker_gets_sigterm_stops_and_saves_the_same_s
     the same commands resume from it. Stopping at once would leave the other worker waiting on its collectives."""
     model_dir = tmp_path / "multi"
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
-    settings = ["--no-export", "--max_train_pairs", "1600", "--checkpoint_every", "1000000", "--log_every", "1"]
+    settings = ["--no-export", "--first_train_pairs", "1600", "--checkpoint_every", "1000000", "--log_every", "1"]
     processes = _start_workers(model_dir, tmp_path, workers, "--steps", "1000000", *settings)
     try:
         deadline, log = time.time() + 400, model_dir / "metrics.jsonl"

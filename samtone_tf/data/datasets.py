@@ -64,15 +64,42 @@ def load_evaluation(name, split=None, data_directory=None):
     raise ValueError(f"{name}: {kind} datasets are for training only")
 
 
-def load_training_pairs(name, split="train", data_directory=None, max_pairs=None):
-    """Training pairs of `name` -> list of TrainingPair, or StreamedPairs for large files.
+def load_training_pairs(name, split="train", data_directory=None, max_pairs=None, sample=None, seed=0):
+    """Training pairs of `name` -> list of TrainingPair, or StreamedPairs for large files (all of them).
 
-    `max_pairs` keeps the first pairs in file order (ReQA then reads only what it needs).
+    `max_pairs` keeps the first pairs in file order (ReQA then reads only what it needs); `sample` draws that many
+    pairs uniformly from the whole file instead (seeded by `seed`; kept in file order: the training pipeline
+    shuffles them), reading the file once and holding only the sample.
     """
+    if max_pairs is not None and sample is not None:
+        raise ValueError("pass either max_pairs (the first pairs) or sample (pairs drawn from the whole file)")
     pairs = _training_pairs(name, split, data_directory, max_pairs)
+    if sample is not None:
+        return sample_pairs(pairs, sample, seed)
     if max_pairs is None:
         return pairs
     return list(itertools.islice(pairs, max_pairs))
+
+
+def sample_pairs(pairs, size, seed=0):
+    """`size` pairs drawn uniformly without replacement from `pairs` (a list, or an iterable read once by reservoir
+    sampling), in their original order; all of them when there are no more than `size`."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, 104_729])
+    if isinstance(pairs, list):
+        if size >= len(pairs):
+            return list(pairs)
+        return [pairs[int(i)] for i in np.sort(rng.choice(len(pairs), size, replace=False))]
+    reservoir = []  # (position in the file, pair): the sample is returned in file order
+    for position, pair in enumerate(pairs):
+        if position < size:
+            reservoir.append((position, pair))
+            continue
+        slot = int(rng.integers(position + 1))
+        if slot < size:
+            reservoir[slot] = (position, pair)
+    return [pair for _, pair in sorted(reservoir, key=lambda item: item[0])]
 
 
 def _training_pairs(name, split, data_directory, max_pairs):

@@ -20,6 +20,8 @@ import tensorflow as tf
 from samtone_tf.losses import id_fingerprints
 from samtone_tf.data.records import TrainingPair
 
+SHUFFLE_BUFFER = 100_000  # pairs of a streamed file shuffled together
+
 
 def training_dataset(
     pairs,
@@ -28,7 +30,7 @@ def training_dataset(
     seed=0,
     hard_negatives=0,
     unique_ids=True,
-    shuffle_buffer=100_000,
+    shuffle_buffer=SHUFFLE_BUFFER,
     input_context=None,
     repeat=True,
     skip_batches=0,
@@ -161,7 +163,7 @@ def per_replica_element_spec(dataset, strategy, global_batch):
     return tf.nest.map_structure(filled, dataset.element_spec)
 
 
-def global_batches(pairs, global_batch, seed, unique_ids=True, shuffle_buffer=100_000, repeat=True):
+def global_batches(pairs, global_batch, seed, unique_ids=True, shuffle_buffer=SHUFFLE_BUFFER, repeat=True):
     """Yields lists of `global_batch` pairs in a seeded order.
 
     With `unique_ids`, a pair whose query or document id is already in the batch
