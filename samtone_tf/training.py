@@ -290,7 +290,9 @@ def gradient_cached_gradients(model, x, y, chunk, cut_lengths=True):
     and the i-th longest documents: an embedding depends on its own text only), and each chunk is encoded whole,
     each side cut to its own longest row: a chunk of sorted rows is a length group already (the towers' own
     groups, one copy of the network each, stay off).
-    -> (loss, [dense gradient per model.trainable_variables]); equal to the uncached step's (with dropout off:
+    -> (loss, [dense gradient per model.trainable_variables]), the gradients those of the loss as the model's
+    optimizer scales it (`optimizer.scale_loss`: under fp16 the loss scale, which its `apply` divides out); equal
+    to the uncached step's (with dropout off:
     with dropout, the masks are drawn per chunk, not for the whole batch), whose embedding gradients are
     tf.IndexedSlices of the same sums.
     """
@@ -346,8 +348,12 @@ def gradient_cached_gradients(model, x, y, chunk, cut_lengths=True):
         if getattr(model, "learnable_temperature", False):
             y_pred["temperature"] = model.current_temperature()
         loss = model.compute_loss(x=x, y=y, y_pred=y_pred)
+        # As Keras's train_step: under fp16 the optimizer (a LossScaleOptimizer) multiplies the loss by its scale
+        # here, so the towers' float16 backward passes do not underflow, and divides the gradients by it (skipping
+        # the step and lowering the scale when one is not finite) in `apply`. Identity for other optimizers.
+        scaled_loss = model.optimizer.scale_loss(loss) if getattr(model, "optimizer", None) is not None else loss
     temperature_variables = [v for v in variables if "temperature" in v.path]
-    cached = tape.gradient(loss, [embeddings[key] for key in keys] + temperature_variables)
+    cached = tape.gradient(scaled_loss, [embeddings[key] for key in keys] + temperature_variables)
     embedding_gradients = {key: g for key, g in zip(keys, cached[: len(keys)]) if g is not None}
 
     def backpropagate(start, count, snapshot):

@@ -122,3 +122,35 @@ def test_the_command_with_xla_and_bf16_on_one_device_and_under_mirrored(tmp_path
     assert "step 4/4" in compiled.stdout and "XLA compilations of the replica step: 1" in compiled.stdout
     assert mirrored.returncode == 0, mirrored.stderr[-3000:]
     assert "step 4/4" in mirrored.stdout and "XLA compilations of the towers' networks:" in mirrored.stdout
+
+
+def test_fp16_with_gradient_caching_scales_the_loss_and_trains_the_weights_of_the_uncached_fp16_step():
+    """Keras's LossScaleOptimizer divides the gradients by its loss scale; the cached step must multiply the loss
+    by it first, as Keras's train_step does (else Adam's moments come out ~3e4 times too small, and nothing warns:
+    the loss still falls)."""
+    results = []
+    for chunk in (None, 3):
+        model, dataset = build("fp16")
+        optimizer = model.optimizer
+        # A scale at which neither step overflows (at Keras's initial 32768 the uncached one skips a step here), so
+        # both apply the same 3 updates; scaling still decides the moments' size (x256 here).
+        optimizer.dynamic_scale.assign(256.0)
+        step = make_train_step(tf.distribute.get_strategy(), model, gradient_cache_chunk=chunk)
+        losses = [step(b) for b, _ in zip(dataset, range(3))]
+        moments = [v.numpy() for v in optimizer.inner_optimizer.variables if "momentum" in v.path]
+        results.append((losses, [w.numpy() for w in model.trainable_weights], moments,
+                        float(optimizer.dynamic_scale.numpy())))
+    (uncached_losses, uncached_weights, uncached_moments, uncached_scale), \
+        (cached_losses, cached_weights, cached_moments, cached_scale) = results
+    assert cached_scale == uncached_scale
+    np.testing.assert_allclose(cached_losses, uncached_losses, rtol=5e-3)
+    assert uncached_moments and len(cached_moments) == len(uncached_moments)
+    # Adam's first moments over all weights: equal up to fp16 rounding (unscaled, they would be 256 times smaller).
+    got = np.concatenate([m.ravel() for m in cached_moments])
+    want = np.concatenate([m.ravel() for m in uncached_moments])
+    assert np.linalg.norm(got - want) < 0.05 * np.linalg.norm(want)
+    # Weights after 3 Adam steps (learning rate up to 1e-3 a step): a gradient entry near fp16's rounding can take
+    # another sign in the two computations and move its weight by up to a step; all the others agree closely.
+    differences = np.concatenate([np.abs(g - w).ravel() for g, w in zip(cached_weights, uncached_weights)])
+    assert differences.max() < 3e-3 and np.mean(differences < 1e-4) > 0.995, (differences.max(),
+                                                                              np.mean(differences < 1e-4))
