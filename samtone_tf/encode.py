@@ -11,7 +11,9 @@ id<TAB>text. BEIR and MS MARCO corpora are read in parallel by byte ranges; the 
 TSV files of a few thousand sentences, are read here and handed to the pipeline.
 
 Every other option is a Beam pipeline option (--runner, --direct_num_workers, --direct_running_mode, and
-Dataflow's --project, --region, --temp_location, --requirements_file, ...). OUT gets sharded TFRecords of
+Dataflow's --project, --region, --temp_location, --requirements_file, ...). Without --runner (or with
+DirectRunner) the pipeline runs on Beam's in-process FnApiRunner, named explicitly: Beam's DirectRunner would first
+try its Prism runner, which downloads a binary. OUT gets sharded TFRecords of
 (id, embedding), the documents that could not be read in dead_letters-*.jsonl (file, line, reason), and
 manifest.json, written last: a directory without it holds a failed or unfinished run.
 """
@@ -141,12 +143,39 @@ def run(args, pipeline_args):
         raise ValueError(f"{saved_model}: the document encoder cannot be loaded "
                          f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
     dimension = int(signature.structured_outputs["embedding"].shape[-1])
-    options = PipelineOptions(pipeline_args, save_main_session=False)
+    options = PipelineOptions(with_explicit_runner(pipeline_args), save_main_session=False)
     with beam.Pipeline(options=options) as pipeline:
         encode_corpus(pipeline, args.out, saved_model, batch_size=args.batch_size, num_shards=args.num_shards,
                       **source)
     return write_manifest(args.out, model_info, dimension,
                           extra={"corpus": args.corpus, "line_format": source.get("line_format")})
+
+
+# Beam's DirectRunner (2.77) first tries its Prism runner, which downloads a binary on a machine with internet and
+# falls back when it cannot: the local runner is named instead. FnApiRunner is the in-process portable runner
+# DirectRunner falls back to; it honours --direct_num_workers and --direct_running_mode.
+LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+_LOCAL_RUNNER_NAMES = ("directrunner", "direct", "switchingdirectrunner", "fnapirunner")
+
+
+def with_explicit_runner(pipeline_args):
+    """`pipeline_args` with the runner named: none, or DirectRunner, is `LOCAL_RUNNER`; any other (Dataflow, Flink,
+    Spark, Prism, ...) is kept as given."""
+    args, runner, skip = [], None, False
+    for position, arg in enumerate(pipeline_args):
+        if skip:
+            skip = False
+            continue
+        if arg == "--runner" and position + 1 < len(pipeline_args):
+            runner, skip = pipeline_args[position + 1], True
+            continue
+        if arg.startswith("--runner="):
+            runner = arg.partition("=")[2]
+            continue
+        args.append(arg)
+    if runner is None or runner.lower() in _LOCAL_RUNNER_NAMES:
+        runner = LOCAL_RUNNER
+    return [*args, f"--runner={runner}"]
 
 
 # Warnings Beam logs on every start-up that concern features this command does not use.

@@ -309,3 +309,18 @@ def test_index_build_to_a_recall_target_records_its_choice(tmp_path):
     assert tuning["held_out_recall"] >= 0.87
     index = ScannIndex.load(tmp_path / "index")
     assert index.settings["num_leaves_to_search"] == manifest["settings"]["num_leaves_to_search"]
+
+
+def test_the_local_runner_is_named_explicitly_and_other_runners_are_kept():
+    """Beam 2.77's DirectRunner tries its Prism runner first (a binary it downloads): encode names the in-process
+    FnApiRunner instead, when no runner or DirectRunner is asked; any other runner passes through."""
+    from samtone_tf.encode import LOCAL_RUNNER, with_explicit_runner
+
+    assert with_explicit_runner(["--direct_num_workers", "2"]) == ["--direct_num_workers", "2",
+                                                                   f"--runner={LOCAL_RUNNER}"]
+    assert with_explicit_runner(["--runner", "DirectRunner"]) == [f"--runner={LOCAL_RUNNER}"]
+    assert with_explicit_runner(["--runner=DataflowRunner", "--project", "p"]) == ["--project", "p",
+                                                                                   "--runner=DataflowRunner"]
+    from apache_beam.runners.runner import create_runner
+
+    assert type(create_runner(LOCAL_RUNNER)).__name__ == "FnApiRunner"
