@@ -11,7 +11,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 USER_SET_TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-__version__ = "0.1.0"
+from samtone_tf.version import __version__  # noqa: E402
 
 from samtone_tf.keras_loss import SamToNeLoss, SamToNeLossMixin, SamToNeModel  # noqa: E402
 from samtone_tf.losses import samtone_loss  # noqa: E402

@@ -24,15 +24,18 @@ BINDING_SETTINGS = ("model", "num_layers", "vocabulary", "architecture", "projec
 
 
 class RunLock:
-    """An exclusive lock on a model_dir: `model_dir/.lock` holds the owner's pid, host and start.
+    """An exclusive lock on a directory one process writes at a time (a training model_dir, an export):
+    `directory/.lock` holds the owner's pid, host and start.
 
-    A lock whose process no longer runs on this host (a killed run) is stale and taken over.
+    A lock whose process no longer runs on this host (a killed run) is stale and taken over. `holder` names what
+    holds it in the refusal ("run", "export"), `advice` says what to do instead.
     """
 
-    def __init__(self, model_dir, say=print):
+    def __init__(self, model_dir, say=print, holder="run", advice="use another --model_dir"):
         self.path = Path(model_dir) / LOCK
         self.say = say
         self.held = False
+        self.holder, self.advice = holder, advice
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,10 +48,11 @@ class RunLock:
                 holder = self._holder()
                 if holder is not None and self._alive(holder):
                     raise RunLockedError(
-                        f"{self.path.parent} is in use by another run (pid {holder['pid']} on {holder['host']}, "
-                        f"started {holder.get('started', '?')}); wait for it, or use another --model_dir. "
-                        f"If that run is gone, delete {self.path}")
-                self.say(f"removing a stale lock of a run that is no longer running: {self._describe(holder)}")
+                        f"{self.path.parent} is in use by another {self.holder} (pid {holder['pid']} on "
+                        f"{holder['host']}, started {holder.get('started', '?')}); wait for it, or {self.advice}. "
+                        f"If that {self.holder} is gone, delete {self.path}")
+                self.say(f"removing a stale lock of a {self.holder} that is no longer running: "
+                         f"{self._describe(holder)}")
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(descriptor, "w") as f:

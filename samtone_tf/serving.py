@@ -36,6 +36,8 @@ import numpy as np
 import tensorflow as tf
 
 from samtone_tf.atomic import atomic_write_text, readable_mode
+from samtone_tf.ownership import claim, require_owned
+from samtone_tf.run_dir import RunLock
 from samtone_tf.partitioned import partitioned_top_k
 
 ENCODERS = ("query_encoder", "document_encoder")
@@ -43,6 +45,7 @@ RETRIEVER = "retriever"
 INDEX = "index"
 MANIFEST = "manifest.json"
 MODELS_CONFIG = "models.config"
+COMMIT_JOURNAL = ".commit.json"
 STAGING_PREFIX = ".incomplete-"
 DEFAULT_SERVING_ROOT = "/models"
 SAMPLE_TEXTS = ("what is the capital of france", "The Normans gave their name to Normandy.", "",
@@ -203,12 +206,29 @@ def serving_config(names, version, serving_root=DEFAULT_SERVING_ROOT):
     """
     root = str(serving_root).rstrip("/") or "/"
     entries = "".join(
-        f'  config {{\n    name: "{name}"\n    base_path: "{root}/{name}"\n'
+        f'  config {{\n    name: {text_format_string(name)}\n    base_path: {text_format_string(f"{root}/{name}")}\n'
         f'    model_platform: "tensorflow"\n'
         f"    model_version_policy {{ specific {{ versions: {int(version)} }} }}\n  }}\n"
         for name in names
     )
     return f"model_config_list {{\n{entries}}}\n"
+
+
+def text_format_string(text):
+    """`text` as a protocol-buffer text-format string literal, escaped as protobuf's own printer escapes it (quotes,
+    backslashes, control characters; every byte of UTF-8 beyond ASCII as octal), so TF Serving's config parser reads
+    back exactly `text` whatever a path holds (quotes, newlines, unicode)."""
+    escapes = {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord('"'): '\\"', ord("'"): "\\'",
+               ord("\\"): "\\\\"}
+    out = []
+    for byte in str(text).encode("utf-8"):
+        if byte in escapes:
+            out.append(escapes[byte])
+        elif 0x20 <= byte < 0x7F:
+            out.append(chr(byte))
+        else:
+            out.append(f"\\{byte:03o}")
+    return '"' + "".join(out) + '"'
 
 
 def export(model, out, version=None, corpus=None, k=10, overwrite=False, training_config=None, metrics=None,
@@ -239,9 +259,18 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
         raise ValueError(f"retriever must be 'exact' or 'partitioned'; got {retriever!r}")
     if target_recall is not None and (corpus is None or not 0.0 < float(target_recall) <= 1.0):
         raise ValueError(f"target_recall {target_recall}: needs a corpus and a value in (0, 1]")
-    out.mkdir(parents=True, exist_ok=True)
+    claim(out, "export", recognise=_is_export_of_an_earlier_version)
+    with RunLock(out, say=say, holder="export", advice="export to another --out"):
+        return _export_locked(model, out, version, corpus, k, overwrite, training_config, metrics, batch_size, say,
+                              verbose, serving_root, target_recall, retriever, corpus_embeddings, prebuilt_index)
+
+
+def _export_locked(model, out, version, corpus, k, overwrite, training_config, metrics, batch_size, say, verbose,
+                   serving_root, target_recall, retriever, corpus_embeddings, prebuilt_index):
+    """`export`'s work, with the export directory claimed and locked (one writer)."""
+    recover_interrupted_commit(out, say)
     previous = read_manifest(out)
-    remove_leftovers(out, previous, say)
+    remove_leftovers(out, say)
     version = version or next_version(out, previous)
     names = ENCODERS + ((RETRIEVER, INDEX) if corpus is not None else ())
     existing = [str(out / name / str(version)) for name in names if (out / name / str(version)).exists()]
@@ -346,37 +375,96 @@ def _manifest(model, version, earlier_versions, training_config, metrics):
 def _commit(out, staging, names, version, config_text, manifest_text):
     """Renames the staged models into place, then writes models.config and, last, the manifest.
 
-    On any failure everything this commit moved is put back, so the previous version stays the
-    committed one.
+    A journal (`.commit.json`, written first, removed last) records what the commit moves and the models.config and
+    manifest before and after it: on any failure everything is put back at once, and after a kill (no chance to
+    put anything back) the next export, under the lock, finishes or undoes the commit from the journal
+    (`recover_interrupted_commit`), so models.config and the manifest never stay on different versions.
     """
-    moved, set_aside = [], []
     config_path = out / MODELS_CONFIG
-    previous_config = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
+    journal = {
+        "version": version,
+        "moves": [[f"{name}/{version}", f"{name}/.replaced-{version}-{uuid.uuid4().hex}"] for name in names],
+        "config_before": config_path.read_text(encoding="utf-8") if config_path.is_file() else None,
+        "manifest_before": (out / MANIFEST).read_text(encoding="utf-8") if (out / MANIFEST).is_file() else None,
+        "config_after": config_text, "manifest_after": manifest_text,
+    }
+    atomic_write_text(out / COMMIT_JOURNAL, json.dumps(journal))
+    moved = set()
     try:
         for name in names:
             target = out / name / str(version)
             target.parent.mkdir(exist_ok=True)
             os.chmod(target.parent, readable_mode(directory=True))
             if target.exists():
-                aside = target.with_name(f".replaced-{version}-{uuid.uuid4().hex}")
-                os.rename(target, aside)
-                set_aside.append((aside, target))
+                os.rename(target, out / dict(journal["moves"])[f"{name}/{version}"])
             os.rename(staging / name, target)
-            moved.append(target)
+            moved.add(f"{name}/{version}")
         atomic_write_text(config_path, config_text)
         atomic_write_text(out / MANIFEST, manifest_text)
     except BaseException:
-        for target in moved:
-            shutil.rmtree(target, ignore_errors=True)
-        for aside, target in set_aside:
-            os.rename(aside, target)
-        if previous_config is None:
-            config_path.unlink(missing_ok=True)
-        else:
-            atomic_write_text(config_path, previous_config)
+        _undo_commit(out, journal, moved)
         raise
-    for aside, _ in set_aside:
-        shutil.rmtree(aside, ignore_errors=True)
+    _finish_commit(out, journal)
+
+
+def _undo_commit(out, journal, moved=None):
+    """Puts back what a commit (recorded by `journal`) moved and wrote; the journal goes last. `moved`: the version
+    directories it renamed into place, when known (in the process that committed); after a kill, those of the
+    journal's version that no earlier manifest committed."""
+    for target, aside in journal["moves"]:
+        ours = target in moved if moved is not None else _staged_by(out / target, journal)
+        if ours:
+            shutil.rmtree(out / target, ignore_errors=True)
+        if (out / aside).exists():
+            shutil.rmtree(out / target, ignore_errors=True)
+            os.rename(out / aside, out / target)
+    for name, before in ((MODELS_CONFIG, journal["config_before"]), (MANIFEST, journal["manifest_before"])):
+        now = (out / name).read_text(encoding="utf-8") if (out / name).is_file() else None
+        if now == before:
+            continue  # not written yet: nothing to put back
+        if before is None:
+            (out / name).unlink(missing_ok=True)
+        else:
+            atomic_write_text(out / name, before)
+    (out / COMMIT_JOURNAL).unlink(missing_ok=True)
+
+
+def _finish_commit(out, journal):
+    for _, aside in journal["moves"]:
+        shutil.rmtree(out / aside, ignore_errors=True)
+    (out / COMMIT_JOURNAL).unlink(missing_ok=True)
+
+
+def _staged_by(target, journal):
+    """Whether the version directory `target` is the one the journaled commit moved in (not an earlier one): it
+    exists and no manifest before the commit named its version."""
+    if not target.exists():
+        return False
+    before = json.loads(journal["manifest_before"]) if journal["manifest_before"] else None
+    return journal["version"] not in committed_versions(before)
+
+
+def recover_interrupted_commit(out, say=print):
+    """After a killed commit: finishes it when its manifest was written (models.config made to agree), else undoes
+    it (the previous version stays committed). Call with the export's lock held."""
+    path = Path(out) / COMMIT_JOURNAL
+    if not path.is_file():
+        return
+    try:
+        journal = json.loads(path.read_text(encoding="utf-8"))
+        journal["version"], journal["moves"]  # noqa: B018  (the fields a recovery needs)
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path}: an interrupted export's journal is unreadable; the export directory needs a "
+                         "look by hand (export --check tells which models load)") from None
+    manifest_path = Path(out) / MANIFEST
+    written = manifest_path.is_file() and manifest_path.read_text(encoding="utf-8") == journal["manifest_after"]
+    if written:
+        say(f"finishing the commit of version {journal['version']}, interrupted after its manifest was written")
+        atomic_write_text(Path(out) / MODELS_CONFIG, journal["config_after"])
+        _finish_commit(Path(out), journal)
+    else:
+        say(f"undoing the commit of version {journal['version']}, interrupted before its manifest was written")
+        _undo_commit(Path(out), journal)
 
 
 def _version_dirs(out):
@@ -390,19 +478,28 @@ def next_version(out, manifest=None):
     return max(on_disk + committed_versions(manifest), default=0) + 1
 
 
-def remove_leftovers(out, manifest, say=print):
-    """Removes what a killed export left: staging directories, and version directories that no
-    manifest commits (written by an export that died before its manifest)."""
+def remove_leftovers(out, say=print):
+    """Removes what a killed export left, recognised by the staging marker of its name only (a staging directory,
+    a version set aside): never a version directory, committed or not, and nothing in a directory that does not
+    carry the export marker. (A missing manifest is no sign of an interrupted export: a user may have lost it.)"""
     out = Path(out)
-    committed = set(committed_versions(manifest))
+    require_owned(out, "export")
     leftovers = list(out.glob(f"{STAGING_PREFIX}*"))
-    for name, versions in _version_dirs(out).items():
-        leftovers += [out / name / str(v) for v in versions if v not in committed]
+    for name in ENCODERS + (RETRIEVER, INDEX):
         leftovers += list((out / name).glob(".replaced-*"))
         leftovers += list((out / name).glob(f"{STAGING_PREFIX}*"))
     for path in leftovers:
         say(f"removing {path}, left by an interrupted export")
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _is_export_of_an_earlier_version(directory):
+    """An export written before markers existed: its manifest is a samtone_tf export manifest."""
+    try:
+        manifest = read_manifest(directory)
+    except ValueError:
+        return False
+    return manifest is not None and "samtone_tf_version" in manifest and isinstance(manifest.get("models"), dict)
 
 
 # --- reading an export ----------------------------------------------------------------------------

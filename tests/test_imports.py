@@ -12,8 +12,8 @@ PACKAGE = REPOSITORY_ROOT / "samtone_tf"
 # Lowest first. A module may import modules of lower layers only.
 LAYERS = [
     {"locations", "atomic", "distributed", "encoding", "losses", "metrics", "text", "torch_checkpoint", "cli",
-     "data", "data.errors", "data.ids", "embedding_shards", "optimizers"},
-    {"keras_loss", "index", "partitioned", "run_dir", "data.textfiles", "data.records", "data.sentences"},
+     "data", "data.errors", "data.ids", "embedding_shards", "optimizers", "version"},
+    {"keras_loss", "ownership", "index", "partitioned", "run_dir", "data.textfiles", "data.records", "data.sentences"},
     {"mining", "index_tuning"},
     {"towers", "training", "retrieval", "data.beir", "data.flagembedding", "data.msmarco", "data.multireqa",
      "data.squad", "data.wikiqa", "data.pipeline"},
@@ -25,7 +25,7 @@ LAYERS = [
 COMMANDS = LAYERS[-1]
 # The package root sets TensorFlow's environment, re-exports the loss and registers the Keras classes a saved
 # model.keras names: any module may import it, and it imports only these.
-ROOT_IMPORTS = {"losses", "keras_loss", "optimizers", "text", "towers", "training"}
+ROOT_IMPORTS = {"losses", "keras_loss", "optimizers", "text", "towers", "training", "version"}
 
 
 def module_name(path):

@@ -165,23 +165,38 @@ def test_a_failure_at_any_stage_leaves_version_one_whole(stage, version_one, tmp
     assert ExportedEncoder(out).version == 1
 
 
-def test_leftovers_of_a_killed_export_are_removed_and_never_read(version_one, tmp_path):
+@pytest.mark.parametrize("killed_after", ["the first rename", "models.config"])
+def test_leftovers_of_a_killed_export_are_undone_or_finished_from_its_journal_and_never_read(
+        version_one, tmp_path, monkeypatch, killed_after):
     import shutil
 
     model, original = version_one
     out = tmp_path / "out"
     shutil.copytree(original, out)
-    # What a kill between the renames leaves: a new query encoder, no new document encoder, no manifest.
+    before = _snapshot(out)
     other = tiny_dual_encoder(TINY_VOCABULARY, "ade", seed=7)
-    serving.save_encoder(other.query_tower, out / "query_encoder" / "2")
-    (out / ".incomplete-2-x" / "document_encoder").mkdir(parents=True)
+    # A kill (no chance to put anything back) after the first rename of a commit, or between models.config and
+    # the manifest: the commit's journal stays.
+    with monkeypatch.context() as patch:
+        patch.setattr(serving, "_undo_commit", lambda *args: None)
+        if killed_after == "the first rename":
+            patch.setattr(os, "rename", _nth(os.rename, 2, []))
+        else:
+            STAGES["manifest"](patch, [])
+        (out / ".incomplete-2-x" / "document_encoder").mkdir(parents=True)
+        with pytest.raises(OSError, match="injected failure"):
+            export(other, out, verbose=False)
+    assert (out / ".commit.json").is_file()
     encoder = ExportedEncoder(out)
     assert encoder.version == 1
     np.testing.assert_allclose(encoder.encode_queries(TEXTS, verbose=False),
                                model.encode_queries(TEXTS, verbose=False), atol=1e-5)
-    assert all(problem is None for _, _, problem in check_export(out))
+    # The next export (under the lock) undoes the interrupted commit first: the directory is version 1's again.
+    serving.recover_interrupted_commit(out, say=lambda *a: None)
+    serving.remove_leftovers(out, say=lambda *a: None)
+    assert _snapshot(out) == before
     manifest = export(model, out, verbose=False)
-    assert manifest["version"] == 2 and not list(out.glob(".incomplete-*"))
+    assert manifest["version"] == 2 and not list(out.glob(".incomplete-*")) and not (out / ".commit.json").exists()
     np.testing.assert_allclose(run_like_tf_serving(out / "query_encoder" / "2", TEXTS)["embedding"],
                                model.query_tower(tf.constant(TEXTS)), atol=1e-5)
 

@@ -1,0 +1,106 @@
+"""Who may write into, replace or delete a directory: only samtone_tf, and only a directory of the kind it writes.
+
+Every directory samtone_tf writes (a training model_dir, an export, an index, embeddings, an evaluation folder)
+carries a small marker file, `.samtone_tf.json`: {"kind": ..., "samtone_tf_version": ...}. Nothing is replaced or
+deleted unless it carries the marker of the kind being written; a directory holding anything else is refused with
+one line naming what is there. Directories written before markers existed are recognised by their own records
+(an export's manifest, an embeddings manifest, an index manifest, a run's config.json) and marked then.
+
+Paths go through `tf.io.gfile`, so an embeddings directory may be a bucket (gs://...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+from samtone_tf.version import __version__
+
+MARKER = ".samtone_tf.json"
+KINDS = ("model_dir", "export", "index", "embeddings", "evaluation")
+
+
+class NotOurs(ValueError):
+    """A directory that samtone_tf did not write as the kind asked for: never written into, replaced or deleted."""
+
+
+def read_marker(directory):
+    """The marker of `directory` ({"kind", "samtone_tf_version"}), or None when it has none (or an unreadable one)."""
+    path = tf.io.gfile.join(str(directory), MARKER)
+    if not tf.io.gfile.exists(path):
+        return None
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            marker = json.loads(f.read().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and marker.get("kind") in KINDS else None
+
+
+def write_marker(directory, kind):
+    path = tf.io.gfile.join(str(directory), MARKER)
+    staging = f"{path}.tmp"
+    with tf.io.gfile.GFile(staging, "w") as f:
+        f.write(json.dumps({"kind": kind, "samtone_tf_version": __version__}) + "\n")
+    tf.io.gfile.rename(staging, path, overwrite=True)
+
+
+def describe_contents(directory, limit=4):
+    """'a, b, c and 5 more': what a directory holds, for a refusal."""
+    names = sorted(tf.io.gfile.listdir(str(directory)))
+    names = [name.rstrip("/") for name in names]
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def claim(directory, kind, recognise=None):
+    """Makes `directory` a samtone_tf directory of `kind` to write into: creates it, or takes it when it is empty,
+    carries the marker of `kind`, or (written before markers) `recognise(directory)` says it is one; marks it.
+
+    Raises NotOurs (one line naming what is there) for a directory of another kind or of anything else, and for a
+    path that is a file."""
+    directory = str(directory)
+    if tf.io.gfile.exists(directory) and not tf.io.gfile.isdir(directory):
+        raise NotOurs(f"{directory} is a file, not a directory: refusing to write a {kind} there")
+    if not tf.io.gfile.exists(directory):
+        tf.io.gfile.makedirs(directory)
+    marker = read_marker(directory)
+    if marker is not None:
+        if marker["kind"] != kind:
+            raise NotOurs(f"{directory} holds a samtone_tf {marker['kind']}, not a {kind}: refusing to write a "
+                          f"{kind} into it; choose another directory")
+        return marker
+    contents = [name for name in tf.io.gfile.listdir(directory) if name.rstrip("/") != MARKER]
+    if contents and not (recognise is not None and recognise(directory)):
+        raise NotOurs(f"{directory} is not empty and holds no samtone_tf {kind} (it holds "
+                      f"{describe_contents(directory)}): refusing to write into it; choose an empty or new directory")
+    write_marker(directory, kind)
+    return read_marker(directory)
+
+
+def require_owned(directory, kind):
+    """Raises NotOurs unless `directory` carries the marker of `kind` (before anything in it is deleted)."""
+    marker = read_marker(directory)
+    if marker is None or marker["kind"] != kind:
+        what = "no samtone_tf marker" if marker is None else f"the marker of a {marker['kind']}"
+        raise NotOurs(f"{directory} carries {what}, not that of a {kind}: refusing to replace or delete it")
+
+
+def same_or_nested(a, b):
+    """Whether paths `a` and `b` (resolved; local paths) are the same or one lies inside the other."""
+    if "://" in str(a) or "://" in str(b):
+        a, b = str(a).rstrip("/"), str(b).rstrip("/")
+        return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+    a, b = os.path.realpath(a), os.path.realpath(b)
+    return a == b or a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(a.rstrip(os.sep) + os.sep)
+
+
+def refuse_input_as_output(out, inputs, option="--out"):
+    """Raises NotOurs when `out` is, holds or lies inside one of `inputs` ({flag: path}): the command would
+    overwrite (or, with --overwrite, delete) what it reads."""
+    for flag, path in inputs.items():
+        if path and same_or_nested(out, path):
+            raise NotOurs(f"{option} {out} is (or contains, or lies inside) {flag} {path}, an input of this command: "
+                          f"refusing to write over what it reads; choose another {option}")
