@@ -16,8 +16,11 @@ import hashlib
 import json
 import struct
 
+import google_crc32c
 import numpy as np
 import tensorflow as tf
+
+from samtone_tf.locations import file_inside
 
 MANIFEST = "manifest.json"
 SHARD_PREFIX = "embeddings"
@@ -51,21 +54,37 @@ def scan_shard(path):
     return records, digest.hexdigest()
 
 
+def masked_crc32c(data):
+    """TFRecord's checksum of `data`: CRC-32C, rotated and offset ("masked") as TensorFlow writes it."""
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
 def framed_records(path, digest):
     """Yields the records of the TFRecord file at `path` (framing: length, its CRC, the data, its CRC), feeding
-    every byte read to `digest` (a hashlib object). Raises ValueError when the last record is incomplete."""
+    every byte read to `digest` (a hashlib object). Both CRCs of every record are checked: a damaged record raises
+    ValueError naming the file and the record's number (from 1), as does an incomplete last record."""
     buffer = b""
+    number = 0
     with tf.io.gfile.GFile(path, "rb") as f:
         while chunk := f.read(_READ_CHUNK):
             digest.update(chunk)
             buffer += chunk
             position = 0
             while len(buffer) - position >= 12:
-                (length,) = struct.unpack("<Q", buffer[position:position + 8])
+                header = buffer[position:position + 8]
+                (length,) = struct.unpack("<Q", header)
+                (length_crc,) = struct.unpack("<I", buffer[position + 8:position + 12])
+                if masked_crc32c(header) != length_crc:
+                    raise ValueError(f"{path}: record {number + 1}: its length fails its CRC (a damaged shard)")
                 end = position + 12 + length + 4
                 if end > len(buffer):
                     break
-                yield buffer[position + 12:end - 4]
+                number += 1
+                data = buffer[position + 12:end - 4]
+                if masked_crc32c(data) != struct.unpack("<I", buffer[end - 4:end])[0]:
+                    raise ValueError(f"{path}: record {number}: its bytes fail their CRC (a damaged shard)")
+                yield data
                 position = end
             buffer = buffer[position:]
     if buffer:
@@ -107,11 +126,22 @@ def read_manifest(directory):
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
     for name, _, _ in shards:
-        if "/" in name or name.startswith("."):
+        if name.startswith("."):
             raise ValueError(f"{path}: shard {name!r} is not a file of the directory")
+        file_inside(directory, name, "shard")
     if dimension <= 0 or count != sum(records for _, records, _ in shards):
         raise ValueError(f"{path}: count {count} is not the sum of the shards' records (or dimension {dimension})")
     return manifest
+
+
+def written_by_an_earlier_version(directory):
+    """Whether `directory` holds embeddings written before ownership markers (its manifest has our format)."""
+    path = tf.io.gfile.join(str(directory), MANIFEST)
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            return json.loads(f.read()).get("format") == FORMAT
+    except (tf.errors.OpError, ValueError, AttributeError):
+        return False
 
 
 def iter_embeddings(directory, batch_size=8192):

@@ -23,11 +23,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment before TensorFlow loads)
 
 from samtone_tf.cli import HelpFormatter, add_verbose, fail, positive_int, quiet_native_logs
+from samtone_tf.ownership import MARKER
 
 LINE_FORMAT_BY_SUFFIX = {".jsonl": "beir", ".tsv": "id_text"}
 
@@ -72,7 +74,8 @@ def document_encoder_path(model, out, version=None):
     path = Path(os.path.abspath(out)) / "document_encoder"
     save_encoder(dual_encoder.document_tower, path)
     described = os.path.abspath(model) if os.path.exists(model) else model  # else a checkpoint's name
-    return str(path), {"path": described, "version": None, "saved_model": str(path)}
+    # Relative: the directory may be renamed into place (--overwrite writes aside first).
+    return str(path), {"path": described, "version": None, "saved_model": "document_encoder"}
 
 
 def corpus_source(corpus, corpus_format=None, split=None, data_dir=None):
@@ -106,23 +109,63 @@ def corpus_source(corpus, corpus_format=None, split=None, data_dir=None):
     return {"line_files": [corpus], "line_format": line_format}
 
 
-def prepare_out(out, overwrite):
-    """Refuses a non-empty OUT unless `overwrite`; with it, removes the old manifest first (so a failed run leaves
-    none) and then the rest."""
+def prepare_out(out, overwrite, inputs=None):
+    """Where this run writes: (OUT, staging). OUT must be new, empty, or (with `overwrite`) an earlier encoding
+    run's output, which is replaced only once the new run is complete: the run writes into a hidden sibling
+    (`staging`) that `finish_out` swaps in. Never an input of the command (`inputs`: {flag: path}); never a
+    directory that does not carry the embeddings marker (a directory of other files, a model, an export)."""
     import tensorflow as tf
 
-    from samtone_tf.embedding_shards import MANIFEST
+    from samtone_tf.embedding_shards import MANIFEST, written_by_an_earlier_version
+    from samtone_tf.ownership import claim, refuse_input_as_output
 
     out = str(out)
-    if tf.io.gfile.exists(out) and tf.io.gfile.listdir(out):
-        if not overwrite:
-            done = tf.io.gfile.exists(tf.io.gfile.join(out, MANIFEST))
-            raise FileExistsError(f"{out} holds {'a finished' if done else 'an unfinished'} encoding run; "
-                                  "pass --overwrite to replace it")
-        if tf.io.gfile.exists(tf.io.gfile.join(out, MANIFEST)):
-            tf.io.gfile.remove(tf.io.gfile.join(out, MANIFEST))
+    refuse_input_as_output(out, inputs or {})
+    existed = tf.io.gfile.exists(out) and bool(tf.io.gfile.listdir(out))
+    claim(out, "embeddings", recognise=written_by_an_earlier_version)
+    if not existed or set(tf.io.gfile.listdir(out)) <= {MARKER}:
+        return out, out
+    if not overwrite:
+        done = tf.io.gfile.exists(tf.io.gfile.join(out, MANIFEST))
+        raise FileExistsError(f"{out} holds {'a finished' if done else 'an unfinished'} encoding run; "
+                              "pass --overwrite to replace it")
+    if "://" in out:
+        # Buckets have no directory rename: the old output goes first, as before (it carries our marker).
         tf.io.gfile.rmtree(out)
-    tf.io.gfile.makedirs(out)
+        claim(out, "embeddings")
+        return out, out
+    parent, name = os.path.split(os.path.abspath(out))
+    staging = os.path.join(parent, f".{name}.incomplete-{uuid.uuid4().hex[:12]}")
+    claim(staging, "embeddings")
+    return out, staging
+
+
+def finish_out(out, staging):
+    """Swaps a complete run's `staging` directory in for the earlier output at `out` (then deletes the earlier)."""
+    import shutil
+
+    if staging == out:
+        return
+    out = os.path.abspath(out)
+    replaced = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.replaced-{uuid.uuid4().hex[:12]}")
+    os.rename(out, replaced)
+    os.rename(staging, out)
+    shutil.rmtree(replaced, ignore_errors=True)
+
+
+def discard_staging(out, staging):
+    """Removes a failed run's staging directory (the earlier output at `out` is untouched)."""
+    import shutil
+
+    if staging != out:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def corpus_path(corpus):
+    """The local file or directory `--corpus` names, if it names one (else a dataset name: None)."""
+    kind = corpus.partition(":")[0]
+    candidate = corpus.partition(":")[2] if kind in ("beir", "msmarco") else corpus
+    return candidate if candidate and os.path.exists(candidate) else None
 
 
 def run(args, pipeline_args):
@@ -135,20 +178,27 @@ def run(args, pipeline_args):
     from samtone_tf.embedding_shards import write_manifest
 
     source = corpus_source(args.corpus, args.corpus_format, args.corpus_split, args.data_dir)
-    prepare_out(args.out, args.overwrite)
-    saved_model, model_info = document_encoder_path(args.model, args.out, args.version)
+    out, staging = prepare_out(args.out, args.overwrite, {"--model": args.model,
+                                                           "--corpus": corpus_path(args.corpus)})
     try:
-        signature = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
-    except Exception as error:  # noqa: BLE001  (a damaged SavedModel fails in many ways: name the model once)
-        raise ValueError(f"{saved_model}: the document encoder cannot be loaded "
-                         f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
-    dimension = int(signature.structured_outputs["embedding"].shape[-1])
-    options = PipelineOptions(with_explicit_runner(pipeline_args), save_main_session=False)
-    with beam.Pipeline(options=options) as pipeline:
-        encode_corpus(pipeline, args.out, saved_model, batch_size=args.batch_size, num_shards=args.num_shards,
-                      **source)
-    return write_manifest(args.out, model_info, dimension,
-                          extra={"corpus": args.corpus, "line_format": source.get("line_format")})
+        saved_model, model_info = document_encoder_path(args.model, staging, args.version)
+        try:
+            signature = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+        except Exception as error:  # noqa: BLE001  (a damaged SavedModel fails in many ways: name the model once)
+            raise ValueError(f"{saved_model}: the document encoder cannot be loaded ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''})") from None
+        dimension = int(signature.structured_outputs["embedding"].shape[-1])
+        options = PipelineOptions(with_explicit_runner(pipeline_args), save_main_session=False)
+        with beam.Pipeline(options=options) as pipeline:
+            encode_corpus(pipeline, staging, saved_model, batch_size=args.batch_size, num_shards=args.num_shards,
+                          **source)
+        manifest = write_manifest(staging, model_info, dimension,
+                                  extra={"corpus": args.corpus, "line_format": source.get("line_format")})
+    except BaseException:
+        discard_staging(out, staging)
+        raise
+    finish_out(out, staging)
+    return manifest
 
 
 # Beam's DirectRunner (2.77) first tries its Prism runner, which downloads a binary on a machine with internet and

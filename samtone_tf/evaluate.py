@@ -25,6 +25,7 @@ from samtone_tf.data.datasets import load_evaluation
 from samtone_tf.index import ExactIndex, ScannIndex, load_index
 from samtone_tf.metrics import trec_run_text
 from samtone_tf.models import load_encoder
+from samtone_tf.ownership import claim
 from samtone_tf.retrieval import DEFAULT_MEASURES, check_prebuilt_index, evaluate_encoder
 
 # BEIR's convention for sets where a query's own id also names a document.
@@ -81,7 +82,8 @@ def main(argv=None):
                         help="also write the ranking scored as a TREC run file here (for trec_eval, pytrec_eval) "
                              "and the per-query metrics beside it (<run_out>.per_query.json); default: none")
     parser.add_argument("--out", default=None,
-                        help="metrics JSON path (default: <model>/evaluation/<dataset>-<split>.json)")
+                        help="metrics JSON path (default: <model>/evaluation/<dataset>-<split>.json; for a pretrained "
+                             "checkpoint ./evaluations/<name>/<dataset>-<split>.json)")
     args = parser.parse_args(argv)
     quiet_native_logs(args.verbose)
     try:
@@ -94,22 +96,44 @@ def main(argv=None):
           f"documents, {result['index']} search, model {result['model']}")
     for measure, value in result["metrics"].items():
         print(f"  {measure:<11}{value:.4f}")
-    model_path = Path(args.model)
-    base = model_path.parent if model_path.suffix == ".keras" else model_path
-    out = Path(args.out) if args.out else (
-        base / "evaluation" / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.dataset)}-{result['split']}.json")
     run, per_query = result.pop("run", None), result.pop("per_query", None)
     try:
+        run_text = trec_run_text(run, str(args.model)) if args.run_out else None
+        if args.out:
+            out = Path(args.out)
+        else:
+            folder = evaluation_dir(args.model)
+            claim(folder, "evaluation", recognise=_only_json_files)
+            out = folder / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.dataset)}-{result['split']}.json"
         atomic_write_text(out, json.dumps(result, indent=1))
         print(f"wrote {out}")
         if args.run_out:
-            tag = re.sub(r"\s+", "_", str(args.model))
-            atomic_write_text(args.run_out, trec_run_text(run, tag))
+            atomic_write_text(args.run_out, run_text)
             atomic_write_text(f"{args.run_out}.per_query.json", json.dumps(per_query, indent=1, sort_keys=True))
             print(f"wrote {args.run_out} (TREC run) and {args.run_out}.per_query.json")
+    except ValueError as error:
+        return fail(error)
     except OSError as error:
         return fail(f"cannot write the results: {error}")
     return 0
+
+
+def evaluation_dir(model):
+    """Where `evaluate` writes its metrics by default: `<model_dir or export>/evaluation/` (beside a .keras file);
+    for a pretrained checkpoint (a name or its directory, which are not ours to write into)
+    `./evaluations/<name>/`, a folder no checkpoint name resolves to."""
+    path = Path(model)
+    if path.suffix == ".keras":
+        return path.parent / "evaluation"
+    pretrained = not path.exists() or ((path / "vocab.txt").is_file() and not (path / "checkpoints").is_dir())
+    if pretrained:
+        return Path("evaluations") / re.sub(r"[^A-Za-z0-9_.-]+", "_", path.name or str(model))
+    return path / "evaluation"
+
+
+def _only_json_files(directory):
+    """An evaluation folder written before ownership markers: metrics files only."""
+    return all(p.is_file() and p.suffix == ".json" for p in Path(directory).iterdir())
 
 
 if __name__ == "__main__":

@@ -51,3 +51,25 @@ def data_dir(flag=None):
 
 def models_dir(flag=None):
     return shared_dir("models", flag)
+
+
+def file_inside(directory, name, what="file"):
+    """The path of `name`, a file a manifest of `directory` names, checked to stay inside it: a plain name (no
+    absolute path, no `..`, no separator) that, symlinks followed, resolves under `directory`. Raises ValueError
+    naming the directory and the name otherwise (a crafted or hand-edited manifest, a symlink leaving it)."""
+    text = str(name)
+    if not text or text in (".", "..") or "/" in text or "\\" in text or os.path.isabs(text) or "\0" in text:
+        raise ValueError(f"{directory}: the {what} {text!r} is not a plain file name of the directory")
+    path = Path(directory) / text
+    if "://" in str(directory):
+        return str(directory).rstrip("/") + "/" + text
+    if not is_inside(path, directory):
+        raise ValueError(f"{directory}: the {what} {text!r} leads outside the directory (a symlink to "
+                         f"{os.path.realpath(path)})")
+    return path
+
+
+def is_inside(path, directory):
+    """Whether `path` (symlinks followed) is `directory` or lies under it."""
+    path, directory = Path(os.path.realpath(path)), Path(os.path.realpath(directory))
+    return path == directory or directory in path.parents

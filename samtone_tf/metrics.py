@@ -130,9 +130,16 @@ def paired_randomization_test(differences, rounds=10_000, seed=0):
 def trec_run_text(run, tag="samtone_tf"):
     """A run {query_id: {doc_id: score}} as a TREC run file ("qid Q0 docid rank score tag" lines, each query's
     documents in trec_eval's order), readable by trec_eval and pytrec_eval."""
+    import re
+
     lines = []
+    tag = re.sub(r"\s+", "_", str(tag)) or "samtone_tf"
     for query_id in sorted(run):
         scores = run[query_id]
+        spaced = next((i for i in (query_id, *scores) if not str(i) or re.search(r"\s", str(i))), None)
+        if spaced is not None:
+            raise ValueError(f"id {spaced!r} is empty or holds whitespace, which a TREC run file cannot hold (trec_eval "
+                             "splits its lines on whitespace); drop --run_out for this dataset")
         for rank, doc_id in enumerate(ranked(scores), start=1):
             lines.append(f"{query_id} Q0 {doc_id} {rank} {scores[doc_id]:.6f} {tag}")
     return "\n".join(lines) + ("\n" if lines else "")

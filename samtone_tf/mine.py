@@ -61,6 +61,7 @@ def main(argv=None):
         from samtone_tf.index import ExactIndex, ScannIndex
         from samtone_tf.models import load_encoder
 
+        refuse_foreign_output(args.out)
         data = load_evaluation(args.dataset, args.split, args.data_dir)
         corpus = load_evaluation(args.corpus, None, args.data_dir).corpus if args.corpus else None
         encoder = load_encoder(args.model)
@@ -83,6 +84,26 @@ def main(argv=None):
               f"(gap {summary['mean_positive_minus_negative_score']:.4f})")
     print(f"wrote {args.out} and {args.out}.summary.json")
     return 0
+
+
+def refuse_foreign_output(out):
+    """`--out` may be new or an earlier mining output (a summary of ours beside it); any other file is refused, so a
+    typo never replaces a training file or a dataset."""
+    from pathlib import Path
+
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; name the JSONL file to write")
+    if not out.exists():
+        return
+    try:
+        summary = json.loads(Path(f"{out}.summary.json").read_text(encoding="utf-8"))
+        ours = isinstance(summary, dict) and {"queries", "kept", "negatives"} <= set(summary)
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise ValueError(f"--out {out} exists and is not a mining output of samtone_tf (no {out}.summary.json of "
+                         "ours beside it): refusing to replace it; choose another --out")
 
 
 if __name__ == "__main__":

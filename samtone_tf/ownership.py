@@ -88,19 +88,19 @@ def require_owned(directory, kind):
         raise NotOurs(f"{directory} carries {what}, not that of a {kind}: refusing to replace or delete it")
 
 
-def same_or_nested(a, b):
-    """Whether paths `a` and `b` (resolved; local paths) are the same or one lies inside the other."""
-    if "://" in str(a) or "://" in str(b):
-        a, b = str(a).rstrip("/"), str(b).rstrip("/")
-        return a == b or a.startswith(b + "/") or b.startswith(a + "/")
-    a, b = os.path.realpath(a), os.path.realpath(b)
-    return a == b or a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(a.rstrip(os.sep) + os.sep)
+def holds(outer, inner):
+    """Whether path `inner` is `outer` or lies inside it (local paths resolved, symlinks followed)."""
+    if "://" in str(outer) or "://" in str(inner):
+        outer, inner = str(outer).rstrip("/"), str(inner).rstrip("/")
+        return inner == outer or inner.startswith(outer + "/")
+    outer, inner = os.path.realpath(outer), os.path.realpath(inner)
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
 
 def refuse_input_as_output(out, inputs, option="--out"):
-    """Raises NotOurs when `out` is, holds or lies inside one of `inputs` ({flag: path}): the command would
-    overwrite (or, with --overwrite, delete) what it reads."""
+    """Raises NotOurs when `out` is, or holds, one of `inputs` ({flag: path}): the command would overwrite (or,
+    with --overwrite, delete) what it reads."""
     for flag, path in inputs.items():
-        if path and same_or_nested(out, path):
-            raise NotOurs(f"{option} {out} is (or contains, or lies inside) {flag} {path}, an input of this command: "
-                          f"refusing to write over what it reads; choose another {option}")
+        if path and holds(out, path):
+            raise NotOurs(f"{option} {out} is (or holds) {flag} {path}, an input of this command: refusing to write "
+                          f"over what it reads; choose another {option}")

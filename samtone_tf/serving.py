@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from samtone_tf.atomic import atomic_write_text, readable_mode
+from samtone_tf.locations import is_inside
 from samtone_tf.ownership import claim, require_owned
 from samtone_tf.run_dir import RunLock
 from samtone_tf.partitioned import partitioned_top_k
@@ -187,9 +188,20 @@ def read_manifest(out):
             manifest = json.loads(f.read().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: not a valid manifest ({error})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("version"), int):
-        raise ValueError(f"{path}: not a samtone_tf export manifest (no integer 'version')")
+    if not isinstance(manifest, dict) or not _positive_int(manifest.get("version")):
+        raise ValueError(f"{path}: not a samtone_tf export manifest (no positive integer 'version')")
+    versions = manifest.get("versions", [])
+    if not isinstance(versions, list) or not all(_positive_int(v) for v in versions):
+        raise ValueError(f"{path}: 'versions' must be a list of positive integers; got {versions!r:.200}")
+    models = manifest.get("models", {})
+    if not isinstance(models, dict) or not set(models) <= set(ENCODERS + (RETRIEVER,)):
+        raise ValueError(f"{path}: 'models' may name only {', '.join(ENCODERS + (RETRIEVER,))} (each a directory of "
+                         f"the export); got {sorted(models) if isinstance(models, dict) else models!r:.200}")
     return manifest
+
+
+def _positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def committed_versions(manifest):
@@ -522,6 +534,17 @@ def export_version(out, version=None):
     return version, manifest
 
 
+def load_signature(path, signature="serving_default"):
+    """The `signature` of the SavedModel at `path`; a damaged one (truncated, missing variables, another kind of
+    SavedModel) is one ValueError naming the path."""
+    try:
+        return tf.saved_model.load(str(path)).signatures[signature]
+    except Exception as error:  # noqa: BLE001  (TensorFlow reports damage as OpError, ValueError, KeyError, ...)
+        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        raise ValueError(f"{path}: the SavedModel cannot be loaded ({type(error).__name__}: {first}); export again"
+                         ) from None
+
+
 class ExportedEncoder:
     """encode_queries / encode_documents over the two encoders of one committed export version."""
 
@@ -534,8 +557,10 @@ class ExportedEncoder:
         for path in self.paths.values():
             if not (path / "saved_model.pb").is_file():
                 raise FileNotFoundError(f"{path}: the manifest names it but it holds no saved_model.pb")
-        self._query = tf.saved_model.load(str(self.paths["query_encoder"])).signatures["serving_default"]
-        self._document = tf.saved_model.load(str(self.paths["document_encoder"])).signatures["serving_default"]
+            if not is_inside(path, export_dir):
+                raise ValueError(f"{path} leads outside the export (a symlink to {os.path.realpath(path)})")
+        self._query = load_signature(self.paths["query_encoder"])
+        self._document = load_signature(self.paths["document_encoder"])
 
     def encode_queries(self, texts, batch_size=64, verbose=True):
         from samtone_tf.encoding import encode_in_batches
@@ -590,6 +615,8 @@ def check_export(out, texts=SAMPLE_TEXTS, version=None, atol=1e-5):
     for name in manifest["models"]:
         path = out / name / str(version)
         try:
+            if not is_inside(path, out):
+                raise ValueError(f"{path} leads outside the export (a symlink to {os.path.realpath(path)})")
             served = run_like_tf_serving(path, texts)
             reference = run_tf2(path, texts)
             problem = _compare_outputs(served, reference, atol)

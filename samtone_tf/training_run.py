@@ -26,6 +26,7 @@ from samtone_tf.data.pipeline import (SHUFFLE_BUFFER, distributed_training_datas
 from samtone_tf.encoding import EncodingStopped, stop_encoding_when
 from samtone_tf.models import build_model
 from samtone_tf.retrieval import evaluate_encoder
+from samtone_tf.ownership import claim
 from samtone_tf.run_dir import RunLock, check_resumable, checkpoint_candidates, read_jsonl_records, restore_latest
 from samtone_tf.serving import export
 from samtone_tf.training import (DEFAULT_DATASET, LENGTH_BUCKET, all_finite, compile_for_training, make_train_step,
@@ -66,9 +67,16 @@ def run_training(config):
             return _train(config, strategy, chief, model_dir, log, scratch)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+    # Only into a new or empty directory, or a model_dir of ours: a run writes and replaces files there.
+    claim(model_dir, "model_dir", recognise=_run_of_an_earlier_version)
     # One run per model_dir: a second one would interleave its logs and checkpoints with ours.
     with RunLock(model_dir, say=log):
         return _train(config, strategy, chief, model_dir, log, str(model_dir / "checkpoints"))
+
+
+def _run_of_an_earlier_version(model_dir):
+    """A model_dir written before ownership markers: it holds a run's configuration or checkpoints."""
+    return (Path(model_dir) / "config.json").is_file() or (Path(model_dir) / "checkpoints").is_dir()
 
 
 def describe_training_data(config, pairs):

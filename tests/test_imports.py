@@ -12,8 +12,8 @@ PACKAGE = REPOSITORY_ROOT / "samtone_tf"
 # Lowest first. A module may import modules of lower layers only.
 LAYERS = [
     {"locations", "atomic", "distributed", "encoding", "losses", "metrics", "text", "torch_checkpoint", "cli",
-     "data", "data.errors", "data.ids", "embedding_shards", "optimizers", "version"},
-    {"keras_loss", "ownership", "index", "partitioned", "run_dir", "data.textfiles", "data.records", "data.sentences"},
+     "data", "data.errors", "data.ids", "optimizers", "version"},
+    {"keras_loss", "ownership", "embedding_shards", "index", "partitioned", "run_dir", "data.textfiles", "data.records", "data.sentences"},
     {"mining", "index_tuning"},
     {"towers", "training", "retrieval", "data.beir", "data.flagembedding", "data.msmarco", "data.multireqa",
      "data.squad", "data.wikiqa", "data.pipeline"},

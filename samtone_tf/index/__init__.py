@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from samtone_tf.locations import file_inside, is_inside
+
 
 class ExactIndex:
     """Brute-force search: batched matrix products and top-k, corpus streamed in blocks.
@@ -94,11 +96,13 @@ class ExactIndex:
 
         directory = Path(directory)
         try:
-            manifest = json.loads((directory / cls.MANIFEST).read_text(encoding="utf-8"))
+            manifest = json.loads(file_inside(directory, cls.MANIFEST, "manifest").read_text(encoding="utf-8"))
             if manifest.get("kind") != "exact":
                 raise ValueError(f"kind {manifest.get('kind')!r}")
-            doc_ids = json.loads((directory / cls.DOC_IDS).read_text(encoding="utf-8"))
-            embeddings = np.load(directory / cls.EMBEDDINGS, mmap_mode="r" if mmap else None, allow_pickle=False)
+            doc_ids = json.loads(file_inside(directory, cls.DOC_IDS, "document ids file")
+                                 .read_text(encoding="utf-8"))
+            embeddings = np.load(file_inside(directory, cls.EMBEDDINGS, "embeddings file"),
+                                 mmap_mode="r" if mmap else None, allow_pickle=False)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"{directory}: not a readable samtone_tf exact index "
                              f"({type(error).__name__}: {error})") from None
@@ -275,19 +279,20 @@ class ScannIndex:
             raise ValueError(f"{directory}: refusing to load an index holding pickle files ({', '.join(pickles)}); "
                              "samtone_tf never writes them, and unpickling runs code")
         try:
-            manifest = json.loads((directory / cls.MANIFEST).read_text(encoding="utf-8"))
-            doc_ids = json.loads((directory / manifest["doc_ids"]).read_text(encoding="utf-8"))
+            manifest = json.loads(file_inside(directory, cls.MANIFEST, "manifest").read_text(encoding="utf-8"))
+            doc_ids = json.loads(file_inside(directory, manifest["doc_ids"], "document ids file")
+                                 .read_text(encoding="utf-8"))
             searcher_dir = (directory / manifest["searcher"]).resolve()
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"{directory}: not a readable samtone_tf index ({type(error).__name__}: {error})") from None
         if manifest.get("kind") != "scann" or not isinstance(doc_ids, list):
             raise ValueError(f"{directory}: not a samtone_tf ScaNN index")
         assets_path = searcher_dir / "scann_assets.pbtxt"
-        if not _inside(searcher_dir, directory) or not assets_path.is_file():
+        if not is_inside(searcher_dir, directory) or not assets_path.is_file():
             raise ValueError(f"{directory}: the searcher {manifest['searcher']!r} is not an index directory inside it")
         assets = assets_path.read_text(encoding="utf-8")
         for asset in re.findall(r'asset_path:\s*"([^"]*)"', assets):
-            if not _inside((searcher_dir / asset).resolve(), searcher_dir):
+            if not is_inside((searcher_dir / asset).resolve(), searcher_dir):
                 raise ValueError(f"{assets_path}: asset {asset!r} lies outside the index directory")
         searcher = scann_ops_pybind.ScannSearcher(scann_ops_pybind.scann_pybind.ScannNumpy(str(searcher_dir), assets))
         index = cls.__new__(cls)
@@ -310,9 +315,3 @@ class ScannIndex:
         return _configure(builder, self.settings).build()
 
 
-def _inside(path, directory):
-    """Whether `path` (resolved) is `directory` or lies under it."""
-    from pathlib import Path
-
-    path, directory = Path(path).resolve(), Path(directory).resolve()
-    return path == directory or directory in path.parents

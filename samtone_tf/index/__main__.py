@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment before TensorFlow loads)
 
@@ -47,12 +48,24 @@ def build_index(embeddings_dir, out, kind="scann", k=100, overwrite=False, targe
     from samtone_tf.atomic import atomic_directory
     from samtone_tf.embedding_shards import load_embeddings, read_manifest
     from samtone_tf.index import ExactIndex
+    from samtone_tf.ownership import NotOurs, describe_contents, read_marker, refuse_input_as_output, write_marker
 
     if target_recall is not None and (kind != "scann" or not 0.0 < target_recall <= 1.0):
         raise ValueError(f"--target_recall {target_recall}: for --kind scann, a value in (0, 1]")
     start = time.perf_counter()
+    refuse_input_as_output(out, {"--embeddings": embeddings_dir})
     source = read_manifest(embeddings_dir)
+    if os.path.exists(out):
+        if os.listdir(out) and read_marker(out) is None and not _index_of_an_earlier_version(out):
+            raise NotOurs(f"{out} is not empty and holds no samtone_tf index (it holds {describe_contents(out)}): "
+                          "refusing to write into it; choose an empty or new directory")
+        marker = read_marker(out)
+        if marker is not None and marker["kind"] != "index":
+            raise NotOurs(f"{out} holds a samtone_tf {marker['kind']}, not an index: refusing to replace it")
+        if not os.listdir(out):
+            os.rmdir(out)  # an empty directory: written as if new
     with atomic_directory(out, overwrite=overwrite) as staging:
+        write_marker(staging, "index")
         doc_ids, embeddings = load_embeddings(embeddings_dir)
         if kind == "exact":
             ExactIndex(embeddings, doc_ids).write_files(staging)
@@ -73,6 +86,14 @@ def build_index(embeddings_dir, out, kind="scann", k=100, overwrite=False, targe
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
     manifest["seconds"] = round(time.perf_counter() - start, 2)
     return manifest
+
+
+def _index_of_an_earlier_version(directory):
+    """An index written before ownership markers: its manifest names an index kind."""
+    try:
+        return json.loads((Path(directory) / "manifest.json").read_text()).get("kind") in ("exact", "scann")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def main(argv=None):
