@@ -25,19 +25,65 @@ from samtone_tf.locations import file_inside
 MANIFEST = "manifest.json"
 SHARD_PREFIX = "embeddings"
 SHARD_SUFFIX = ".tfrecord"
+COMPLETION_SUFFIX = ".complete.json"
+RUN_RECORD = "run.json"  # what an unfinished run was started with: a resumed run must be the same
 DEAD_LETTER_PREFIX = "dead_letters"
 DEAD_LETTER_SUFFIX = ".jsonl"
 FORMAT = "samtone_tf.embedding_shards/1"
 _READ_CHUNK = 1 << 22
 
 
-def example_bytes(doc_id, embedding):
-    """One record: a document id and its float32 embedding [D], as a serialised tf.train.Example."""
+def example_bytes(doc_id, embedding, digest=None):
+    """One record: a document id, its float32 embedding [D] and (`digest`) the SHA-256 of the document it embeds
+    (`provenance.document_digest`: its id and text), as a serialised tf.train.Example."""
     features = {
         "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(doc_id).encode("utf-8")])),
         "embedding": tf.train.Feature(float_list=tf.train.FloatList(value=np.asarray(embedding, np.float32))),
     }
+    if digest is not None:
+        features["digest"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[bytes(digest)]))
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def shard_file(shard, num_shards):
+    """The name of shard `shard` (from 0) of `num_shards`."""
+    return f"{SHARD_PREFIX}-{shard:05d}-of-{num_shards:05d}{SHARD_SUFFIX}"
+
+
+def write_completion(path, records, sha256):
+    """Records that the shard file at `path` is complete: its record count and checksum, beside it."""
+    with tf.io.gfile.GFile(f"{path}{COMPLETION_SUFFIX}", "w") as f:
+        f.write(json.dumps({"records": int(records), "sha256": sha256}))
+
+
+def complete_shards(directory, num_shards):
+    """{shard number: (records, sha256)} of the shards of `directory` (an interrupted run's) that are complete:
+    a completion record that the file's bytes match (checksum and every record's CRC). Any other shard file, or
+    a leftover temporary file, is removed (a run writes each shard whole, so a shard without a matching record
+    is one it did not finish)."""
+    complete = {}
+    names = set(tf.io.gfile.listdir(str(directory)))
+    for shard in range(num_shards):
+        name = shard_file(shard, num_shards)
+        if name not in names:
+            continue
+        path = tf.io.gfile.join(str(directory), name)
+        try:
+            with tf.io.gfile.GFile(f"{path}{COMPLETION_SUFFIX}", "r") as f:
+                recorded = json.loads(f.read())
+            found = scan_shard(path)
+            if found == (recorded["records"], recorded["sha256"]):
+                complete[shard] = found
+                continue
+        except (tf.errors.OpError, ValueError, KeyError, TypeError):
+            pass
+        for leftover in (path, f"{path}{COMPLETION_SUFFIX}"):
+            if tf.io.gfile.exists(leftover):
+                tf.io.gfile.remove(leftover)
+    for name in names:
+        if name.startswith(f".{SHARD_PREFIX}") and name.endswith(".tmp"):
+            tf.io.gfile.remove(tf.io.gfile.join(str(directory), name))
+    return complete
 
 
 def shard_files(directory, prefix=SHARD_PREFIX, suffix=SHARD_SUFFIX):
@@ -145,14 +191,16 @@ def written_by_an_earlier_version(directory):
 
 
 def iter_embeddings(directory, batch_size=8192):
-    """Yields (doc_ids: list of str, embeddings: float32 [n, D]) batches of every shard the manifest lists, in one
+    """Yields (doc_ids: list of str, embeddings: float32 [n, D], digests: list of 32-byte document digests, b""
+    where a record has none) batches of every shard the manifest lists, in one
     pass over each shard's bytes that also checks its record count and checksum: a shard that disagrees with the
     manifest raises ValueError before its last batch is yielded, so a consumer that commits only once the
     iteration is over (`load_embeddings`, `index build`) never commits a damaged shard. Memory: one batch."""
     manifest = read_manifest(directory)
     dimension = manifest["dimension"]
     spec = {"id": tf.io.FixedLenFeature([], tf.string),
-            "embedding": tf.io.FixedLenFeature([dimension], tf.float32)}
+            "embedding": tf.io.FixedLenFeature([dimension], tf.float32),
+            "digest": tf.io.FixedLenFeature([], tf.string, default_value="")}
 
     def parsed(path, serialized):
         try:
@@ -160,7 +208,8 @@ def iter_embeddings(directory, batch_size=8192):
         except tf.errors.InvalidArgumentError as error:
             raise ValueError(f"{path}: a record is not an (id, embedding[{dimension}]) example: "
                              f"{error.message.splitlines()[0]}") from None
-        return [i.decode("utf-8") for i in batch["id"].numpy()], batch["embedding"].numpy()
+        ids = [i.decode("utf-8") for i in batch["id"].numpy()]
+        return ids, batch["embedding"].numpy(), list(batch["digest"].numpy())
 
     for shard in manifest["shards"]:
         path = tf.io.gfile.join(directory, shard["file"])
@@ -179,13 +228,17 @@ def iter_embeddings(directory, batch_size=8192):
             yield parsed(path, pending)
 
 
-def load_embeddings(directory):
+def load_embeddings(directory, with_corpus_fingerprint=False):
     """(doc_ids: list of str, embeddings: float32 [count, D]) of a whole embeddings directory, filled in place into
-    one preallocated array (never a second copy of the corpus). A document id twice is an error."""
+    one preallocated array (never a second copy of the corpus). A document id twice is an error. With
+    `with_corpus_fingerprint`, also the fingerprint (hex) of the documents embedded (`provenance`), or None when
+    the shards do not record them (written before they did)."""
+    from samtone_tf.provenance import combine_digests, fingerprint_hex
+
     manifest = read_manifest(directory)
     embeddings = np.empty((manifest["count"], manifest["dimension"]), np.float32)
-    doc_ids, seen, row = [], set(), 0
-    for ids, vectors in iter_embeddings(directory):
+    doc_ids, seen, row, total, complete = [], set(), 0, 0, True
+    for ids, vectors, digests in iter_embeddings(directory):
         for doc_id in ids:
             if doc_id in seen:
                 raise ValueError(f"{directory}: document id {doc_id!r} appears twice in the shards")
@@ -193,4 +246,8 @@ def load_embeddings(directory):
         embeddings[row:row + len(ids)] = vectors
         doc_ids.extend(ids)
         row += len(ids)
+        complete = complete and all(len(d) == 32 for d in digests)
+        total = combine_digests(digests, total) if complete else 0
+    if with_corpus_fingerprint:
+        return doc_ids, embeddings, fingerprint_hex(total) if complete else None
     return doc_ids, embeddings

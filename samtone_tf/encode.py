@@ -14,13 +14,16 @@ Every other option is a Beam pipeline option (--runner, --direct_num_workers, --
 Dataflow's --project, --region, --temp_location, --requirements_file, ...). Without --runner (or with
 DirectRunner) the pipeline runs on Beam's in-process FnApiRunner, named explicitly: Beam's DirectRunner would first
 try its Prism runner, which downloads a binary. OUT gets sharded TFRecords of
-(id, embedding), the documents that could not be read in dead_letters-*.jsonl (file, line, reason), and
-manifest.json, written last: a directory without it holds a failed or unfinished run.
+(id, embedding, digest of the document), each shard written whole with a completion record, the documents that
+could not be read in dead_letters-*.jsonl (file, line, reason), and manifest.json, written last: a directory without
+it holds an unfinished run, which the same command resumes (complete shards kept, only the others' documents
+encoded); --overwrite starts from scratch.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import uuid
@@ -46,8 +49,12 @@ def build_parser():
     parser.add_argument("--data_dir", default=None, help="default: $SAMTONE_DATA, then ../shared/data")
     parser.add_argument("--version", type=positive_int, default=None, help="export version (default: the manifest's)")
     parser.add_argument("--batch_size", type=positive_int, default=64, help="documents per encoder call")
-    parser.add_argument("--num_shards", type=int, default=0, help="embedding shards (0: the runner chooses)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's output in --out")
+    parser.add_argument("--num_shards", type=positive_int, default=16,
+                        help="embedding shards; each is written whole, and a killed run started again with the same "
+                             "command keeps the complete ones (use ~1 per 50,000 documents on a cluster)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier run's output in --out (kept until the new one is complete), or "
+                             "start an interrupted one from scratch")
     add_verbose(parser)
     return parser
 
@@ -110,9 +117,9 @@ def corpus_source(corpus, corpus_format=None, split=None, data_dir=None):
 
 
 def prepare_out(out, overwrite, inputs=None):
-    """Where this run writes: (OUT, staging). OUT must be new, empty, or (with `overwrite`) an earlier encoding
-    run's output, which is replaced only once the new run is complete: the run writes into a hidden sibling
-    (`staging`) that `finish_out` swaps in. Never an input of the command (`inputs`: {flag: path}); never a
+    """Where this run writes: (OUT, staging, resuming). OUT must be new, empty, an interrupted run's output (which
+    this run resumes: `resuming`), or (with `overwrite`) an earlier run's output, which is replaced only once the new
+    run is complete: the run writes into a hidden sibling (`staging`) that `finish_out` swaps in. Never an input of the command (`inputs`: {flag: path}); never a
     directory that does not carry the embeddings marker (a directory of other files, a model, an export)."""
     import tensorflow as tf
 
@@ -124,20 +131,21 @@ def prepare_out(out, overwrite, inputs=None):
     existed = tf.io.gfile.exists(out) and bool(tf.io.gfile.listdir(out))
     claim(out, "embeddings", recognise=written_by_an_earlier_version)
     if not existed or set(tf.io.gfile.listdir(out)) <= {MARKER}:
-        return out, out
+        return out, out, False
+    done = tf.io.gfile.exists(tf.io.gfile.join(out, MANIFEST))
     if not overwrite:
-        done = tf.io.gfile.exists(tf.io.gfile.join(out, MANIFEST))
-        raise FileExistsError(f"{out} holds {'a finished' if done else 'an unfinished'} encoding run; "
-                              "pass --overwrite to replace it")
+        if not done:
+            return out, out, True  # an interrupted run: the same command resumes it
+        raise FileExistsError(f"{out} holds a finished encoding run; pass --overwrite to replace it")
     if "://" in out:
         # Buckets have no directory rename: the old output goes first, as before (it carries our marker).
         tf.io.gfile.rmtree(out)
         claim(out, "embeddings")
-        return out, out
+        return out, out, False
     parent, name = os.path.split(os.path.abspath(out))
     staging = os.path.join(parent, f".{name}.incomplete-{uuid.uuid4().hex[:12]}")
     claim(staging, "embeddings")
-    return out, staging
+    return out, staging, False
 
 
 def finish_out(out, staging):
@@ -176,29 +184,82 @@ def run(args, pipeline_args):
 
     from samtone_tf.beam_encoding import encode_corpus
     from samtone_tf.embedding_shards import write_manifest
+    from samtone_tf.provenance import saved_model_fingerprint
 
     source = corpus_source(args.corpus, args.corpus_format, args.corpus_split, args.data_dir)
-    out, staging = prepare_out(args.out, args.overwrite, {"--model": args.model,
-                                                           "--corpus": corpus_path(args.corpus)})
+    out, staging, resuming = prepare_out(args.out, args.overwrite, {"--model": args.model,
+                                                                     "--corpus": corpus_path(args.corpus)})
     try:
         saved_model, model_info = document_encoder_path(args.model, staging, args.version)
         try:
-            signature = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+            loaded = tf.saved_model.load(str(saved_model))
+            signature = loaded.signatures["serving_default"]
+            model_info["fingerprint"] = saved_model_fingerprint(saved_model, loaded)
         except Exception as error:  # noqa: BLE001  (a damaged SavedModel fails in many ways: name the model once)
             raise ValueError(f"{saved_model}: the document encoder cannot be loaded ({type(error).__name__}: "
                              f"{str(error).splitlines()[0] if str(error) else ''})") from None
         dimension = int(signature.structured_outputs["embedding"].shape[-1])
+        skip = resume_or_start(staging, resuming, {
+            "fingerprint": model_info["fingerprint"], "corpus": args.corpus, "corpus_split": args.corpus_split,
+            "line_format": source.get("line_format"), "num_shards": args.num_shards})
         options = PipelineOptions(with_explicit_runner(pipeline_args), save_main_session=False)
-        with beam.Pipeline(options=options) as pipeline:
-            encode_corpus(pipeline, staging, saved_model, batch_size=args.batch_size, num_shards=args.num_shards,
-                          **source)
+        pipeline = beam.Pipeline(options=options)
+        encode_corpus(pipeline, staging, saved_model, batch_size=args.batch_size, num_shards=args.num_shards,
+                      skip_shards=skip, **source)
+        result = pipeline.run()
+        result.wait_until_finish()
         manifest = write_manifest(staging, model_info, dimension,
-                                  extra={"corpus": args.corpus, "line_format": source.get("line_format")})
+                                  extra={"corpus": args.corpus, "line_format": source.get("line_format"),
+                                         "num_shards": args.num_shards})
+        manifest["encoded_this_run"] = documents_encoded(result)
     except BaseException:
         discard_staging(out, staging)
         raise
     finish_out(out, staging)
     return manifest
+
+
+def resume_or_start(directory, resuming, run):
+    """The shards an interrupted run of the same command completed (kept: their documents are not encoded again),
+    after checking that `run` (model fingerprint, corpus, shards) is what it was started with; a new run records
+    `run`. Dead letters are written again in full (the corpus is read whole either way). -> set of shard numbers."""
+    import tensorflow as tf
+
+    from samtone_tf.embedding_shards import DEAD_LETTER_PREFIX, RUN_RECORD, complete_shards
+
+    record = tf.io.gfile.join(str(directory), RUN_RECORD)
+    if resuming:
+        try:
+            with tf.io.gfile.GFile(record, "r") as f:
+                started = json.loads(f.read())
+        except (tf.errors.OpError, ValueError):
+            started = None
+        if started != run:
+            differences = "; ".join(f"{key} {started.get(key)!r} then, {value!r} now" for key, value in run.items()
+                                    if started.get(key) != value) if isinstance(started, dict) else "no record"
+            raise ValueError(f"{directory} holds an unfinished encoding run of other settings ({differences}); run "
+                             "the same command to resume it, or pass --overwrite to start again")
+        done = complete_shards(directory, run["num_shards"])
+        for name in tf.io.gfile.listdir(str(directory)):
+            if name.startswith(DEAD_LETTER_PREFIX):
+                tf.io.gfile.remove(tf.io.gfile.join(str(directory), name))
+        print(f"resuming the unfinished run in {directory}: {len(done)} of {run['num_shards']} shards are complete "
+              "and kept; encoding the documents of the others", flush=True)
+        return set(done)
+    with tf.io.gfile.GFile(record, "w") as f:
+        f.write(json.dumps(run))
+    return set()
+
+
+def documents_encoded(result):
+    """How many documents this run encoded (the pipeline's counter), or None where the runner does not say."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    try:
+        counters = result.metrics().query(MetricsFilter().with_name("documents_encoded"))["counters"]
+        return int(sum(c.committed or 0 for c in counters))
+    except Exception:  # noqa: BLE001  (metrics are optional for a runner)
+        return None
 
 
 # Beam's DirectRunner (2.77) first tries its Prism runner, which downloads a binary on a machine with internet and
@@ -256,6 +317,8 @@ def main(argv=None):
         return fail(error)
     except tf.errors.OpError as error:  # a damaged SavedModel, an unreadable bucket
         return fail(f"{type(error).__name__}: {error.message.splitlines()[0] if error.message else error}")
+    if manifest.get("encoded_this_run") is not None and manifest["encoded_this_run"] != manifest["count"]:
+        print(f"encoded {manifest['encoded_this_run']} documents in this run; the others were in complete shards")
     print(f"encoded {manifest['count']} documents (dimension {manifest['dimension']}) into "
           f"{len(manifest['shards'])} shards in {args.out}")
     if manifest["dead_letters"]:

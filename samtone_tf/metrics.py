@@ -138,8 +138,8 @@ def trec_run_text(run, tag="samtone_tf"):
         scores = run[query_id]
         spaced = next((i for i in (query_id, *scores) if not str(i) or re.search(r"\s", str(i))), None)
         if spaced is not None:
-            raise ValueError(f"id {spaced!r} is empty or holds whitespace, which a TREC run file cannot hold (trec_eval "
-                             "splits its lines on whitespace); drop --run_out for this dataset")
+            raise ValueError(f"id {spaced!r} is empty or holds whitespace, which a TREC run file cannot hold "
+                             "(trec_eval splits its lines on whitespace); drop --run_out for this dataset")
         for rank, doc_id in enumerate(ranked(scores), start=1):
             lines.append(f"{query_id} Q0 {doc_id} {rank} {scores[doc_id]:.6f} {tag}")
     return "\n".join(lines) + ("\n" if lines else "")

@@ -5,12 +5,14 @@ BertBackbone config, a keras_hub preset), from a training model_dir, a `.keras` 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
 from samtone_tf.pretrained import dual_encoder_from_checkpoint, read_checkpoint
+from samtone_tf.run_dir import checkpoint_candidates
 from samtone_tf.towers import DualEncoder, tiny_dual_encoder
 from samtone_tf.training import TrainConfig
 
@@ -76,14 +78,30 @@ def load_trained_model(model_dir):
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{model_dir}: neither model.keras nor config.json (not a training model_dir)")
-    latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
-    if latest is None:
+    candidates = checkpoint_candidates(model_dir / "checkpoints")
+    if not candidates:
         raise FileNotFoundError(f"{model_dir}: no checkpoint to export")
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{config_path}: not a readable run configuration ({error})") from None
     # The architecture only: every weight comes from the run's checkpoint, not the pretrained one.
-    model = build_model(json.loads(config_path.read_text()), load_pretrained_weights=False)
-    status = tf.train.Checkpoint(model=model).restore(latest).expect_partial()
-    status.assert_existing_objects_matched()
-    return model
+    model = build_model(config, load_pretrained_weights=False)
+    damaged = []
+    for path in candidates:  # newest first; a damaged one (a crash while writing it) is passed over, as train does
+        try:
+            status = tf.train.Checkpoint(model=model).restore(path).expect_partial()
+            status.assert_existing_objects_matched()
+        except AssertionError as error:
+            raise ValueError(f"{path} does not match the run's config.json ({str(error).splitlines()[0][:200]})"
+                             ) from None
+        except Exception as error:  # noqa: BLE001  (TF reports damage as OpError, ValueError, IndexError...)
+            problem = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            warnings.warn(f"checkpoint {path} is damaged ({problem}); using the previous one", stacklevel=2)
+            damaged.append(path)
+            continue
+        return model
+    raise ValueError(f"every checkpoint in {model_dir / 'checkpoints'} is damaged ({', '.join(damaged)})")
 
 
 def load_encoder(path, version=None):

@@ -10,6 +10,7 @@ import time
 
 from samtone_tf import metrics
 from samtone_tf.index import ExactIndex
+from samtone_tf.provenance import corpus_fingerprint, encoder_document_fingerprint, short
 
 DEFAULT_MEASURES = ("P@1", "MRR@10", "nDCG@10", "Recall@10", "Recall@100")
 
@@ -60,10 +61,29 @@ def _largest_cutoff(measures):
     return max(cuts, default=1)
 
 
+SAME_EMBEDDING_TOLERANCE = 1e-5
+
+
+def index_provenance(index_dir):
+    """What an index's manifest records of the tower and corpus it embeds ({} for an index of an earlier version)."""
+    import json
+    from pathlib import Path
+
+    try:
+        manifest = json.loads((Path(index_dir) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    provenance = manifest.get("provenance") if isinstance(manifest, dict) else None
+    return provenance if isinstance(provenance, dict) else {}
+
+
 def check_prebuilt_index(index, data, encoder, index_dir, samples=16):
     """A prebuilt index must hold this encoder's embeddings of documents of `data`'s corpus: its ids must be
-    corpus ids, and a sample of its documents, encoded now, must find themselves in it at their own score (ids
-    alone cannot tell two corpora numbered 1..N apart, nor two models). Corpus documents it lacks (dead letters of
+    corpus ids; the fingerprints its manifest records must be this encoder's document tower's and those of the
+    corpus's texts of its ids (`samtone_tf.provenance`); and, a second guard (the only one for an index of an
+    earlier version), a sample of its documents encoded now must equal their stored embeddings (an exact index) or
+    find themselves in it at their own score (ScaNN) (ids alone cannot tell two corpora numbered 1..N apart, nor
+    two models). Corpus documents it lacks (dead letters of
     the encoding run, such as empty documents) are reported, since they can never be retrieved."""
     import numpy as np
 
@@ -72,15 +92,35 @@ def check_prebuilt_index(index, data, encoder, index_dir, samples=16):
     if foreign:
         raise ValueError(f"{index_dir}: {len(foreign)} of its {len(index.doc_ids)} documents are not in the corpus of "
                          f"{data.name} (e.g. {foreign[0]!r}): it indexes another corpus")
+    recorded = index_provenance(index_dir)
+    if recorded.get("document_tower"):
+        model = encoder_document_fingerprint(encoder)
+        if model != recorded["document_tower"]:
+            raise ValueError(f"{index_dir}: its embeddings were made by the document tower {short(recorded['document_tower'])}"
+                             f", not this model's {short(model)} (fingerprints of weights and vocabulary): re-encode "
+                             "the corpus with this model")
+    if recorded.get("corpus"):
+        documents = corpus_fingerprint((d, data.document_text(d)) for d in index.doc_ids)
+        if documents != recorded["corpus"]:
+            raise ValueError(f"{index_dir}: it embeds documents {short(recorded['corpus'])}, but {data.name}'s texts of "
+                             f"its ids are {short(documents)}: another corpus (or another version of it) with the "
+                             "same ids")
     rows = np.unique(np.linspace(0, len(index.doc_ids) - 1, min(samples, len(index.doc_ids))).astype(int))
     sample = [index.doc_ids[row] for row in rows]
     vectors = encoder.encode_documents([data.document_text(d) for d in sample], verbose=False)
-    found_ids, found_scores = index.search(vectors, 10)
-    own = np.sum(np.asarray(vectors, np.float64) ** 2, axis=1)
-    matched = 0
-    for doc_id, ids, scores, score in zip(sample, found_ids, found_scores, own):
-        ids = list(ids)
-        matched += doc_id in ids and abs(scores[ids.index(doc_id)] - score) <= 1e-3 * max(1.0, score)
+    stored = getattr(index, "embeddings", None)
+    if stored is not None:
+        # The second guard, tight enough to tell two checkpoints of one run apart (cosine 0.99995 differs by 5e-5):
+        # the stored vectors themselves, against the same texts encoded now (batching moves them by ~1e-6).
+        difference = float(np.max(np.abs(np.asarray(stored[rows], np.float64) - vectors)))
+        matched = len(sample) if difference <= SAME_EMBEDDING_TOLERANCE else 0
+    else:
+        found_ids, found_scores = index.search(vectors, 10)
+        own = np.sum(np.asarray(vectors, np.float64) ** 2, axis=1)
+        matched = 0
+        for doc_id, ids, scores, score in zip(sample, found_ids, found_scores, own):
+            ids = list(ids)
+            matched += doc_id in ids and abs(scores[ids.index(doc_id)] - score) <= 1e-3 * max(1.0, score)
     if matched < 0.8 * len(sample):
         raise ValueError(f"{index_dir}: only {matched} of {len(sample)} sampled documents, encoded by this model, "
                          f"find themselves in the index: it holds another model's embeddings, or another corpus "

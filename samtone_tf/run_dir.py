@@ -51,7 +51,8 @@ class RunLock:
                         f"{self.path.parent} is in use by another {self.holder} (pid {holder['pid']} on "
                         f"{holder['host']}, started {holder.get('started', '?')}); wait for it, or {self.advice}. "
                         f"If that {self.holder} is gone, delete {self.path}")
-                self.say(f"removing a stale lock of a {self.holder} that is no longer running: "
+                article = "an" if self.holder[0] in "aeiou" else "a"
+                self.say(f"removing a stale lock of {article} {self.holder} that is no longer running: "
                          f"{self._describe(holder)}")
                 self.path.unlink(missing_ok=True)
                 continue

@@ -38,6 +38,7 @@ import tensorflow as tf
 from samtone_tf.atomic import atomic_write_text, readable_mode
 from samtone_tf.locations import is_inside
 from samtone_tf.ownership import claim, require_owned
+from samtone_tf.provenance import corpus_fingerprint, saved_model_fingerprint, short, tower_fingerprint
 from samtone_tf.run_dir import RunLock
 from samtone_tf.partitioned import partitioned_top_k
 
@@ -332,7 +333,12 @@ def _export_locked(model, out, version, corpus, k, overwrite, training_config, m
                 "inputs": {"text": "string [None]"},
                 "outputs": {"doc_ids": f"string [None, {top}]", "scores": f"float32 [None, {top}]"},
                 "search": retriever_report}
-            manifest["corpus"] = {"name": corpus.name, "documents": len(doc_ids), "index": f"{INDEX}/{version}"}
+            # The retriever's and the index's embeddings: this model's document tower's, of these documents.
+            provenance = {"document_tower": manifest["provenance"]["document_encoder"],
+                          "corpus": corpus_fingerprint((d, corpus.document_text(d)) for d in doc_ids)}
+            _add_to_json(staging / INDEX / "manifest.json", provenance=provenance)
+            manifest["corpus"] = {"name": corpus.name, "documents": len(doc_ids), "index": f"{INDEX}/{version}",
+                                  "provenance": provenance}
             if prebuilt_index is not None:
                 manifest["corpus"]["prebuilt_index"] = {"settings": prebuilt_index.settings}
             elif tuned is not None:
@@ -381,7 +387,16 @@ def _manifest(model, version, earlier_versions, training_config, metrics):
                    for name in ENCODERS},
         "training_config": training_config,
         "metrics": metrics,
+        # What proves which towers these are (`samtone_tf.provenance`); export --check recomputes them.
+        "provenance": {"query_encoder": tower_fingerprint(model.query_tower),
+                       "document_encoder": tower_fingerprint(model.document_tower)},
     }
+
+
+def _add_to_json(path, **fields):
+    record = json.loads(Path(path).read_text(encoding="utf-8"))
+    record.update(fields)
+    Path(path).write_text(json.dumps(record, indent=1), encoding="utf-8")
 
 
 def _commit(out, staging, names, version, config_text, manifest_text):
@@ -608,10 +623,14 @@ def run_tf2(path, texts, signature="serving_default"):
 
 def check_export(out, texts=SAMPLE_TEXTS, version=None, atol=1e-5):
     """Loads every model of a committed export version as TF Serving does, runs its signature on
-    `texts` and compares with the TF2 load. -> [(model name, path, None if OK else the problem)]."""
+    `texts` and compares with the TF2 load; checks each model's tower against the fingerprint the manifest records
+    (the retriever's query tower against the query encoder's, its corpus embeddings against the document
+    encoder's) and models.config against the manifest. -> [(model name, path, None if OK else the problem)]."""
     out = Path(out)
     version, manifest = export_version(out, version)
     results = []
+    recorded = manifest.get("provenance") or {}
+    expected = {**recorded, RETRIEVER: recorded.get("query_encoder")}
     for name in manifest["models"]:
         path = out / name / str(version)
         try:
@@ -619,11 +638,44 @@ def check_export(out, texts=SAMPLE_TEXTS, version=None, atol=1e-5):
                 raise ValueError(f"{path} leads outside the export (a symlink to {os.path.realpath(path)})")
             served = run_like_tf_serving(path, texts)
             reference = run_tf2(path, texts)
-            problem = _compare_outputs(served, reference, atol)
+            problem = _compare_outputs(served, reference, atol) or _fingerprint_problem(name, path, expected,
+                                                                                         manifest, recorded)
         except Exception as error:  # noqa: BLE001  (any failure is the finding to report)
             problem = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
         results.append((name, path, problem))
+    config_problem = _models_config_problem(out, manifest, version)
+    if config_problem:
+        results.append((MODELS_CONFIG, out / MODELS_CONFIG, config_problem))
     return results
+
+
+def _fingerprint_problem(name, path, expected, manifest, recorded):
+    if not expected.get(name):
+        return None  # an export of an earlier version: nothing recorded to compare
+    found = saved_model_fingerprint(path)
+    if found != expected[name]:
+        return (f"its tower's fingerprint {short(found)} is not the {'query encoder' if name == RETRIEVER else name}'s"
+                f" {short(expected[name])} the manifest records: another model's SavedModel")
+    corpus = (manifest.get("corpus") or {}).get("provenance") or {}
+    if name == RETRIEVER and corpus.get("document_tower") not in (None, recorded.get("document_encoder")):
+        return (f"its corpus embeddings were made by the tower {short(corpus.get('document_tower'))}, not this "
+                f"export's document encoder {short(recorded.get('document_encoder'))}")
+    return None
+
+
+def _models_config_problem(out, manifest, version):
+    """Whether models.config pins every served model of the manifest to its version (None if so)."""
+    path = Path(out) / MODELS_CONFIG
+    if "serving_root" not in manifest:
+        return None  # an export of an earlier version
+    names = [name for name in manifest["models"] if name != INDEX]
+    expected = serving_config(names, version, manifest["serving_root"])
+    if not path.is_file():
+        return "missing: TF Serving has no config for this export"
+    if path.read_text(encoding="utf-8") != expected:
+        return (f"does not pin {', '.join(names)} to version {version} under {manifest['serving_root']} as the "
+                "manifest commits: TF Serving would serve other models than the project's readers")
+    return None
 
 
 def _compare_outputs(served, reference, atol):

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,8 +141,8 @@ def test_id_text_collection_dead_letters_name_the_line(model_and_export, tmp_pat
     assert sorted(read_shards(out)) == ["1", "4"]
 
 
-def test_a_second_run_refuses_unless_overwrite_and_a_failed_run_leaves_no_manifest(encoded, model_and_export,
-                                                                                   tmp_path, shared_data):
+def test_a_second_run_refuses_unless_overwrite_and_a_failed_overwrite_keeps_the_earlier_output(
+        encoded, model_and_export, tmp_path, shared_data):
     _, export_dir = model_and_export
     out = tmp_path / "out"
     shutil.copytree(encoded, out)
@@ -153,9 +154,11 @@ def test_a_second_run_refuses_unless_overwrite_and_a_failed_run_leaves_no_manife
     shutil.copytree(export_dir, broken)
     for variables in broken.glob("document_encoder/*/variables/variables.data-*"):
         variables.write_bytes(b"damaged")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     failed = run_command("samtone_tf.encode", "--model", str(broken), "--corpus", CORPUS, "--out", str(out),
                          "--data_dir", str(shared_data), "--overwrite", check=False)
-    assert failed.returncode != 0 and not (out / "manifest.json").exists()
+    # The new run never completed: the earlier output is still whole (--overwrite replaces it only on success).
+    assert failed.returncode != 0 and {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert "Traceback" not in failed.stderr and failed.stderr.strip().splitlines()[-1].startswith("error:")
 
 
@@ -203,9 +206,18 @@ def test_an_index_of_another_corpus_is_refused(encoded, model_and_export, shared
 
     _, export_dir = model_and_export
     build_index(encoded, tmp_path / "index", kind="exact")
-    # CACM numbers its documents 1..3204 and medline 1..1033: the ids fit, the texts do not.
+    # CACM numbers its documents 1..3204 and medline 1..1033: the ids fit, the texts do not (the corpus fingerprint).
+    with pytest.raises(ValueError, match=r"another corpus \(or another version of it\) with the same ids"):
+        evaluate(export_dir, "beir:cacm", data_dir=shared_data, verbose=False, index_dir=tmp_path / "index")
+    _forget_provenance(tmp_path / "index")  # an index of an earlier version: the sampled check still refuses it
     with pytest.raises(ValueError, match="find themselves in the index"):
         evaluate(export_dir, "beir:cacm", data_dir=shared_data, verbose=False, index_dir=tmp_path / "index")
+
+
+def _forget_provenance(index_dir):
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    del manifest["provenance"]
+    (index_dir / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_damaged_shards_are_refused_by_their_checksum(encoded, tmp_path):
@@ -215,9 +227,9 @@ def test_damaged_shards_are_refused_by_their_checksum(encoded, tmp_path):
     shutil.copytree(encoded, copy)
     shard = sorted(copy.glob("embeddings-*.tfrecord"))[0]
     data = bytearray(shard.read_bytes())
-    data[-1] ^= 0xFF  # the last record's CRC: the framing still adds up, the checksum does not
+    data[-1] ^= 0xFF  # the last record's CRC: the framing still adds up, the record's CRC does not
     shard.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="changed or damaged"):
+    with pytest.raises(ValueError, match=r"record \d+: its bytes fail their CRC"):
         load_embeddings(copy)
     shard.write_bytes(bytes(data[: len(data) - 3]))
     with pytest.raises(ValueError, match="truncated"):
@@ -233,6 +245,9 @@ def test_an_index_of_another_model_is_refused(encoded, shared_data, tmp_path):
     other = tmp_path / "other-export"
     export(tiny_dual_encoder(TINY_VOCABULARY, "ade", seed=7), other, verbose=False)
     build_index(encoded, tmp_path / "index", kind="exact")
+    with pytest.raises(ValueError, match="its embeddings were made by the document tower .*, not this model's"):
+        evaluate(other, CORPUS, data_dir=shared_data, verbose=False, index_dir=tmp_path / "index")
+    _forget_provenance(tmp_path / "index")
     with pytest.raises(ValueError, match="find themselves in the index"):
         evaluate(other, CORPUS, data_dir=shared_data, verbose=False, index_dir=tmp_path / "index")
 
@@ -324,3 +339,48 @@ def test_the_local_runner_is_named_explicitly_and_other_runners_are_kept():
     from apache_beam.runners.runner import create_runner
 
     assert type(create_runner(LOCAL_RUNNER)).__name__ == "FnApiRunner"
+
+
+def test_the_same_command_after_a_kill_keeps_the_complete_shards_and_encodes_only_the_rest(
+        encoded, model_and_export, shared_data, tmp_path, capsys):
+    """Case 10 of issue 41: a killed encode needed --overwrite and started again (days, for a large corpus). Now
+    each shard is written whole with a completion record; the same command keeps the shards whose bytes match it
+    and encodes only the documents of the others."""
+    import shutil
+
+    from samtone_tf.encode import main
+
+    _, export_dir = model_and_export
+    out = tmp_path / "medline"
+    shutil.copytree(encoded, out)
+    shards = sorted(out.glob("embeddings-*.tfrecord"))
+    assert len(shards) == 16 and all(Path(f"{s}.complete.json").is_file() for s in shards)
+    # What a kill leaves: no manifest, a shard never written, a shard whose bytes are not those it completed with.
+    (out / "manifest.json").unlink()
+    missing, damaged, kept = shards[3], shards[7], [s for s in shards if s not in (shards[3], shards[7])]
+    lost = json.loads(Path(f"{missing}.complete.json").read_text())["records"] + json.loads(
+        Path(f"{damaged}.complete.json").read_text())["records"]
+    missing.unlink()
+    Path(f"{missing}.complete.json").unlink()
+    damaged.write_bytes(damaged.read_bytes()[:-7])
+    stamps = {s.name: (s.stat().st_mtime_ns, s.read_bytes()) for s in kept}
+    capsys.readouterr()
+    assert main(["--model", str(export_dir), "--corpus", CORPUS, "--out", str(out), "--data_dir", str(shared_data),
+                 "--batch_size", "16"]) == 0
+    printed = capsys.readouterr().out
+    assert "14 of 16 shards are complete and kept" in printed
+    assert f"encoded {lost} documents in this run" in printed and "encoded 1033 documents" in printed
+    assert {s.name: (s.stat().st_mtime_ns, s.read_bytes()) for s in kept} == stamps
+    expected, found = read_shards(encoded), read_shards(out)
+    assert sorted(found) == sorted(expected)
+    for doc_id, vector in expected.items():
+        np.testing.assert_allclose(found[doc_id], vector, atol=1e-6)
+    # Another model is no resume: refused, the unfinished run kept.
+    (out / "manifest.json").unlink()
+    other = tmp_path / "other-export"
+    from samtone_tf.serving import export
+    from samtone_tf.towers import tiny_dual_encoder
+
+    export(tiny_dual_encoder(TINY_VOCABULARY, "ade", seed=5), other, verbose=False)
+    assert main(["--model", str(other), "--corpus", CORPUS, "--out", str(out), "--data_dir", str(shared_data)]) == 2
+    assert "holds an unfinished encoding run of other settings (fingerprint" in capsys.readouterr().err

@@ -13,8 +13,9 @@ PACKAGE = REPOSITORY_ROOT / "samtone_tf"
 LAYERS = [
     {"locations", "atomic", "distributed", "encoding", "losses", "metrics", "text", "torch_checkpoint", "cli",
      "data", "data.errors", "data.ids", "optimizers", "version"},
-    {"keras_loss", "ownership", "embedding_shards", "index", "partitioned", "run_dir", "data.textfiles", "data.records", "data.sentences"},
-    {"mining", "index_tuning"},
+    {"keras_loss", "ownership", "provenance", "index", "partitioned", "run_dir", "data.textfiles", "data.records",
+     "data.sentences"},
+    {"mining", "index_tuning", "embedding_shards"},
     {"towers", "training", "retrieval", "data.beir", "data.flagembedding", "data.msmarco", "data.multireqa",
      "data.squad", "data.wikiqa", "data.pipeline"},
     {"pretrained", "serving", "data.datasets", "data.tfds_builders", "beam_corpus"},

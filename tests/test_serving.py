@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from samtone_tf import serving
 from samtone_tf.data.records import RetrievalData
+from samtone_tf.provenance import tower_fingerprint
 from samtone_tf.serving import ExportedEncoder, check_export, export, run_like_tf_serving
 from samtone_tf.towers import ARCHITECTURES, tiny_dual_encoder
 from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY
@@ -94,7 +95,12 @@ def test_two_versions_with_a_corpus_and_readable_by_others(tmp_path):
             directory = out / name / version
             assert directory.is_dir(), directory
             assert stat.S_IMODE(directory.stat().st_mode) & 0o005 == 0o005, directory  # others may read
+    provenance = second["corpus"].pop("provenance")
     assert second["corpus"] == {"name": "small", "documents": 40, "index": "index/2"}
+    # The corpus embeddings' provenance: this model's document tower, these 40 documents (`samtone_tf.provenance`).
+    assert provenance["document_tower"] == second["provenance"]["document_encoder"] == tower_fingerprint(
+        model.document_tower)
+    assert provenance == json.loads((out / "index" / "2" / "manifest.json").read_text())["provenance"]
     from samtone_tf.index import ScannIndex
 
     assert len(ScannIndex.load(out / "index" / "2")) == 40 and len(ScannIndex.load(out / "index" / "1")) == 30

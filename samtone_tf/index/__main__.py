@@ -66,7 +66,7 @@ def build_index(embeddings_dir, out, kind="scann", k=100, overwrite=False, targe
             os.rmdir(out)  # an empty directory: written as if new
     with atomic_directory(out, overwrite=overwrite) as staging:
         write_marker(staging, "index")
-        doc_ids, embeddings = load_embeddings(embeddings_dir)
+        doc_ids, embeddings, corpus_fingerprint = load_embeddings(embeddings_dir, with_corpus_fingerprint=True)
         if kind == "exact":
             ExactIndex(embeddings, doc_ids).write_files(staging)
         else:
@@ -83,6 +83,9 @@ def build_index(embeddings_dir, out, kind="scann", k=100, overwrite=False, targe
         manifest["source"] = {"embeddings": str(embeddings_dir) if "://" in str(embeddings_dir) else
                               os.path.abspath(embeddings_dir), "model": source["model"],
                               "corpus": source.get("corpus")}
+        # What proves which tower and which documents this index holds (`samtone_tf.provenance`).
+        manifest["provenance"] = {"document_tower": (source.get("model") or {}).get("fingerprint"),
+                                  "corpus": corpus_fingerprint}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
     manifest["seconds"] = round(time.perf_counter() - start, 2)
     return manifest
