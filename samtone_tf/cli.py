@@ -107,6 +107,21 @@ def quiet_native_logs(verbose=False):
 
 
 def fail(message, code=2):
-    """Prints one error line (no traceback) and returns the exit code."""
+    """Prints one error line (no traceback) and returns the exit code. `message` may be an exception: a
+    TensorFlow error (a full disk under a SavedModel or checkpoint write, an unreadable bucket) shows its kind and
+    its first line only."""
+    import tensorflow as tf
+
+    if isinstance(message, tf.errors.OpError):
+        first = (message.message or "").strip().splitlines()
+        message = f"{type(message).__name__}: {first[0] if first else message}"
     print(f"error: {message}", file=sys.stderr, flush=True)
     return code
+
+
+def command_errors():
+    """What a command reports with one line instead of a traceback: bad input and files (OSError, ValueError, a
+    full disk included) and TensorFlow's errors reading or writing files."""
+    import tensorflow as tf
+
+    return (OSError, ValueError, tf.errors.OpError)

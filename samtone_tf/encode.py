@@ -31,7 +31,7 @@ from pathlib import Path
 
 import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment before TensorFlow loads)
 
-from samtone_tf.cli import HelpFormatter, add_verbose, fail, positive_int, quiet_native_logs
+from samtone_tf.cli import HelpFormatter, add_verbose, command_errors, fail, positive_int, quiet_native_logs
 from samtone_tf.ownership import MARKER
 
 LINE_FORMAT_BY_SUFFIX = {".jsonl": "beir", ".tsv": "id_text"}
@@ -119,8 +119,9 @@ def corpus_source(corpus, corpus_format=None, split=None, data_dir=None):
 def prepare_out(out, overwrite, inputs=None):
     """Where this run writes: (OUT, staging, resuming). OUT must be new, empty, an interrupted run's output (which
     this run resumes: `resuming`), or (with `overwrite`) an earlier run's output, which is replaced only once the new
-    run is complete: the run writes into a hidden sibling (`staging`) that `finish_out` swaps in. Never an input of the command (`inputs`: {flag: path}); never a
-    directory that does not carry the embeddings marker (a directory of other files, a model, an export)."""
+    run is complete: the run writes into a hidden sibling (`staging`) that `finish_out` swaps in. Never an input
+    of the command (`inputs`: {flag: path}); never a directory that does not carry the embeddings marker (a
+    directory of other files, a model, an export)."""
     import tensorflow as tf
 
     from samtone_tf.embedding_shards import MANIFEST, written_by_an_earlier_version
@@ -313,7 +314,7 @@ def main(argv=None):
 
     try:
         manifest = run(args, pipeline_args)
-    except (OSError, ValueError) as error:
+    except command_errors() as error:
         return fail(error)
     except tf.errors.OpError as error:  # a damaged SavedModel, an unreadable bucket
         return fail(f"{type(error).__name__}: {error.message.splitlines()[0] if error.message else error}")

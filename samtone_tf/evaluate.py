@@ -20,7 +20,7 @@ from pathlib import Path
 import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment before TensorFlow loads)
 
 from samtone_tf.atomic import atomic_write_text
-from samtone_tf.cli import HelpFormatter, add_verbose, fail, positive_int, quiet_native_logs
+from samtone_tf.cli import HelpFormatter, add_verbose, command_errors, fail, positive_int, quiet_native_logs
 from samtone_tf.data.datasets import load_evaluation
 from samtone_tf.index import ExactIndex, ScannIndex, load_index
 from samtone_tf.metrics import trec_run_text
@@ -90,7 +90,7 @@ def main(argv=None):
         result = evaluate(args.model, args.dataset, args.split, args.index, args.k, args.batch_size,
                           args.data_dir, args.version, keep_run=bool(args.run_out),
                           index_dir=args.index_dir)
-    except (OSError, ValueError) as error:
+    except command_errors() as error:
         return fail(error)
     print(f"\n{result['dataset']} ({result['split']}): {result['queries']} queries, {result['documents']} "
           f"documents, {result['index']} search, model {result['model']}")

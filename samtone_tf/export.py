@@ -22,8 +22,8 @@ from pathlib import Path
 
 import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment before TensorFlow loads)
 
-from samtone_tf.cli import HelpFormatter, add_verbose, fail, positive_int, quiet_native_logs
-from samtone_tf.run_dir import read_jsonl_records
+from samtone_tf.cli import HelpFormatter, add_verbose, command_errors, fail, positive_int, quiet_native_logs
+from samtone_tf.run_dir import RunLockedError, read_jsonl_records
 from samtone_tf.serving import DEFAULT_SERVING_ROOT, check_export, export
 
 
@@ -98,7 +98,7 @@ def main(argv=None):
                           last_evaluation(args.model_dir), args.batch_size, serving_root=args.serving_root,
                           target_recall=args.target_recall, retriever=args.retriever,
                           corpus_embeddings=corpus_embeddings, prebuilt_index=prebuilt)
-    except (OSError, ValueError) as error:
+    except (*command_errors(), RunLockedError) as error:
         return fail(error)
     print(f"exported version {manifest['version']} of {', '.join(manifest['models'])} to {args.out}")
     return 0

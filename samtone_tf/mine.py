@@ -19,7 +19,8 @@ import sys
 import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment before TensorFlow loads)
 
 from samtone_tf.atomic import atomic_write_text
-from samtone_tf.cli import (HelpFormatter, add_verbose, fail, non_negative_int, positive_int, quiet_native_logs)
+from samtone_tf.cli import (HelpFormatter, add_verbose, command_errors, fail, non_negative_int, positive_int,
+                            quiet_native_logs)
 from samtone_tf.mining import MARGIN_KINDS, SAMPLINGS, MiningOptions, flagembedding_record, mine_hard_negatives, summarize
 
 
@@ -73,7 +74,7 @@ def main(argv=None):
                        dropped_query_ids=[m.query_id for m in dropped][:1000])
         atomic_write_text(args.out, lines)
         atomic_write_text(f"{args.out}.summary.json", json.dumps(summary, indent=1))
-    except (OSError, ValueError) as error:
+    except command_errors() as error:
         return fail(error)
     print(f"{summary['queries']} queries: {summary['kept']} kept with {summary['negatives']} negatives "
           f"({summary['with_fewer_than_num_negatives']} with fewer than {options.num_negatives}), "

@@ -26,6 +26,13 @@ class NotOurs(ValueError):
     """A directory that samtone_tf did not write as the kind asked for: never written into, replaced or deleted."""
 
 
+def _a(kind):
+    """'an export', 'a model_dir', 'embeddings': a kind with its article, for messages."""
+    if kind == "embeddings":
+        return kind
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+
 def read_marker(directory):
     """The marker of `directory` ({"kind", "samtone_tf_version"}), or None when it has none (or an unreadable one)."""
     path = tf.io.gfile.join(str(directory), MARKER)
@@ -63,14 +70,14 @@ def claim(directory, kind, recognise=None):
     path that is a file."""
     directory = str(directory)
     if tf.io.gfile.exists(directory) and not tf.io.gfile.isdir(directory):
-        raise NotOurs(f"{directory} is a file, not a directory: refusing to write a {kind} there")
+        raise NotOurs(f"{directory} is a file, not a directory: refusing to write {_a(kind)} there")
     if not tf.io.gfile.exists(directory):
         tf.io.gfile.makedirs(directory)
     marker = read_marker(directory)
     if marker is not None:
         if marker["kind"] != kind:
-            raise NotOurs(f"{directory} holds a samtone_tf {marker['kind']}, not a {kind}: refusing to write a "
-                          f"{kind} into it; choose another directory")
+            raise NotOurs(f"{directory} holds a samtone_tf {marker['kind']}, not {_a(kind)}: refusing to write "
+                          f"{_a(kind)} into it; choose another directory")
         return marker
     contents = [name for name in tf.io.gfile.listdir(directory) if name.rstrip("/") != MARKER]
     if contents and not (recognise is not None and recognise(directory)):
@@ -84,8 +91,8 @@ def require_owned(directory, kind):
     """Raises NotOurs unless `directory` carries the marker of `kind` (before anything in it is deleted)."""
     marker = read_marker(directory)
     if marker is None or marker["kind"] != kind:
-        what = "no samtone_tf marker" if marker is None else f"the marker of a {marker['kind']}"
-        raise NotOurs(f"{directory} carries {what}, not that of a {kind}: refusing to replace or delete it")
+        what = "no samtone_tf marker" if marker is None else f"the marker of {_a(marker['kind'])}"
+        raise NotOurs(f"{directory} carries {what}, not that of {_a(kind)}: refusing to replace or delete it")
 
 
 def holds(outer, inner):

@@ -96,14 +96,14 @@ def check_prebuilt_index(index, data, encoder, index_dir, samples=16):
     if recorded.get("document_tower"):
         model = encoder_document_fingerprint(encoder)
         if model != recorded["document_tower"]:
-            raise ValueError(f"{index_dir}: its embeddings were made by the document tower {short(recorded['document_tower'])}"
-                             f", not this model's {short(model)} (fingerprints of weights and vocabulary): re-encode "
-                             "the corpus with this model")
+            raise ValueError(f"{index_dir}: its embeddings were made by the document tower "
+                             f"{short(recorded['document_tower'])}, not this model's {short(model)} (fingerprints of "
+                             "weights and vocabulary): re-encode the corpus with this model")
     if recorded.get("corpus"):
         documents = corpus_fingerprint((d, data.document_text(d)) for d in index.doc_ids)
         if documents != recorded["corpus"]:
-            raise ValueError(f"{index_dir}: it embeds documents {short(recorded['corpus'])}, but {data.name}'s texts of "
-                             f"its ids are {short(documents)}: another corpus (or another version of it) with the "
+            raise ValueError(f"{index_dir}: it embeds documents {short(recorded['corpus'])}, but {data.name}'s texts "
+                             f"of its ids are {short(documents)}: another corpus (or another version of it) with the "
                              "same ids")
     rows = np.unique(np.linspace(0, len(index.doc_ids) - 1, min(samples, len(index.doc_ids))).astype(int))
     sample = [index.doc_ids[row] for row in rows]

@@ -18,8 +18,8 @@ import sys
 
 import samtone_tf  # noqa: I001  (first: it sets TensorFlow's environment before TensorFlow loads)
 
-from samtone_tf.cli import (HelpFormatter, add_verbose, fail, non_negative_float, non_negative_int, positive_float,
-                            positive_int, quiet_native_logs)
+from samtone_tf.cli import (HelpFormatter, add_verbose, command_errors, fail, non_negative_float, non_negative_int,
+                            positive_float, positive_int, quiet_native_logs)
 from samtone_tf.run_dir import RunLockedError
 from samtone_tf.training import DEFAULT_DATASET, TrainConfig
 from samtone_tf.training_run import DEFAULT_EVALUATION, negatives_per_query, run_training  # noqa: F401
@@ -149,7 +149,7 @@ def main(argv=None):
     quiet_native_logs(args.verbose)
     try:
         return run_training(resolve_config(args))
-    except (ValueError, OSError, RunLockedError) as error:
+    except (*command_errors(), RunLockedError) as error:
         return fail(error)
     except KeyboardInterrupt:
         return fail("interrupted; run the same command again to resume from the last checkpoint", 130)

@@ -84,7 +84,8 @@ def describe_training_data(config, pairs):
     if config.first_train_pairs is not None:
         chosen = f"the first {config.first_train_pairs} in file order (--first_train_pairs)"
     elif config.max_train_pairs is not None:
-        chosen = f"a sample of {config.max_train_pairs} drawn from the whole file (--max_train_pairs, seed {config.seed})"
+        chosen = (f"a sample of {config.max_train_pairs} drawn from the whole file (--max_train_pairs, seed "
+                  f"{config.seed})")
     else:
         chosen = "every pair of the file"
     if hasattr(pairs, "__len__"):

@@ -56,8 +56,8 @@ def world(tmp_path_factory):
     (corpus / "qrels").mkdir(parents=True)
     (corpus / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n"
                                                  for i, t in documents()))
-    (corpus / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": f"where is {t}"}) + "\n"
-                                                  for i, t in documents()[:6]))
+    (corpus / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{n}", "text": f"where is {t}"}) + "\n"
+                                                  for n, (_, t) in enumerate(documents()[:6])))
     (corpus / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
         f"q{i}\td{i}\t1\n" for i in range(6)))
     a = tiny_dual_encoder(TINY_VOCABULARY, "ade")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment before TensorFlow loads)
 
-from samtone_tf.cli import HelpFormatter, add_verbose, fail, positive_int, quiet_native_logs
+from samtone_tf.cli import HelpFormatter, add_verbose, command_errors, fail, positive_int, quiet_native_logs
 
 
 def build_parser():
@@ -104,7 +104,7 @@ def main(argv=None):
     quiet_native_logs(args.verbose)
     try:
         manifest = build_index(args.embeddings, args.out, args.kind, args.k, args.overwrite, args.target_recall)
-    except (OSError, ValueError) as error:
+    except command_errors() as error:
         return fail(error)
     print(f"built the {manifest['kind']} index of {manifest['size']} documents (dimension {manifest['dimension']}) "
           f"in {manifest['seconds']} s: {args.out}")
