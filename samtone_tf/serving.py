@@ -660,6 +660,13 @@ def _fingerprint_problem(name, path, expected, manifest, recorded):
     if name == RETRIEVER and corpus.get("document_tower") not in (None, recorded.get("document_encoder")):
         return (f"its corpus embeddings were made by the tower {short(corpus.get('document_tower'))}, not this "
                 f"export's document encoder {short(recorded.get('document_encoder'))}")
+    if name == RETRIEVER and corpus:
+        index_manifest = Path(path).parent.parent / INDEX / Path(path).name / "manifest.json"
+        if index_manifest.is_file():
+            index = json.loads(index_manifest.read_text(encoding="utf-8")).get("provenance")
+            if index != corpus:
+                return (f"the index of this version ({index_manifest.parent}) records the tower and corpus "
+                        f"{index}, not the retriever's {corpus}: the two serve different embeddings")
     return None
 
 

@@ -340,3 +340,43 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_the_earlier_version(wo
     error = capsys.readouterr().err
     assert error.count("error:") == 1 and "No space left on device" in error and "Traceback" not in error
     assert snapshot(out) == before
+
+
+FULL_DISK_TRAINING = """
+import sys
+
+import tensorflow as tf
+
+saves = []
+original = tf.train.CheckpointManager.save
+
+
+def save(self, *args, **kwargs):
+    saves.append(1)
+    if len(saves) == 2:  # the disk fills up at the second checkpoint
+        raise tf.errors.ResourceExhaustedError(None, None, "ckpt-4.data-00000-of-00001: No space left on device")
+    return original(self, *args, **kwargs)
+
+
+tf.train.CheckpointManager.save = save
+from samtone_tf.train import main  # noqa: E402
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_during_training_is_one_line_and_keeps_the_earlier_checkpoint(world, tmp_path):
+    """Case 9: a full disk in `train` (TensorFlow's ResourceExhaustedError from a checkpoint write) was a traceback."""
+    model_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_TRAINING, "--model", "tiny", "--dataset", world["corpus"], "--train_split",
+         "test", "--model_dir", str(model_dir), "--eval_datasets", "", "--steps", "6", "--batch_size", "4",
+         "--checkpoint_every", "2", "--no-export", "--no-unique_ids"],
+        capture_output=True, text=True, cwd=REPOSITORY_ROOT, env=dict(os.environ, PYTHONPATH=str(REPOSITORY_ROOT)),
+        timeout=900)
+    refused(result, "ResourceExhaustedError", "No space left on device")
+    assert sorted(p.name for p in (model_dir / "checkpoints").glob("ckpt-*.index")) == ["ckpt-2.index"]
+    resumed = run("samtone_tf.train", "--model", "tiny", "--dataset", world["corpus"], "--train_split", "test",
+                  "--model_dir", str(model_dir), "--eval_datasets", "", "--steps", "6", "--batch_size", "4",
+                  "--checkpoint_every", "2", "--no-export", "--no-unique_ids")
+    assert resumed.returncode == 0 and "resumed from" in resumed.stdout + resumed.stderr, resumed.stderr[-2000:]

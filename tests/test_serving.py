@@ -82,6 +82,25 @@ def test_models_config_is_portable_and_pinned(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["version"] == 2 and manifest["versions"] == [1, 2]
     assert manifest["models"]["query_encoder"]["path"] == "query_encoder/2"
+    # Read back by TF Serving's own parser, as the server reads it.
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    parsed = text_format.Parse(config, model_server_config_pb2.ModelServerConfig()).model_config_list.config
+    assert [(c.name, c.base_path, list(c.model_version_policy.specific.versions)) for c in parsed] == [
+        (name, f"/srv/exports/run1/{name}", [2]) for name in ("query_encoder", "document_encoder")]
+
+
+@pytest.mark.parametrize("root", ['/a "quoted" root', "/with\nnewline", "/東京/é ü ß", "/back\\slash\tand tab",
+                                  "/it's"])
+def test_models_config_reads_back_through_tf_serving_parser_for_any_root(root):
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = serving.serving_config(["query_encoder", "retriever"], 3, root)
+    parsed = text_format.Parse(config, model_server_config_pb2.ModelServerConfig()).model_config_list.config
+    assert [c.base_path for c in parsed] == [f"{root}/query_encoder", f"{root}/retriever"]
+    assert [list(c.model_version_policy.specific.versions) for c in parsed] == [[3], [3]]
 
 
 def test_two_versions_with_a_corpus_and_readable_by_others(tmp_path):
