@@ -19,6 +19,7 @@ import tensorflow as tf
 from samtone_tf.version import __version__
 
 MARKER = ".samtone_tf.json"
+LOCK = ".lock"  # run_dir.RunLock's file
 KINDS = ("model_dir", "export", "index", "embeddings", "evaluation")
 
 
@@ -79,7 +80,8 @@ def claim(directory, kind, recognise=None):
             raise NotOurs(f"{directory} holds a samtone_tf {marker['kind']}, not {_a(kind)}: refusing to write "
                           f"{_a(kind)} into it; choose another directory")
         return marker
-    contents = [name for name in tf.io.gfile.listdir(directory) if name.rstrip("/") != MARKER]
+    # A lone lock file is ours too (a run or export killed before it wrote anything else): the lock takes it over.
+    contents = [name for name in tf.io.gfile.listdir(directory) if name.rstrip("/") not in (MARKER, LOCK)]
     if contents and not (recognise is not None and recognise(directory)):
         raise NotOurs(f"{directory} is not empty and holds no samtone_tf {kind} (it holds "
                       f"{describe_contents(directory)}): refusing to write into it; choose an empty or new directory")
