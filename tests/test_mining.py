@@ -123,7 +123,7 @@ def test_a_mined_file_trains_with_its_ids(tmp_path, tiny_model_dir):
     assert pairs[0].hard_negative_ids == tuple(records[0]["neg_ids"]) and pairs[0].document_id == records[0]["pos_ids"][0]
     trained = subprocess.run([sys.executable, "-m", "samtone_tf.train", "--model", "tiny", "--dataset",
                               f"flagembedding:{out}", "--hard_negatives", "2", "--batch_size", "2", "--steps", "2",
-                              "--eval_datasets", "", "--no-export", "--model_dir", str(tmp_path / "run")],
+                              "--eval_datasets", "", "--no-export", "--model_dir", str(tmp_path / "trained")],
                              cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "step 2/2" in trained.stdout and "+ 4 hard negatives" in trained.stdout
