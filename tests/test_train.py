@@ -346,8 +346,9 @@ def test_multi_worker_run_with_two_local_workers(tmp_path):
     assert "2 replica(s); global batch 8 = 2 x 4" in chief_out and "step 4/4" in chief_out
     assert worker_out.strip() == ""  # only the chief reports
     assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-4")
-    assert sorted(p.name for p in model_dir.iterdir()) == ["checkpoints", "config.json", "export", "logs",
-                                                          "metrics.jsonl", "model.keras"]
+    assert sorted(p.name for p in model_dir.iterdir()) == [".samtone_tf.json", "checkpoints", "config.json",
+                                                          "export", "logs", "metrics.jsonl", "model.keras"]
+    assert json.loads((model_dir / ".samtone_tf.json").read_text())["kind"] == "model_dir"
     assert len(list((model_dir / "logs").glob("events.out.tfevents.*"))) == 1
     # The other worker's scratch checkpoints are gone.
     assert not list((tmp_path / "tmp1").glob("samtone-*"))
