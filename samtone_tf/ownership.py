@@ -70,10 +70,23 @@ def claim(directory, kind, recognise=None):
     Raises NotOurs (one line naming what is there) for a directory of another kind or of anything else, and for a
     path that is a file."""
     directory = str(directory)
-    if tf.io.gfile.exists(directory) and not tf.io.gfile.isdir(directory):
-        raise NotOurs(f"{directory} is a file, not a directory: refusing to write {_a(kind)} there")
+    marker = check_ours(directory, kind, recognise)
+    if marker is not None:
+        return marker
     if not tf.io.gfile.exists(directory):
         tf.io.gfile.makedirs(directory)
+    write_marker(directory, kind)
+    return read_marker(directory)
+
+
+def check_ours(directory, kind, recognise=None):
+    """Raises NotOurs unless `directory` may be written (or replaced) as `kind`: it is absent or empty, carries the
+    marker of `kind`, or `recognise(directory)` says it is one written before markers. -> its marker, or None."""
+    directory = str(directory)
+    if not tf.io.gfile.exists(directory):
+        return None
+    if not tf.io.gfile.isdir(directory):
+        raise NotOurs(f"{directory} is a file, not a directory: refusing to write {_a(kind)} there")
     marker = read_marker(directory)
     if marker is not None:
         if marker["kind"] != kind:
@@ -85,8 +98,7 @@ def claim(directory, kind, recognise=None):
     if contents and not (recognise is not None and recognise(directory)):
         raise NotOurs(f"{directory} is not empty and holds no samtone_tf {kind} (it holds "
                       f"{describe_contents(directory)}): refusing to write into it; choose an empty or new directory")
-    write_marker(directory, kind)
-    return read_marker(directory)
+    return None
 
 
 def require_owned(directory, kind):

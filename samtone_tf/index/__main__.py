@@ -48,22 +48,16 @@ def build_index(embeddings_dir, out, kind="scann", k=100, overwrite=False, targe
     from samtone_tf.atomic import atomic_directory
     from samtone_tf.embedding_shards import load_embeddings, read_manifest
     from samtone_tf.index import ExactIndex
-    from samtone_tf.ownership import NotOurs, describe_contents, read_marker, refuse_input_as_output, write_marker
+    from samtone_tf.ownership import check_ours, refuse_input_as_output, write_marker
 
     if target_recall is not None and (kind != "scann" or not 0.0 < target_recall <= 1.0):
         raise ValueError(f"--target_recall {target_recall}: for --kind scann, a value in (0, 1]")
     start = time.perf_counter()
     refuse_input_as_output(out, {"--embeddings": embeddings_dir})
     source = read_manifest(embeddings_dir)
-    if os.path.exists(out):
-        if os.listdir(out) and read_marker(out) is None and not _index_of_an_earlier_version(out):
-            raise NotOurs(f"{out} is not empty and holds no samtone_tf index (it holds {describe_contents(out)}): "
-                          "refusing to write into it; choose an empty or new directory")
-        marker = read_marker(out)
-        if marker is not None and marker["kind"] != "index":
-            raise NotOurs(f"{out} holds a samtone_tf {marker['kind']}, not an index: refusing to replace it")
-        if not os.listdir(out):
-            os.rmdir(out)  # an empty directory: written as if new
+    check_ours(out, "index", recognise=_index_of_an_earlier_version)
+    if os.path.isdir(out) and not os.listdir(out):
+        os.rmdir(out)  # an empty directory: written as if new (the index appears whole by a rename)
     with atomic_directory(out, overwrite=overwrite) as staging:
         write_marker(staging, "index")
         doc_ids, embeddings, corpus_fingerprint = load_embeddings(embeddings_dir, with_corpus_fingerprint=True)
