@@ -179,26 +179,22 @@ def corpus_path(corpus):
 
 def run(args, pipeline_args):
     import apache_beam as beam
-    import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the tokenizer's ops)
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from samtone_tf.beam_encoding import encode_corpus
     from samtone_tf.embedding_shards import write_manifest
     from samtone_tf.provenance import saved_model_fingerprint
+    from samtone_tf.serving import load_saved_model
 
     source = corpus_source(args.corpus, args.corpus_format, args.corpus_split, args.data_dir)
     out, staging, resuming = prepare_out(args.out, args.overwrite, {"--model": args.model,
                                                                      "--corpus": corpus_path(args.corpus)})
     try:
         saved_model, model_info = document_encoder_path(args.model, staging, args.version)
-        try:
-            loaded = tf.saved_model.load(str(saved_model))
-            signature = loaded.signatures["serving_default"]
-            model_info["fingerprint"] = saved_model_fingerprint(saved_model, loaded)
-        except Exception as error:  # noqa: BLE001  (a damaged SavedModel fails in many ways: name the model once)
-            raise ValueError(f"{saved_model}: the document encoder cannot be loaded ({type(error).__name__}: "
-                             f"{str(error).splitlines()[0] if str(error) else ''})") from None
+        loaded = load_saved_model(saved_model)
+        signature = loaded.signatures["serving_default"]
+        model_info["fingerprint"] = saved_model_fingerprint(saved_model, loaded)
         dimension = int(signature.structured_outputs["embedding"].shape[-1])
         skip = resume_or_start(staging, resuming, {
             "fingerprint": model_info["fingerprint"], "corpus": args.corpus, "corpus_split": args.corpus_split,
@@ -310,14 +306,10 @@ def main(argv=None):
     quiet_native_logs(args.verbose)
     if not args.verbose:
         quiet_beam_notices()
-    import tensorflow as tf
-
     try:
         manifest = run(args, pipeline_args)
-    except command_errors() as error:
+    except command_errors() as error:  # TensorFlow's errors too: a damaged SavedModel, an unreadable bucket
         return fail(error)
-    except tf.errors.OpError as error:  # a damaged SavedModel, an unreadable bucket
-        return fail(f"{type(error).__name__}: {error.message.splitlines()[0] if error.message else error}")
     if manifest.get("encoded_this_run") is not None and manifest["encoded_this_run"] != manifest["count"]:
         print(f"encoded {manifest['encoded_this_run']} documents in this run; the others were in complete shards")
     print(f"encoded {manifest['count']} documents (dimension {manifest['dimension']}) into "

@@ -549,15 +549,22 @@ def export_version(out, version=None):
     return version, manifest
 
 
-def load_signature(path, signature="serving_default"):
-    """The `signature` of the SavedModel at `path`; a damaged one (truncated, missing variables, another kind of
-    SavedModel) is one ValueError naming the path."""
+def load_saved_model(path, signature="serving_default"):
+    """The SavedModel at `path`, checked to have `signature`; a damaged one (truncated, missing variables, another
+    kind of SavedModel) is one ValueError naming the path."""
     try:
-        return tf.saved_model.load(str(path)).signatures[signature]
+        loaded = tf.saved_model.load(str(path))
+        loaded.signatures[signature]  # noqa: B018  (a SavedModel without it is not one of our models)
+        return loaded
     except Exception as error:  # noqa: BLE001  (TensorFlow reports damage as OpError, ValueError, KeyError, ...)
         first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
         raise ValueError(f"{path}: the SavedModel cannot be loaded ({type(error).__name__}: {first}); export again"
                          ) from None
+
+
+def load_signature(path, signature="serving_default"):
+    """The `signature` of the SavedModel at `path` (`load_saved_model`'s checks)."""
+    return load_saved_model(path, signature).signatures[signature]
 
 
 class ExportedEncoder:
@@ -613,10 +620,11 @@ def run_like_tf_serving(path, texts, signature="serving_default"):
     return dict(zip(names, values))
 
 
-def run_tf2(path, texts, signature="serving_default"):
+def run_tf2(path, texts, signature="serving_default", loaded=None):
+    """Runs a SavedModel's signature after `tf.saved_model.load` (or on `loaded`, that load already made)."""
     import tensorflow_text  # noqa: F401
 
-    loaded = tf.saved_model.load(str(path))
+    loaded = loaded if loaded is not None else tf.saved_model.load(str(path))
     outputs = loaded.signatures[signature](text=tf.constant(list(texts)))
     return {name: value.numpy() for name, value in outputs.items()}
 
@@ -637,8 +645,9 @@ def check_export(out, texts=SAMPLE_TEXTS, version=None, atol=1e-5):
             if not is_inside(path, out):
                 raise ValueError(f"{path} leads outside the export (a symlink to {os.path.realpath(path)})")
             served = run_like_tf_serving(path, texts)
-            reference = run_tf2(path, texts)
-            problem = _compare_outputs(served, reference, atol) or _fingerprint_problem(name, path, expected,
+            loaded = tf.saved_model.load(str(path))  # once, for the TF2 outputs and the fingerprint
+            reference = run_tf2(path, texts, loaded=loaded)
+            problem = _compare_outputs(served, reference, atol) or _fingerprint_problem(name, path, loaded, expected,
                                                                                          manifest, recorded)
         except Exception as error:  # noqa: BLE001  (any failure is the finding to report)
             problem = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
@@ -649,10 +658,10 @@ def check_export(out, texts=SAMPLE_TEXTS, version=None, atol=1e-5):
     return results
 
 
-def _fingerprint_problem(name, path, expected, manifest, recorded):
+def _fingerprint_problem(name, path, loaded, expected, manifest, recorded):
     if not expected.get(name):
         return None  # an export of an earlier version: nothing recorded to compare
-    found = saved_model_fingerprint(path)
+    found = saved_model_fingerprint(path, loaded)
     if found != expected[name]:
         return (f"its tower's fingerprint {short(found)} is not the {'query encoder' if name == RETRIEVER else name}'s"
                 f" {short(expected[name])} the manifest records: another model's SavedModel")
