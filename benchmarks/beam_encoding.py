@@ -24,7 +24,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import samtone_tf  # noqa: E402,F401  (first: it sets TensorFlow's environment)
+import samtone_tf.options  # noqa: E402,F401  (first: it sets TensorFlow's environment before TensorFlow loads)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -33,13 +33,13 @@ from samtone_tf.atomic import atomic_write_text  # noqa: E402
 from samtone_tf.data.datasets import load_evaluation  # noqa: E402
 from samtone_tf.embedding_shards import example_bytes, load_embeddings, write_manifest  # noqa: E402
 from samtone_tf.locations import REPOSITORY_ROOT  # noqa: E402
-from samtone_tf.pretrained import dual_encoder_from_checkpoint  # noqa: E402
+from samtone_tf.model.pretrained import dual_encoder_from_checkpoint  # noqa: E402
 
 IN_MEMORY_BUILD = """
 import sys, time, numpy as np
 import samtone_tf
 from samtone_tf.atomic import atomic_directory
-from samtone_tf.index import ExactIndex
+from samtone_tf.index.search import ExactIndex
 from samtone_tf.serving import save_index
 start = time.perf_counter()
 embeddings = np.load(sys.argv[1])

@@ -20,14 +20,14 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import samtone_tf  # noqa: E402,F401  (first: it sets TensorFlow's CPU options)
+import samtone_tf.options  # noqa: E402,F401  (first: it sets TensorFlow's environment before TensorFlow loads)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tables  # noqa: E402,I001  (benchmarks/tables.py, beside this script)
 from samtone_tf.atomic import atomic_write_text  # noqa: E402
 from samtone_tf.locations import data_dir, models_dir  # noqa: E402
-from samtone_tf.pretrained import dual_encoder_from_checkpoint  # noqa: E402
+from samtone_tf.model.pretrained import dual_encoder_from_checkpoint  # noqa: E402
 
 
 def long_paragraphs(count, data_directory=None):

@@ -30,8 +30,9 @@ import numpy as np
 import tensorflow as tf
 from samtone_tf.data.datasets import load_training_pairs
 from samtone_tf.data.pipeline import training_dataset
-from samtone_tf.pretrained import dual_encoder_from_checkpoint
-from samtone_tf.training import TrainConfig, compile_for_training, make_train_step
+from samtone_tf.model.pretrained import dual_encoder_from_checkpoint
+from samtone_tf.training.config import TrainConfig
+from samtone_tf.training.step import compile_for_training, make_train_step
 batch, chunk, steps = int(sys.argv[1]), int(sys.argv[2]) or None, int(sys.argv[3])
 model = dual_encoder_from_checkpoint(architecture="sde", query_max_length=64, document_max_length=64)
 config = TrainConfig(batch_size=batch, steps=1000, learning_rate=2e-5)

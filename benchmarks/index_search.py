@@ -69,8 +69,8 @@ def _seconds(call):
 def scann_part(size, args):
     import numpy as np
 
-    from samtone_tf.index import ExactIndex
-    from samtone_tf.index_tuning import held_out_split, tune_scann_for_targets
+    from samtone_tf.index.search import ExactIndex
+    from samtone_tf.index.tuning import held_out_split, tune_scann_for_targets
 
     corpus, queries, real = corpus_and_queries(size, args.cache_dir, args.spread)
     _, held = held_out_split(len(queries))
@@ -104,9 +104,9 @@ def partitioned_part(size, args):
     import numpy as np
     import tensorflow as tf
 
-    from samtone_tf.index_tuning import exact_rows, held_out_split, tune_partitions
+    from samtone_tf.index.partitioned import partitioned_top_k
+    from samtone_tf.index.tuning import exact_rows, held_out_split, tune_partitions
     from samtone_tf.metrics import recall_at_k
-    from samtone_tf.partitioned import partitioned_top_k
 
     corpus, queries, real = corpus_and_queries(size, args.cache_dir, args.spread)
     tune, held = held_out_split(len(queries))

@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 
-import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment)
+import samtone_tf.options  # noqa: F401,I001  (first: it sets TensorFlow's environment before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
 
@@ -29,8 +29,9 @@ from quality import training_pairs  # benchmarks/quality.py: the data this measu
 from samtone_tf.atomic import atomic_write_text
 from samtone_tf.data.pipeline import training_dataset
 from samtone_tf.encoding import length_group_bounds
-from samtone_tf.pretrained import dual_encoder_from_checkpoint
-from samtone_tf.training import TrainConfig, compile_for_training, make_train_step
+from samtone_tf.model.pretrained import dual_encoder_from_checkpoint
+from samtone_tf.training.config import TrainConfig
+from samtone_tf.training.step import compile_for_training, make_train_step
 
 
 def positions(batch, groups, min_rows=4):

@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment)
+import samtone_tf.options  # noqa: F401,I001  (first: it sets TensorFlow's environment before TensorFlow loads)
 import keras
 import numpy as np
 import tensorflow as tf
@@ -49,9 +49,10 @@ from samtone_tf.data.datasets import load_evaluation, load_training_pairs
 from samtone_tf.data.pipeline import distributed_training_dataset
 from samtone_tf.data.records import TrainingPair
 from samtone_tf.metrics import paired_randomization_test
-from samtone_tf.pretrained import dual_encoder_from_checkpoint
+from samtone_tf.model.pretrained import dual_encoder_from_checkpoint
 from samtone_tf.retrieval import evaluate_encoder
-from samtone_tf.training import TrainConfig, compile_for_training, make_train_step
+from samtone_tf.training.config import TrainConfig
+from samtone_tf.training.step import compile_for_training, make_train_step
 
 EVALUATION_SETS = [  # (label, dataset name, primary metric)
     ("MultiReQA SQuAD", "multireqa:squad", "P@1"),

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment)
+import samtone_tf.options  # noqa: F401,I001  (first: it sets TensorFlow's environment before TensorFlow loads)
 import numpy as np
 import tensorflow as tf
 
@@ -36,12 +36,13 @@ import tables  # noqa: I001  (benchmarks/tables.py, beside this script)
 from machine import cpu_flags
 from samtone_tf.atomic import atomic_write_text
 from samtone_tf.data.datasets import load_evaluation, load_training_pairs
-from samtone_tf.index import ExactIndex, ScannIndex, scann_defaults
+from samtone_tf.encoding import LENGTH_BUCKET
+from samtone_tf.index.search import ExactIndex, ScannIndex, scann_defaults
 from samtone_tf.locations import models_dir
-from samtone_tf.pretrained import dual_encoder_from_checkpoint
 from samtone_tf.losses import id_fingerprints
-from samtone_tf.training import (LENGTH_BUCKET, TrainConfig, compile_for_training, make_train_step,
-                                 precision_policy)
+from samtone_tf.model.pretrained import dual_encoder_from_checkpoint
+from samtone_tf.training.config import TrainConfig
+from samtone_tf.training.step import compile_for_training, make_train_step, precision_policy
 
 SETTINGS = {"float32": ("none", False), "bf16": ("bf16", False), "jit": ("none", True),
             "bf16+jit": ("bf16", True)}  # --train_settings: (mixed precision, XLA-compiled step)
@@ -266,8 +267,7 @@ def search_speed(args, results):
 
 
 def encoding_speed(args, results):
-    from samtone_tf.serving import ExportedEncoder
-    from samtone_tf.serving import export
+    from samtone_tf.serving import ExportedEncoder, export
 
     data = load_evaluation("beir:scifact")
     texts = [data.document_text(d) for d in list(data.corpus)[: args.encode_documents]]

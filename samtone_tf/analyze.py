@@ -21,8 +21,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment)
-
 from samtone_tf.analysis import analyze
 from samtone_tf.cli import HelpFormatter, add_verbose, fail, non_negative_int, positive_int, quiet_native_logs
 

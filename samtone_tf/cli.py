@@ -10,7 +10,7 @@ import re
 import sys
 import threading
 
-import samtone_tf
+from samtone_tf.options import USER_SET_TF_LOG_LEVEL
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -65,10 +65,10 @@ def quiet_native_logs(verbose=False):
     every other line, unless `verbose` or the user set TF_CPP_MIN_LOG_LEVEL themselves."""
     global _filter
     if verbose:
-        if not samtone_tf.USER_SET_TF_LOG_LEVEL:
+        if not USER_SET_TF_LOG_LEVEL:
             os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
         return
-    if samtone_tf.USER_SET_TF_LOG_LEVEL or _filter is not None:
+    if USER_SET_TF_LOG_LEVEL or _filter is not None:
         return
     try:
         sys.stderr.flush()

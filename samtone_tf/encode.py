@@ -29,9 +29,8 @@ import sys
 import uuid
 from pathlib import Path
 
-import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment before TensorFlow loads)
-
 from samtone_tf.cli import HelpFormatter, add_verbose, command_errors, fail, positive_int, quiet_native_logs
+from samtone_tf.options import CORPUS_FORMATS
 from samtone_tf.ownership import MARKER
 
 LINE_FORMAT_BY_SUFFIX = {".jsonl": "beir", ".tsv": "id_text"}
@@ -43,7 +42,7 @@ def build_parser():
     parser.add_argument("--model", required=True, help="export directory, model_dir, .keras file or checkpoint")
     parser.add_argument("--corpus", required=True, help="dataset name or corpus path (see above)")
     parser.add_argument("--out", required=True, help="the output directory (local or a bucket path)")
-    parser.add_argument("--corpus_format", choices=("beir", "id_text"), default=None,
+    parser.add_argument("--corpus_format", choices=CORPUS_FORMATS, default=None,
                         help="line format of corpus files (default: from the file name: .jsonl BEIR, .tsv id<TAB>text)")
     parser.add_argument("--corpus_split", default=None, help="split of a dataset whose corpus depends on it")
     parser.add_argument("--data_dir", default=None, help="default: $SAMTONE_DATA, then ../shared/data")
@@ -182,9 +181,9 @@ def run(args, pipeline_args):
     import tensorflow_text  # noqa: F401  (registers the tokenizer's ops)
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from samtone_tf.beam_encoding import encode_corpus
+    from samtone_tf.beam.pipeline import encode_corpus
     from samtone_tf.embedding_shards import write_manifest
-    from samtone_tf.provenance import saved_model_fingerprint
+    from samtone_tf.model.fingerprint import saved_model_fingerprint
     from samtone_tf.serving import load_saved_model
 
     source = corpus_source(args.corpus, args.corpus_format, args.corpus_split, args.data_dir)

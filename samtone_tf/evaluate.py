@@ -17,14 +17,13 @@ import re
 import sys
 from pathlib import Path
 
-import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment before TensorFlow loads)
-
 from samtone_tf.atomic import atomic_write_text
 from samtone_tf.cli import HelpFormatter, add_verbose, command_errors, fail, positive_int, quiet_native_logs
 from samtone_tf.data.datasets import load_evaluation
-from samtone_tf.index import ExactIndex, ScannIndex, load_index
+from samtone_tf.index.search import ExactIndex, ScannIndex, load_index
 from samtone_tf.metrics import trec_run_text
 from samtone_tf.models import load_encoder
+from samtone_tf.options import SEARCH_INDEXES
 from samtone_tf.ownership import claim
 from samtone_tf.retrieval import DEFAULT_MEASURES, check_prebuilt_index, evaluate_encoder
 
@@ -68,7 +67,7 @@ def main(argv=None):
     parser.add_argument("--dataset", required=True, help="e.g. beir:scifact, reqa:squad, wikiqa (see "
                                                          "python -m samtone_tf.data --help)")
     parser.add_argument("--split", default=None, help="default: the dataset's evaluation split")
-    parser.add_argument("--index", default="exact", choices=("exact", "scann"), help="search")
+    parser.add_argument("--index", default="exact", choices=SEARCH_INDEXES, help="search")
     parser.add_argument("--index_dir", default=None,
                         help="search this prebuilt index (python -m samtone_tf.index build) instead of encoding "
                              "the corpus; --index is then ignored (default: none)")

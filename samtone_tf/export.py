@@ -20,11 +20,10 @@ import json
 import sys
 from pathlib import Path
 
-import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment before TensorFlow loads)
-
 from samtone_tf.cli import HelpFormatter, add_verbose, command_errors, fail, positive_int, quiet_native_logs
-from samtone_tf.run_dir import RunLockedError, read_jsonl_records
+from samtone_tf.options import SERVED_RETRIEVERS
 from samtone_tf.serving import DEFAULT_SERVING_ROOT, check_export, export
+from samtone_tf.training.run_dir import RunLockedError, read_jsonl_records
 
 
 def build_parser():
@@ -46,7 +45,7 @@ def build_parser():
     parser.add_argument("--target_recall", type=float, default=None,
                         help="with --corpus: build the fastest ScaNN index reaching this recall@k against exact "
                              "search, measured on the corpus's queries on this machine (default: ScaNN's defaults)")
-    parser.add_argument("--retriever", default="exact", choices=("exact", "partitioned"),
+    parser.add_argument("--retriever", default="exact", choices=SERVED_RETRIEVERS,
                         help="with --corpus: the retriever SavedModel searches every document (exact) or the "
                              "nearest k-means partitions (partitioned: for corpora too large to search exactly "
                              "per query); of sqrt(N), 2 sqrt(N) and 4 sqrt(N) partitions, the fastest at "
@@ -110,7 +109,7 @@ def prebuilt_corpus(index_dir, corpus, model):
     import numpy as np
 
     from samtone_tf.embedding_shards import load_embeddings
-    from samtone_tf.index import ExactIndex, load_index
+    from samtone_tf.index.search import ExactIndex, load_index
     from samtone_tf.retrieval import check_prebuilt_index
 
     index = load_index(index_dir)

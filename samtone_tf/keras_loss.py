@@ -26,14 +26,15 @@ class SamToNeLoss(keras.losses.Loss):
 
     `y_pred` is a dict with "query" [B, D], "document" [B, D], optionally
     "hard_negatives" [B, H, D] and "temperature" (a scalar that overrides the
-    configured one, e.g. a model's learnable temperature). `y_true` is None or
+    configured one: a `DualEncoder` always outputs its temperature, fixed or learnt,
+    and is compiled with `temperature=None`, which takes the model's). `y_true` is None or
     a dict with "query_ids"/"query_id", "document_ids"/"document_id" [B] and
     "hard_negative_ids" [B, H].
 
     Keras 3's `compile()` hands a single loss each output of a dict separately;
     SamToNe needs all of them at once, so compile it on a `samtone_tf.SamToNeModel`
     (functional) or a model class mixing in `samtone_tf.SamToNeLossMixin` (as
-    `samtone_tf.towers.DualEncoder` does), which pass the whole output dict.
+    `samtone_tf.model.towers.DualEncoder` does), which pass the whole output dict.
     Under several replicas the reduction is over the GLOBAL batch, even when
     replicas hold different numbers of rows: gradients summed across replicas
     are those of the global "sum_over_batch_size" mean, and Keras reports it.
@@ -48,9 +49,9 @@ class SamToNeLoss(keras.losses.Loss):
         name="samtone_loss",
         dtype=None,
     ):
-        check_options(same_tower, bidirectional, temperature)
+        check_options(same_tower, bidirectional, 1.0 if temperature is None else temperature)
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.temperature = float(temperature)
+        self.temperature = None if temperature is None else float(temperature)
         self.same_tower = same_tower
         self.bidirectional = bool(bidirectional)
 
@@ -73,6 +74,9 @@ class SamToNeLoss(keras.losses.Loss):
                 "SamToNeLoss: y_true must be None or a dict of ids "
                 f"({QUERY_ID_KEYS[0]!r}, {DOCUMENT_ID_KEYS[0]!r}); got {type(y_true).__name__}"
             )
+        if self.temperature is None and "temperature" not in y_pred:
+            raise ValueError("SamToNeLoss(temperature=None) takes the model's temperature, but y_pred has no "
+                             "'temperature' (give the loss a temperature, or output the model's)")
         return samtone_loss(
             y_pred["query"],
             y_pred["document"],

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-SAME_TOWER_OPTIONS = ("none", "query", "document", "both")
-
+from samtone_tf.options import SAME_TOWER_SIDES
 
 
 def samtone_loss(
@@ -165,9 +164,9 @@ def samtone_objective(positive_logit, logit_blocks):
 
 
 def check_options(same_tower, bidirectional, temperature):
-    if same_tower not in SAME_TOWER_OPTIONS:
+    if same_tower not in SAME_TOWER_SIDES:
         raise ValueError(
-            f"same_tower must be one of {SAME_TOWER_OPTIONS}; got {same_tower!r}"
+            f"same_tower must be one of {SAME_TOWER_SIDES}; got {same_tower!r}"
         )
     if same_tower in ("document", "both") and not bidirectional:
         raise ValueError(

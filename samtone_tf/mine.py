@@ -16,12 +16,12 @@ import argparse
 import json
 import sys
 
-import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment before TensorFlow loads)
-
 from samtone_tf.atomic import atomic_write_text
 from samtone_tf.cli import (HelpFormatter, add_verbose, command_errors, fail, non_negative_int, positive_int,
                             quiet_native_logs)
-from samtone_tf.mining import MARGIN_KINDS, SAMPLINGS, MiningOptions, flagembedding_record, mine_hard_negatives, summarize
+from samtone_tf.mining import (MARGIN_KINDS, MiningOptions, SAMPLINGS, flagembedding_record, mine_hard_negatives,
+                               summarize)
+from samtone_tf.options import SEARCH_INDEXES
 
 
 def build_parser():
@@ -44,7 +44,7 @@ def build_parser():
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of --sampling random")
     parser.add_argument("--min_negatives", type=non_negative_int, default=1,
                         help="drop queries left with fewer candidates (they are reported; never padded)")
-    parser.add_argument("--index", default="exact", choices=("exact", "scann"), help="search")
+    parser.add_argument("--index", default="exact", choices=SEARCH_INDEXES, help="search")
     parser.add_argument("--batch_size", type=positive_int, default=64, help="texts per encoding batch")
     parser.add_argument("--data_dir", default=None, help="default: $SAMTONE_DATA, then ../shared/data")
     add_verbose(parser)
@@ -59,7 +59,7 @@ def main(argv=None):
                                 margin=args.margin, margin_kind=args.margin_kind, max_score=args.max_score,
                                 sampling=args.sampling, seed=args.seed, min_negatives=args.min_negatives)
         from samtone_tf.data.datasets import load_evaluation
-        from samtone_tf.index import ExactIndex, ScannIndex
+        from samtone_tf.index.search import ExactIndex, ScannIndex
         from samtone_tf.models import load_encoder
 
         refuse_foreign_output(args.out)

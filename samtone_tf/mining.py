@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from samtone_tf.index import ExactIndex
+from samtone_tf.index.search import ExactIndex
 
 MARGIN_KINDS = ("absolute", "relative")
 SAMPLINGS = ("top", "random")

@@ -1,6 +1,5 @@
-"""Every way to get a dual encoder: from a configuration (pretrained checkpoint, `tiny`, a
-BertBackbone config, a keras_hub preset), from a training model_dir, a `.keras` file or an export.
-"""
+"""Every way to load a dual encoder: from a training model_dir, a `.keras` file, an export or a pretrained
+checkpoint (building one from a configuration is `model.builder`'s)."""
 
 from __future__ import annotations
 
@@ -11,48 +10,10 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from samtone_tf.pretrained import dual_encoder_from_checkpoint, read_checkpoint
-from samtone_tf.run_dir import checkpoint_candidates
-from samtone_tf.towers import DualEncoder, tiny_dual_encoder
-from samtone_tf.training import TrainConfig
-
-
-def build_model(config, load_pretrained_weights=True):
-    """The DualEncoder a `TrainConfig` (or its dict, e.g. a run's config.json) asks for, freshly initialised
-    (from the pretrained checkpoint's weights unless `load_pretrained_weights` is False: the architecture only,
-    for weights restored from a training checkpoint)."""
-    if isinstance(config, dict):
-        config = TrainConfig.from_dict(config)
-    options = dict(
-        architecture=config.architecture, projection_dim=config.projection_dim,
-        query_max_length=config.query_max_length, document_max_length=config.document_max_length,
-        learnable_temperature=config.learnable_temperature, temperature=config.temperature,
-        length_groups=config.length_groups,
-    )
-    if config.pooling:
-        options["pooling"] = config.pooling
-    name = config.model
-    if name == "tiny" or name.startswith("config:"):
-        vocabulary = config.vocabulary or str(read_checkpoint(None, config.models_dir).vocabulary_path)
-        if name == "tiny":
-            dropout = {} if config.dropout is None else {"dropout": config.dropout}
-            return tiny_dual_encoder(vocabulary, seed=config.seed, **dropout, **options)
-        import keras_hub
-
-        spec = name[len("config:"):]
-        arguments = json.loads(Path(spec).read_text() if Path(spec).is_file() else spec)
-        if config.dropout is not None:
-            arguments["dropout"] = config.dropout
-        return DualEncoder(keras_hub.models.BertBackbone(**arguments), vocabulary, **options)
-    if name.startswith("preset:"):
-        import keras_hub
-
-        preset = name[len("preset:"):]
-        backbone = keras_hub.models.Backbone.from_preset(preset)
-        vocabulary = keras_hub.models.BertTokenizer.from_preset(preset).vocabulary
-        return DualEncoder(backbone, vocabulary, **options)
-    return dual_encoder_from_checkpoint(name, models_directory=config.models_dir, num_layers=config.num_layers,
-                                        dropout=config.dropout, load_weights=load_pretrained_weights, **options)
+from samtone_tf.model.builder import build_model
+from samtone_tf.model.pretrained import dual_encoder_from_checkpoint
+from samtone_tf.training.config import TrainConfig
+from samtone_tf.training.run_dir import checkpoint_candidates
 
 
 def load_keras_file(path):
@@ -86,7 +47,7 @@ def load_trained_model(model_dir):
     except ValueError as error:
         raise ValueError(f"{config_path}: not a readable run configuration ({error})") from None
     # The architecture only: every weight comes from the run's checkpoint, not the pretrained one.
-    model = build_model(config, load_pretrained_weights=False)
+    model = build_model(TrainConfig.from_dict(config), load_pretrained_weights=False)
     damaged = []
     for path in candidates:  # newest first; a damaged one (a crash while writing it) is passed over, as train does
         try:
@@ -108,7 +69,7 @@ def load_encoder(path, version=None):
     """Anything with encode_queries/encode_documents: a training model_dir, a .keras file, an export
     directory (the version its manifest commits, or `version`), or a pretrained Hugging Face checkpoint (a
     directory, or a name under the models directory) as an untrained SDE: the zero-shot model."""
-    from samtone_tf.pretrained import resolve_checkpoint
+    from samtone_tf.model.pretrained import resolve_checkpoint
 
     path = Path(path)
     if (path / "query_encoder").is_dir() or (path / "manifest.json").is_file():

@@ -5,9 +5,7 @@ them, so another model's embeddings (even of a nearly identical checkpoint) or a
 refused by name, not by a hope that a sample looks alike.
 
 - A tower's fingerprint: SHA-256 of its float weights (dtype, shape and bytes, in the tower's own order) and of its
-  vocabulary's tokens. The same from the Keras tower (`tower_fingerprint`) and from any SavedModel we export of it
-  (`saved_model_fingerprint`: the weights the SavedModel tracks and its vocabulary asset). Dropout seed states
-  (integers that move with every training step) are not weights and do not count.
+  vocabulary's tokens (`weights_digest`; `model.fingerprint` computes it from a Keras tower or a SavedModel).
 - A corpus's fingerprint: the sum, modulo 2^256, of SHA-256(id NUL text) over its documents: independent of their
   order, so workers of a Beam pipeline can each add theirs, and the same whichever reader produced the texts.
 """
@@ -15,16 +13,14 @@ refused by name, not by a hope that a sample looks alike.
 from __future__ import annotations
 
 import hashlib
-import os
 
 import numpy as np
-
-from samtone_tf.text import read_vocabulary
 
 _MODULUS = 1 << 256
 
 
-def _digest(arrays, vocabulary):
+def weights_digest(arrays, vocabulary):
+    """SHA-256 (hex) of arrays (dtype, shape and bytes, in order) and a vocabulary's tokens."""
     digest = hashlib.sha256()
     for array in arrays:
         array = np.ascontiguousarray(array)
@@ -35,31 +31,10 @@ def _digest(arrays, vocabulary):
     return digest.hexdigest()
 
 
-def _float_arrays(variables):
+def float_arrays(variables):
+    """The float variables (or arrays) of `variables`, as NumPy arrays, in order."""
     return [np.asarray(v.numpy() if hasattr(v, "numpy") else v) for v in variables
             if np.dtype(getattr(v.dtype, "as_numpy_dtype", v.dtype)).kind == "f"]
-
-
-def tower_fingerprint(tower):
-    """The fingerprint (hex) of a Keras `EncoderTower`: its float weights and its tokenizer's vocabulary."""
-    return _digest(_float_arrays([v.value for v in tower.variables]), tower.tokenizer.vocabulary)
-
-
-def saved_model_fingerprint(path, loaded=None):
-    """The fingerprint (hex) of the tower inside one of our SavedModels (an encoder, or a retriever's query
-    tower): the weights it tracks as `tower_variables` and the vocabulary asset of its tokenizer. Equal to
-    `tower_fingerprint` of the tower that was exported. `loaded`: the SavedModel, when already loaded."""
-    import tensorflow as tf
-
-    loaded = loaded if loaded is not None else tf.saved_model.load(str(path))
-    variables = getattr(loaded, "tower_variables", None)
-    if variables is None:
-        raise ValueError(f"{path}: not a samtone_tf SavedModel (it tracks no tower_variables)")
-    assets = os.path.join(str(path), "assets")
-    files = sorted(os.listdir(assets)) if os.path.isdir(assets) else []
-    if len(files) != 1:
-        raise ValueError(f"{path}: expected one vocabulary asset, found {len(files)} ({', '.join(files)})")
-    return _digest(_float_arrays(list(variables)), read_vocabulary(os.path.join(assets, files[0])))
 
 
 def document_digest(doc_id, text):
@@ -82,17 +57,6 @@ def corpus_fingerprint(documents):
 
 def fingerprint_hex(total):
     return f"{total:064x}"
-
-
-def encoder_document_fingerprint(encoder):
-    """The document tower's fingerprint of anything `evaluate` takes: a DualEncoder, or an export
-    (`ExportedEncoder`: the fingerprint its manifest records, else computed from its document encoder)."""
-    if hasattr(encoder, "document_tower"):
-        return tower_fingerprint(encoder.document_tower)
-    recorded = ((getattr(encoder, "manifest", None) or {}).get("provenance") or {}).get("document_encoder")
-    if recorded:
-        return recorded
-    return saved_model_fingerprint(encoder.paths["document_encoder"])
 
 
 def short(fingerprint):

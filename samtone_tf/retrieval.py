@@ -9,8 +9,9 @@ from __future__ import annotations
 import time
 
 from samtone_tf import metrics
-from samtone_tf.index import ExactIndex
-from samtone_tf.provenance import corpus_fingerprint, encoder_document_fingerprint, short
+from samtone_tf.index.search import ExactIndex
+from samtone_tf.model.fingerprint import encoder_document_fingerprint
+from samtone_tf.provenance import corpus_fingerprint, short
 
 DEFAULT_MEASURES = ("P@1", "MRR@10", "nDCG@10", "Recall@10", "Recall@100")
 

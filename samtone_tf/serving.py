@@ -36,11 +36,13 @@ import numpy as np
 import tensorflow as tf
 
 from samtone_tf.atomic import atomic_write_text, readable_mode
+from samtone_tf.index.partitioned import partitioned_top_k
 from samtone_tf.locations import is_inside
+from samtone_tf.model.fingerprint import saved_model_fingerprint, tower_fingerprint
 from samtone_tf.ownership import claim, require_owned
-from samtone_tf.provenance import corpus_fingerprint, saved_model_fingerprint, short, tower_fingerprint
-from samtone_tf.run_dir import RunLock
-from samtone_tf.partitioned import partitioned_top_k
+from samtone_tf.provenance import corpus_fingerprint, short
+from samtone_tf.training.run_dir import RunLock
+from samtone_tf.version import __version__
 
 ENCODERS = ("query_encoder", "document_encoder")
 RETRIEVER = "retriever"
@@ -108,7 +110,7 @@ class RetrieverModule(_TowerModule):
 
 
 class PartitionedRetrieverModule(_TowerModule):
-    """Query text -> top-k document ids and scores by partitioned search (`samtone_tf.partitioned`): the
+    """Query text -> top-k document ids and scores by partitioned search (`samtone_tf.index.partitioned`): the
     `probes` nearest k-means partitions searched exactly, in TensorFlow ops only (TF Serving runs it)."""
 
     def __init__(self, query_tower, partitions, doc_ids, probes, k):
@@ -152,7 +154,7 @@ def save_partitioned_retriever(query_tower, partitions, doc_ids, probes, k, dire
 
 def save_index(embeddings, doc_ids, k, directory, index=None):
     """The ScaNN index of `embeddings` (or the prebuilt, e.g. tuned, `index` of them) and its TF-ops searcher."""
-    from samtone_tf.index import ScannIndex
+    from samtone_tf.index.search import ScannIndex
 
     directory = Path(directory)
     directory.mkdir(exist_ok=True)
@@ -251,7 +253,7 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
 
     `corpus` (RetrievalData or None) adds a retriever and a ScaNN index of its documents; with
     `target_recall` the index is the fastest reaching recall@k >= target_recall on the corpus's queries
-    (or, without queries, documents standing in for them): `samtone_tf.index_tuning.tune_scann`.
+    (or, without queries, documents standing in for them): `samtone_tf.index.tuning.tune_scann`.
     `retriever` "partitioned" makes the retriever SavedModel search k-means partitions instead of every
     document, in the partitioning (of those `index_tuning.tune_partitions` tries) that is fastest at
     `target_recall` (default 0.95) on those queries, probing the fewest partitions that reach it.
@@ -307,7 +309,7 @@ def _export_locked(model, out, version, corpus, k, overwrite, training_config, m
                                                     batch_size=batch_size, verbose=verbose)
             queries = excluded = None
             if target_recall is not None or retriever == "partitioned":
-                from samtone_tf.index_tuning import tuning_queries
+                from samtone_tf.index.tuning import tuning_queries
 
                 real = (model.encode_queries(list(corpus.queries.values()), batch_size=batch_size, verbose=verbose)
                         if corpus.queries else None)
@@ -322,7 +324,7 @@ def _export_locked(model, out, version, corpus, k, overwrite, training_config, m
             say(f"wrote {RETRIEVER} version {version} ({retriever})")
             tuned = prebuilt_index
             if target_recall is not None and prebuilt_index is None:
-                from samtone_tf.index_tuning import tune_scann
+                from samtone_tf.index.tuning import tune_scann
 
                 tuned = tune_scann(embeddings, doc_ids, queries, target_recall, k=k, excluded_rows=excluded, say=say)
             save_index(embeddings, doc_ids, k, staging / INDEX, index=tuned)
@@ -358,7 +360,7 @@ def _export_locked(model, out, version, corpus, k, overwrite, training_config, m
 def _save_partitioned(query_tower, embeddings, doc_ids, k, queries, excluded, target_recall, directory, say):
     """The partitioned retriever: the fastest partitioning (`index_tuning.tune_partitions`) reaching
     `target_recall` on `queries`, probing the fewest partitions that do. -> what the manifest records of it."""
-    from samtone_tf.index_tuning import exact_rows, tune_partitions
+    from samtone_tf.index.tuning import exact_rows, tune_partitions
 
     depth = min(k, len(doc_ids) - int((excluded >= 0).any()))
     truth = exact_rows(embeddings, np.arange(len(doc_ids)), queries, depth, excluded)
@@ -369,11 +371,9 @@ def _save_partitioned(query_tower, embeddings, doc_ids, k, queries, excluded, ta
 
 
 def _manifest(model, version, earlier_versions, training_config, metrics):
-    import samtone_tf
-
     dimension = model.query_tower.output_dim
     return {
-        "samtone_tf_version": samtone_tf.__version__,
+        "samtone_tf_version": __version__,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "version": version,
         "versions": sorted(set(earlier_versions) | {version}),

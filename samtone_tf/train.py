@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-import samtone_tf  # noqa: I001  (first: it sets TensorFlow's environment before TensorFlow loads)
-
 from samtone_tf.cli import (HelpFormatter, add_verbose, command_errors, fail, non_negative_float, non_negative_int,
                             positive_float, positive_int, quiet_native_logs)
-from samtone_tf.run_dir import RunLockedError
-from samtone_tf.training import DEFAULT_DATASET, TrainConfig
+from samtone_tf.options import ARCHITECTURES, OPTIMIZERS, POOLINGS, PRECISIONS, SAME_TOWER_SIDES, STRATEGIES
+from samtone_tf.training.config import DEFAULT_DATASET, TrainConfig
+from samtone_tf.training.run_dir import RunLockedError
 from samtone_tf.training_run import DEFAULT_EVALUATION, negatives_per_query, run_training  # noqa: F401
+from samtone_tf.version import __version__
 
 
 def build_parser():
@@ -59,17 +59,17 @@ def build_parser():
                             "checkpoint's vocab.txt)")
     model.add_argument("--num_layers", type=positive_int, default=None,
                        help="keep only the first N transformer layers of the checkpoint (default: all)")
-    model.add_argument("--architecture", default="sde", choices=("sde", "ade", "ade_spl", "ade_ste", "ade_fte"),
+    model.add_argument("--architecture", default="sde", choices=ARCHITECTURES,
                        help="sde: one tower; ade: two; ade_spl: shared projection; ade_ste: shared token "
                             "embeddings; ade_fte: frozen token embeddings")
     model.add_argument("--projection_dim", type=positive_int, default=None,
                        help="projection after pooling (ade_spl defaults it to the backbone width)")
-    model.add_argument("--pooling", default=None, choices=("mean", "cls"), help="default: the checkpoint's")
+    model.add_argument("--pooling", default=None, choices=POOLINGS, help="default: the checkpoint's")
     model.add_argument("--query_max_length", type=positive_int, default=32, help="query tokens kept")
     model.add_argument("--document_max_length", type=positive_int, default=64, help="document tokens kept")
 
     loss = parser.add_argument_group("loss")
-    loss.add_argument("--same_tower", default="query", choices=("none", "query", "document", "both"),
+    loss.add_argument("--same_tower", default="query", choices=SAME_TOWER_SIDES,
                       help="SamToNe: which tower's other members join the negatives ('none': standard loss)")
     loss.add_argument("--bidirectional", action="store_true", help="add the document->query softmax")
     loss.add_argument("--temperature", type=positive_float, default=0.05, help="softmax temperature")
@@ -91,7 +91,7 @@ def build_parser():
                                    "to its longest row (the same embeddings and gradients; fewer token positions on "
                                    "mixed lengths, a fixed cost per group: at small per-replica batches of similar "
                                    "lengths fewer may be faster, depending on the CPU); 1: the batch whole")
-    optimization.add_argument("--mixed_precision", default="none", choices=("none", "bf16", "fp16"),
+    optimization.add_argument("--mixed_precision", default="none", choices=PRECISIONS,
                               help="bf16: TPUs, recent GPUs (Ampere+), CPUs with AVX-512 BF16 or AMX (elsewhere it is "
                                    "emulated and slow; a warning says so); fp16: GPUs, with dynamic loss scaling. "
                                    "Variables, checkpoints, the loss and exported embeddings stay float32")
@@ -101,7 +101,7 @@ def build_parser():
                                    "device and on TPUs; under --strategy mirrored or multi_worker the towers' networks, "
                                    "forward and backward (the loss's cross-replica gathers stay outside XLA)")
     optimization.add_argument("--steps", type=positive_int, default=50, help="training steps")
-    optimization.add_argument("--optimizer", default="adamw", choices=("adamw", "adafactor"), help="the optimizer")
+    optimization.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS, help="the optimizer")
     optimization.add_argument("--learning_rate", type=positive_float, default=3e-5, help="peak learning rate")
     optimization.add_argument("--warmup_steps", type=non_negative_int, default=None, help="default: 10%% of --steps")
     optimization.add_argument("--weight_decay", type=non_negative_float, default=0.01, help="AdamW only")
@@ -109,7 +109,7 @@ def build_parser():
                               help="fixes the data order and the initialisation of new weights")
 
     run = parser.add_argument_group("run")
-    run.add_argument("--strategy", default="default", choices=("default", "mirrored", "multi_worker", "tpu"),
+    run.add_argument("--strategy", default="default", choices=STRATEGIES,
                      help="tf.distribute strategy")
     run.add_argument("--cpu_replicas", type=positive_int, default=None,
                      help="split the CPU into N logical devices (mirrored strategy without GPUs)")
@@ -140,7 +140,7 @@ def resolve_config(args):
             and values["first_train_pairs"] is None:
         # The embedded default: segmenting all of SQuAD train takes ~100 s, longer than its 50 steps need.
         values["first_train_pairs"] = values["steps"] * values["batch_size"]
-    values["samtone_tf_version"] = samtone_tf.__version__
+    values["samtone_tf_version"] = __version__
     return TrainConfig.from_dict(values)
 
 

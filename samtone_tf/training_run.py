@@ -18,19 +18,19 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from samtone_tf import distributed
 from samtone_tf.atomic import atomic_write_text
 from samtone_tf.data.datasets import load_evaluation, load_training_pairs
 from samtone_tf.data.pipeline import (SHUFFLE_BUFFER, distributed_training_dataset, per_replica_element_spec,
                                       raise_input_error)
-from samtone_tf.encoding import EncodingStopped, stop_encoding_when
-from samtone_tf.models import build_model
-from samtone_tf.retrieval import evaluate_encoder
+from samtone_tf.encoding import EncodingStopped, LENGTH_BUCKET, stop_encoding_when
+from samtone_tf.model.builder import build_model
 from samtone_tf.ownership import claim
-from samtone_tf.run_dir import RunLock, check_resumable, checkpoint_candidates, read_jsonl_records, restore_latest
+from samtone_tf.retrieval import evaluate_encoder
 from samtone_tf.serving import export
-from samtone_tf.training import (DEFAULT_DATASET, LENGTH_BUCKET, all_finite, compile_for_training, make_train_step,
-                                 precision_policy)
+from samtone_tf.training import distributed
+from samtone_tf.training.run_dir import (RunLock, check_resumable, checkpoint_candidates, read_jsonl_records,
+                                         restore_latest)
+from samtone_tf.training.step import all_finite, compile_for_training, make_train_step, precision_policy
 
 DEFAULT_EVALUATION = ("reqa:squad2-dev-sample/dev-v2.0-sample.json", "wikiqa")
 EVALUATION_LABELS = {

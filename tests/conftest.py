@@ -54,7 +54,7 @@ def tiny_vocabulary(tmp_path):
 @pytest.fixture
 def tiny_model_dir(tmp_path):
     """A training model_dir holding a tiny ADE dual encoder's model.keras (as `train` leaves it)."""
-    from samtone_tf.towers import tiny_dual_encoder
+    from samtone_tf.model.towers import tiny_dual_encoder
 
     directory = tmp_path / "run"
     directory.mkdir()

@@ -65,7 +65,7 @@ def assert_dropout_replayed(model, x, output):
     first call's exactly, while a call without the restore differs (so dropout is on and the check can fail)."""
     import numpy as np
 
-    from samtone_tf.training import seed_states
+    from samtone_tf.training.gradient_cache import seed_states
 
     seeds = seed_states(model)
     snapshot = [tf.identity(v.value) for v in seeds]

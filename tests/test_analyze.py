@@ -7,7 +7,7 @@ import pytest
 
 from samtone_tf.analysis import similarity_statistics
 from samtone_tf.analyze import main
-from samtone_tf.towers import tiny_dual_encoder
+from samtone_tf.model.towers import tiny_dual_encoder
 from tests.helpers import TINY_VOCABULARY
 
 

@@ -13,9 +13,10 @@ import tensorflow as tf
 
 from samtone_tf import serving
 from samtone_tf.embedding_shards import example_bytes, write_manifest
-from samtone_tf.provenance import document_digest, tower_fingerprint
-from samtone_tf.run_dir import RunLock
-from samtone_tf.towers import tiny_dual_encoder
+from samtone_tf.model.fingerprint import tower_fingerprint
+from samtone_tf.model.towers import tiny_dual_encoder
+from samtone_tf.provenance import document_digest
+from samtone_tf.training.run_dir import RunLock
 from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY, WORDS
 
 pytestmark = pytest.mark.slow

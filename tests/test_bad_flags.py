@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from samtone_tf.towers import tiny_dual_encoder
+from samtone_tf.model.towers import tiny_dual_encoder
 from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY
 
 

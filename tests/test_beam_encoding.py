@@ -37,8 +37,8 @@ def read_shards(directory):
 
 @pytest.fixture(scope="module")
 def model_and_export(tmp_path_factory):
+    from samtone_tf.model.towers import tiny_dual_encoder
     from samtone_tf.serving import export
-    from samtone_tf.towers import tiny_dual_encoder
 
     model = tiny_dual_encoder(TINY_VOCABULARY, "ade")
     out = tmp_path_factory.mktemp("beam") / "export"
@@ -165,7 +165,7 @@ def test_a_second_run_refuses_unless_overwrite_and_a_failed_overwrite_keeps_the_
 @pytest.mark.parametrize("kind", ["exact", "scann"])
 def test_index_from_shards_answers_like_one_from_in_process_embeddings(encoded, model_and_export, medline,
                                                                        tmp_path, kind):
-    from samtone_tf.index import ExactIndex, ScannIndex, load_index
+    from samtone_tf.index.search import ExactIndex, ScannIndex, load_index
 
     model, _ = model_and_export
     result = run_command("samtone_tf.index", "build", "--embeddings", str(encoded), "--out", str(tmp_path / "index"),
@@ -239,8 +239,8 @@ def test_damaged_shards_are_refused_by_their_checksum(encoded, tmp_path):
 def test_an_index_of_another_model_is_refused(encoded, shared_data, tmp_path):
     from samtone_tf.evaluate import evaluate
     from samtone_tf.index.__main__ import build_index
+    from samtone_tf.model.towers import tiny_dual_encoder
     from samtone_tf.serving import export
-    from samtone_tf.towers import tiny_dual_encoder
 
     other = tmp_path / "other-export"
     export(tiny_dual_encoder(TINY_VOCABULARY, "ade", seed=7), other, verbose=False)
@@ -254,7 +254,7 @@ def test_an_index_of_another_model_is_refused(encoded, shared_data, tmp_path):
 
 def test_export_with_a_prebuilt_index_serves_it_without_encoding_the_corpus(encoded, model_and_export, medline,
                                                                             shared_data, tmp_path):
-    from samtone_tf.index import ScannIndex
+    from samtone_tf.index.search import ScannIndex
     from samtone_tf.serving import run_like_tf_serving
 
     model, _ = model_and_export
@@ -303,8 +303,8 @@ def test_index_build_to_a_recall_target_records_its_choice(tmp_path):
     import tensorflow as tf
 
     from samtone_tf.embedding_shards import example_bytes, write_manifest
-    from samtone_tf.index import ScannIndex
     from samtone_tf.index.__main__ import build_index
+    from samtone_tf.index.search import ScannIndex
 
     rng = np.random.default_rng(3)
     centers = rng.normal(size=(300, 32))
@@ -378,8 +378,8 @@ def test_the_same_command_after_a_kill_keeps_the_complete_shards_and_encodes_onl
     # Another model is no resume: refused, the unfinished run kept.
     (out / "manifest.json").unlink()
     other = tmp_path / "other-export"
+    from samtone_tf.model.towers import tiny_dual_encoder
     from samtone_tf.serving import export
-    from samtone_tf.towers import tiny_dual_encoder
 
     export(tiny_dual_encoder(TINY_VOCABULARY, "ade", seed=5), other, verbose=False)
     assert main(["--model", str(other), "--corpus", CORPUS, "--out", str(out), "--data_dir", str(shared_data)]) == 2

@@ -12,7 +12,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from samtone_tf.run_dir import RunLock, RunLockedError, read_jsonl_records
+from samtone_tf.training.run_dir import RunLock, RunLockedError, read_jsonl_records
 from tests.helpers import REPOSITORY_ROOT, stop_signals_as_in_a_terminal
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from samtone_tf.encoding import EncodingStopped, encode_in_batches, stop_encoding_when
-from samtone_tf.towers import tiny_dual_encoder
+from samtone_tf.model.towers import tiny_dual_encoder
 from tests.helpers import TINY_VOCABULARY, WORDS
 
 

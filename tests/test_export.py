@@ -13,11 +13,10 @@ import tensorflow as tf
 
 from samtone_tf.data.datasets import load_evaluation
 from samtone_tf.data.records import RetrievalData
-from samtone_tf.serving import ExportedEncoder
-from samtone_tf.serving import export, saved_model_op_types
-from samtone_tf.index import ExactIndex
+from samtone_tf.index.search import ExactIndex
+from samtone_tf.model.towers import tiny_dual_encoder
 from samtone_tf.retrieval import evaluate_encoder
-from samtone_tf.towers import tiny_dual_encoder
+from samtone_tf.serving import ExportedEncoder, export, saved_model_op_types
 from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY
 
 TEXTS = ["who sat on the mat", "The Normans were in Normandy.", "", "a dog, a cat; é ü", "x " * 200]
@@ -201,7 +200,7 @@ def test_exporting_over_a_version_refuses_unless_overwrite(model_dir, tmp_path):
 
 
 def test_export_builds_its_index_to_a_recall_target(model_dir, tmp_path, shared_data):
-    from samtone_tf.index import ScannIndex
+    from samtone_tf.index.search import ScannIndex
 
     out = tmp_path / "out"
     result = subprocess.run(export_command(model_dir, out, "--corpus", "beir:scifact", "--data_dir", str(shared_data),

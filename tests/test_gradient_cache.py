@@ -6,9 +6,11 @@ import pytest
 import tensorflow as tf
 
 from samtone_tf.data.pipeline import distributed_training_dataset, per_replica_element_spec, training_dataset
-from samtone_tf.towers import ARCHITECTURES, tiny_dual_encoder
-from samtone_tf.training import (TrainConfig, compile_for_training, gradient_cached_gradients, make_train_step,
-                                 split_batch)
+from samtone_tf.model.towers import tiny_dual_encoder
+from samtone_tf.options import ARCHITECTURES
+from samtone_tf.training.config import TrainConfig
+from samtone_tf.training.gradient_cache import gradient_cached_gradients
+from samtone_tf.training.step import compile_for_training, make_train_step, split_batch
 from tests.helpers import TINY_VOCABULARY, assert_dropout_replayed, mirrored_strategy, varied_length_pairs
 
 CONFIG = TrainConfig(model="tiny", batch_size=8, hard_negatives=2, steps=10, learning_rate=1e-3,
@@ -48,7 +50,7 @@ def assert_same(got, want):
 
 @pytest.mark.parametrize("chunk", [1, 3, 8, 16])
 def test_cached_loss_and_gradients_equal_uncached(chunk):
-    from samtone_tf.training import _length_orders
+    from samtone_tf.training.gradient_cache import _length_orders
 
     global CURRENT_VARIABLES
     model, batch = model_and_batch()
@@ -149,7 +151,7 @@ def test_the_command_with_gradient_caching_on_two_workers_trains_like_one_uncach
 
 def test_the_cached_step_cuts_sorted_chunks_to_their_longest_row_and_turns_the_towers_groups_off():
     from samtone_tf.encoding import encode_in_length_groups, whole_batches
-    from samtone_tf.training import _cut_to_longest, _in_order, _length_orders, _order_of
+    from samtone_tf.training.gradient_cache import _cut_to_longest, _in_order, _length_orders, _order_of
 
     document_lengths, query_lengths = [3, 9, 1, 6, 7, 2], [2, 2, 5, 1, 3, 4]
     x = {"document_token_ids": tf.ones([6, 12], tf.int32),

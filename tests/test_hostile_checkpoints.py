@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from samtone_tf.torch_checkpoint import read_pytorch_state_dict
+from samtone_tf.model.torch_checkpoint import read_pytorch_state_dict
 from tests.helpers import REPOSITORY_ROOT
 
 TINY_BERT = REPOSITORY_ROOT / "tests" / "fixtures" / "tiny-bert" / "pytorch_model.bin"

@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
-from samtone_tf.index import ScannIndex
+from samtone_tf.index.search import ScannIndex
 
 
 class _Payload:

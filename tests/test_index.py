@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from samtone_tf.index import ExactIndex, ScannIndex, scann_defaults
+from samtone_tf.index.search import ExactIndex, ScannIndex, scann_defaults
 
 
 def unit(x):
@@ -73,7 +73,7 @@ def test_scann_recall_at_10_on_100k_clustered_vectors(tmp_path):
 
 def test_scann_on_real_corpus_embeddings(shared_data, default_checkpoint):
     from samtone_tf.data.datasets import load_evaluation
-    from samtone_tf.pretrained import dual_encoder_from_checkpoint
+    from samtone_tf.model.pretrained import dual_encoder_from_checkpoint
 
     data = load_evaluation("beir:cranfield", "test", shared_data)
     model = dual_encoder_from_checkpoint(default_checkpoint, architecture="sde", document_max_length=64,

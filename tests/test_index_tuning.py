@@ -4,8 +4,8 @@ fastest that reaches it among those tried, it survives save/load, and documents 
 import numpy as np
 import pytest
 
-from samtone_tf.index import ExactIndex, ScannIndex
-from samtone_tf.index_tuning import recall_at_k, tune_scann, tune_scann_for_targets, tuning_queries
+from samtone_tf.index.search import ExactIndex, ScannIndex
+from samtone_tf.index.tuning import recall_at_k, tune_scann, tune_scann_for_targets, tuning_queries
 from tests.test_index import clustered, unit
 
 TOLERANCE = 0.03  # recall on unseen queries may fall this far below the target (sampling noise over ~300 queries)
@@ -71,7 +71,7 @@ def test_several_targets_share_one_walk_and_each_gets_the_fastest_that_reaches_i
 
 
 def test_an_unreachable_target_keeps_the_highest_recall_and_says_so(clustered_corpus, monkeypatch):
-    import samtone_tf.index_tuning as tuning_module
+    import samtone_tf.index.tuning as tuning_module
 
     corpus, ids, tuning, _ = clustered_corpus
     monkeypatch.setattr(tuning_module, "LEAF_FRACTIONS", (0.005, 0.01))  # a grid too small for the target

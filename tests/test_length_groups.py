@@ -8,9 +8,10 @@ import tensorflow as tf
 from samtone_tf.data.pipeline import training_dataset
 from samtone_tf.data.records import TrainingPair
 from samtone_tf.encoding import encode_in_length_groups, length_group_bounds
-from samtone_tf.towers import tiny_dual_encoder
-from samtone_tf.training import (TrainConfig, compile_for_training, gradient_cached_gradients, make_train_step,
-                                 split_batch)
+from samtone_tf.model.towers import tiny_dual_encoder
+from samtone_tf.training.config import TrainConfig
+from samtone_tf.training.gradient_cache import gradient_cached_gradients
+from samtone_tf.training.step import compile_for_training, make_train_step, split_batch
 from tests.helpers import TINY_VOCABULARY, WORDS, assert_dropout_replayed
 
 CONFIG = TrainConfig(model="tiny", batch_size=8, hard_negatives=1, steps=10, learning_rate=1e-3,

@@ -10,7 +10,7 @@ import pytest
 
 from samtone_tf.data.flagembedding import flagembedding_training_pairs
 from samtone_tf.data.records import RetrievalData
-from samtone_tf.index import ScannIndex
+from samtone_tf.index.search import ScannIndex
 from samtone_tf.mining import MiningOptions, mine_hard_negatives
 from tests.helpers import REPOSITORY_ROOT
 from tests.test_data_validation import write_beir

@@ -8,9 +8,10 @@ import sys
 import numpy as np
 import pytest
 
+from samtone_tf.model.towers import tiny_dual_encoder
 from samtone_tf.models import load_encoder, load_keras_file, load_trained_model
-from samtone_tf.towers import tiny_dual_encoder
-from samtone_tf.training import TrainConfig, compile_for_training
+from samtone_tf.training.config import TrainConfig
+from samtone_tf.training.step import compile_for_training
 from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY
 
 TEXTS = ["who wrote hamlet", "Hamlet is a tragedy by Shakespeare."]

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 import keras
 
-from samtone_tf import optimizers
+from samtone_tf.training import optimizers
 
 TABLE = np.random.default_rng(0).normal(size=(6, 3))
 INDICES = np.array([1, 4, 1, 1, 0])  # row 1 three times

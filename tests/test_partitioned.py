@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from samtone_tf.index import ExactIndex
-from samtone_tf.index_tuning import tune_partitions
-from samtone_tf.partitioned import (PartitionedIndex, build_partitions, default_partition_count, partition_counts,
-                                   partitioned_top_k, probes_holding_k, tune_probes)
+from samtone_tf.index.partitioned import (PartitionedIndex, build_partitions, default_partition_count, partition_counts,
+                                          partitioned_top_k, probes_holding_k, tune_probes)
+from samtone_tf.index.search import ExactIndex
+from samtone_tf.index.tuning import tune_partitions
 from samtone_tf.serving import run_like_tf_serving, run_tf2
 from tests.helpers import REPOSITORY_ROOT
 from tests.test_index import clustered, unit

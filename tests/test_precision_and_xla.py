@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from samtone_tf import training
 from samtone_tf.data.pipeline import training_dataset
+from samtone_tf.encoding import LENGTH_BUCKET
+from samtone_tf.model.towers import tiny_dual_encoder
 from samtone_tf.serving import export, run_like_tf_serving
-from samtone_tf.towers import tiny_dual_encoder
-from samtone_tf.training import TrainConfig, compile_for_training, make_train_step, precision_policy
+from samtone_tf.training import step as step_module
+from samtone_tf.training.config import TrainConfig
+from samtone_tf.training.step import compile_for_training, make_train_step, precision_policy
 from tests.helpers import TINY_VOCABULARY, mirrored_strategy
 from tests.test_training import pairs
 
@@ -62,7 +64,7 @@ def test_mixed_precision_steps_match_float32_and_train(precision, tolerance):
 def test_the_compiled_step_equals_the_eager_step(gradient_cache_chunk):
     results = []
     for jit in (False, True):
-        model, dataset = build("none", length_bucket=training.LENGTH_BUCKET)
+        model, dataset = build("none", length_bucket=LENGTH_BUCKET)
         step = make_train_step(tf.distribute.get_strategy(), model, gradient_cache_chunk, jit_compile=jit)
         losses = [step(b) for b, _ in zip(dataset, range(4))]
         results.append((losses, [w.numpy() for w in model.trainable_weights], step.compilations()))
@@ -74,12 +76,12 @@ def test_the_compiled_step_equals_the_eager_step(gradient_cache_chunk):
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch):
-    monkeypatch.setattr(training, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(step_module, "_cpu_has_bf16", lambda: False)
     try:
         assert "emulated" in precision_policy("bf16")
     finally:
         precision_policy("none")
-    monkeypatch.setattr(training, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(step_module, "_cpu_has_bf16", lambda: True)
     try:
         assert precision_policy("bf16") is None
     finally:
@@ -91,7 +93,7 @@ def test_under_two_replicas_the_compiled_towers_step_equals_the_eager_step():
     for jit in (False, True):
         strategy = mirrored_strategy(2)
         with strategy.scope():
-            model, dataset = build("none", length_bucket=training.LENGTH_BUCKET)
+            model, dataset = build("none", length_bucket=LENGTH_BUCKET)
         # Static per-replica shapes: each global batch of 8 split into 2 × 4.
         dataset = strategy.experimental_distribute_dataset(dataset.unbatch().batch(8, drop_remainder=True))
         step = make_train_step(strategy, model, jit_compile=jit)

@@ -9,13 +9,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from samtone_tf.pretrained import (
-    dual_encoder_from_checkpoint,
-    load_backbone,
-    read_checkpoint,
-    read_pytorch_state_dict,
-    resolve_checkpoint,
-)
+from samtone_tf.model.pretrained import (dual_encoder_from_checkpoint, load_backbone, read_checkpoint,
+                                         read_pytorch_state_dict, resolve_checkpoint)
 from tests.helpers import FIXTURES, REPOSITORY_ROOT
 
 TINY_BERT = FIXTURES / "tiny-bert"
@@ -45,8 +40,8 @@ def test_pytorch_checkpoint_loads_without_pytorch():
     script = f"""
 import json, sys
 import numpy as np
-from samtone_tf.pretrained import read_checkpoint, load_backbone, load_tokenizer
-from samtone_tf.towers import EncoderTower
+from samtone_tf.model.pretrained import load_backbone, load_tokenizer, read_checkpoint
+from samtone_tf.model.towers import EncoderTower
 checkpoint = read_checkpoint({str(TINY_BERT)!r})
 assert checkpoint.weights_path.name == "pytorch_model.bin"
 tower = EncoderTower(load_tokenizer(checkpoint), load_backbone(checkpoint), normalize=False)

@@ -13,9 +13,10 @@ import tensorflow as tf
 
 from samtone_tf import serving
 from samtone_tf.data.records import RetrievalData
-from samtone_tf.provenance import tower_fingerprint
+from samtone_tf.model.fingerprint import tower_fingerprint
+from samtone_tf.model.towers import tiny_dual_encoder
+from samtone_tf.options import ARCHITECTURES
 from samtone_tf.serving import ExportedEncoder, check_export, export, run_like_tf_serving
-from samtone_tf.towers import ARCHITECTURES, tiny_dual_encoder
 from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY
 
 TEXTS = ["who sat on the mat", "The Normans were in Normandy.", "", "a dog, a cat; é ü", "x " * 200]
@@ -120,7 +121,7 @@ def test_two_versions_with_a_corpus_and_readable_by_others(tmp_path):
     assert provenance["document_tower"] == second["provenance"]["document_encoder"] == tower_fingerprint(
         model.document_tower)
     assert provenance == json.loads((out / "index" / "2" / "manifest.json").read_text())["provenance"]
-    from samtone_tf.index import ScannIndex
+    from samtone_tf.index.search import ScannIndex
 
     assert len(ScannIndex.load(out / "index" / "2")) == 40 and len(ScannIndex.load(out / "index" / "1")) == 30
 

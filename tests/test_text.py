@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from samtone_tf.text import WordPieceTokenizer
+from samtone_tf.model.text import WordPieceTokenizer
 
 
 def real_sentences(data_dir, limit_per_source=150):

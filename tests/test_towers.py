@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from samtone_tf import SamToNeLoss
-from samtone_tf.towers import ARCHITECTURES, DualEncoder, masked_mean, tiny_dual_encoder
+from samtone_tf.model.towers import DualEncoder, masked_mean, tiny_dual_encoder
+from samtone_tf.options import ARCHITECTURES
 from tests.helpers import mirrored_strategy
 
 QUERIES = ["who sat on the mat", "what is the dog", "where was the cat", "when did dogs sit"]

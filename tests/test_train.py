@@ -14,8 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from samtone_tf.run_dir import read_jsonl_records
 from samtone_tf.train import build_parser, negatives_per_query, resolve_config
+from samtone_tf.training.run_dir import read_jsonl_records
 from tests.helpers import (REPOSITORY_ROOT, CommandInBackground, free_ports, mirrored_strategy,
                            stop_signals_as_in_a_terminal)
 
@@ -267,7 +267,7 @@ def test_mirrored_run_over_two_cpu_replicas(tmp_path):
 def test_only_a_strategy_over_several_processes_counts_as_multi_worker():
     from types import SimpleNamespace
 
-    from samtone_tf.distributed import is_multi_worker
+    from samtone_tf.training.distributed import is_multi_worker
 
     assert not is_multi_worker(tf.distribute.get_strategy())
     assert not is_multi_worker(mirrored_strategy(2))

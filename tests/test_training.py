@@ -13,8 +13,9 @@ import tensorflow as tf
 
 from samtone_tf.data.pipeline import training_dataset
 from samtone_tf.data.records import TrainingPair
-from samtone_tf.towers import tiny_dual_encoder
-from samtone_tf.training import TrainConfig, compile_for_training, make_train_step, split_batch
+from samtone_tf.model.towers import tiny_dual_encoder
+from samtone_tf.training.config import TrainConfig
+from samtone_tf.training.step import compile_for_training, make_train_step, split_batch
 from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY, WORDS, free_ports, mirrored_strategy
 from tests.varied_length_training import train_on_varied_lengths
 

@@ -11,8 +11,9 @@ import numpy as np
 import tensorflow as tf
 
 from samtone_tf.data.pipeline import distributed_training_dataset, per_replica_element_spec
-from samtone_tf.towers import tiny_dual_encoder
-from samtone_tf.training import TrainConfig, compile_for_training, make_train_step
+from samtone_tf.model.towers import tiny_dual_encoder
+from samtone_tf.training.config import TrainConfig
+from samtone_tf.training.step import compile_for_training, make_train_step
 from tests.helpers import TINY_VOCABULARY, varied_length_pairs
 
 

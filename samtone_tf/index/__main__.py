@@ -19,9 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-import samtone_tf  # noqa: F401,I001  (first: it sets TensorFlow's environment before TensorFlow loads)
-
 from samtone_tf.cli import HelpFormatter, add_verbose, command_errors, fail, positive_int, quiet_native_logs
+from samtone_tf.options import SEARCH_INDEXES
 
 
 def build_parser():
@@ -31,7 +30,7 @@ def build_parser():
     build = commands.add_parser("build", help="an index from embedding shards", formatter_class=HelpFormatter)
     build.add_argument("--embeddings", required=True, help="a directory written by python -m samtone_tf.encode")
     build.add_argument("--out", required=True, help="the index directory to write")
-    build.add_argument("--kind", choices=("scann", "exact"), default="scann", help="search")
+    build.add_argument("--kind", choices=SEARCH_INDEXES, default="scann", help="search")
     build.add_argument("--k", type=positive_int, default=100,
                        help="neighbours a ScaNN search returns by default, and the k of --target_recall")
     build.add_argument("--target_recall", type=float, default=None,
@@ -47,7 +46,7 @@ def build_index(embeddings_dir, out, kind="scann", k=100, overwrite=False, targe
     With `target_recall` (ScaNN only) the index is `index_tuning.tune_scann`'s choice at recall@k."""
     from samtone_tf.atomic import atomic_directory
     from samtone_tf.embedding_shards import load_embeddings, read_manifest
-    from samtone_tf.index import ExactIndex
+    from samtone_tf.index.search import ExactIndex
     from samtone_tf.ownership import check_ours, refuse_input_as_output, write_marker
 
     if target_recall is not None and (kind != "scann" or not 0.0 < target_recall <= 1.0):
@@ -68,7 +67,7 @@ def build_index(embeddings_dir, out, kind="scann", k=100, overwrite=False, targe
 
             tuned = None
             if target_recall is not None:
-                from samtone_tf.index_tuning import tune_scann, tuning_queries
+                from samtone_tf.index.tuning import tune_scann, tuning_queries
 
                 queries, excluded = tuning_queries(None, embeddings)
                 tuned = tune_scann(embeddings, doc_ids, queries, target_recall, k=k, excluded_rows=excluded, say=say)

@@ -20,10 +20,9 @@ import tensorflow as tf
 
 from samtone_tf.encoding import encode_texts, tower_network
 from samtone_tf.keras_loss import SamToNeLossMixin
-from samtone_tf.text import WordPieceTokenizer
+from samtone_tf.model.text import WordPieceTokenizer
+from samtone_tf.options import ARCHITECTURES, POOLINGS
 
-ARCHITECTURES = ("sde", "ade", "ade_spl", "ade_ste", "ade_fte")
-POOLINGS = ("mean", "cls")
 
 
 def masked_mean(sequence, mask):
@@ -251,8 +250,8 @@ class DualEncoder(SamToNeLossMixin, keras.Model):
             batch, count = tf.shape(negatives)[0], tf.shape(negatives)[1]
             flat = self.document_tower(tf.reshape(negatives, [-1]), training=training)
             outputs["hard_negatives"] = tf.reshape(flat, [batch, count, flat.shape[-1]])
-        if self.learnable_temperature:
-            outputs["temperature"] = self.current_temperature()
+        # The model is the one holder of the temperature (fixed or learnt): the loss it is compiled with reads it here.
+        outputs["temperature"] = self.current_temperature()
         return outputs
 
     def _encode_side(self, tower, inputs, key, training):
@@ -379,7 +378,7 @@ def tiny_dual_encoder(vocabulary, architecture="ade", seed=0, dropout=0.1, **opt
     """
     import keras_hub
 
-    from samtone_tf.text import read_vocabulary
+    from samtone_tf.model.text import read_vocabulary
 
     tokens = read_vocabulary(vocabulary) if isinstance(vocabulary, (str, bytes)) or hasattr(
         vocabulary, "__fspath__"

@@ -16,11 +16,11 @@ from apache_beam.metrics import Metrics
 import tensorflow as tf
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
-from samtone_tf.beam_corpus import ReadCorpus
-from samtone_tf.provenance import document_digest
-from samtone_tf.encoding import encode_in_batches
+from samtone_tf.beam.corpus import ReadCorpus
 from samtone_tf.embedding_shards import (DEAD_LETTER_PREFIX, DEAD_LETTER_SUFFIX, example_bytes, shard_file,
                                          write_completion)
+from samtone_tf.encoding import encode_in_batches
+from samtone_tf.provenance import document_digest
 
 
 class SavedModelTextEncoder(ModelHandler):

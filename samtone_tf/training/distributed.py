@@ -10,8 +10,8 @@ import json
 import os
 
 import tensorflow as tf
+from samtone_tf.options import STRATEGIES
 
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
 def make_strategy(name="default", cpu_replicas=None, tpu=None):

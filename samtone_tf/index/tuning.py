@@ -12,7 +12,7 @@ Build time is bounded: at most `max_builds` trees (each a k-means of ScaNN's 12 
 walked from the cheapest setting upwards, stopping for each tree and depth at the first setting that reaches
 the target, so at most `len(LEAF_FRACTIONS) x len(REORDER_DEPTHS)` searches of the tuning queries per tree.
 
-`tune_partitions` does the same for the partitioned TF retriever (`samtone_tf.partitioned`): a few partition
+`tune_partitions` does the same for the partitioned TF retriever (`samtone_tf.index.partitioned`): a few partition
 counts, each with its fewest probes reaching the target, the fastest kept.
 """
 
@@ -23,10 +23,11 @@ import time
 
 import numpy as np
 
-from samtone_tf.index import SCANN_BRUTE_FORCE_BELOW, ExactIndex, ScannIndex, scann_defaults, scann_training_sample
+from samtone_tf.index.partitioned import (build_partitions, excluded_rows_and_extra, partition_counts, row_index,
+                                          tune_probes)
+from samtone_tf.index.search import (ExactIndex, SCANN_BRUTE_FORCE_BELOW, ScannIndex, scann_defaults,
+                                     scann_training_sample)
 from samtone_tf.metrics import recall_at_k
-from samtone_tf.partitioned import (build_partitions, excluded_rows_and_extra, partition_counts, row_index,
-                                    tune_probes)
 
 # Of the tree's leaves, searched per query: steps of about sqrt(2) (doubling skipped the fastest setting at 1M,
 # between 10 and 20 of 1,000 leaves), down to 0.2% for trees of 4 sqrt(N) leaves.

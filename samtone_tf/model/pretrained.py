@@ -16,8 +16,8 @@ import keras_hub
 import numpy as np
 
 from samtone_tf.locations import models_dir
-from samtone_tf.text import WordPieceTokenizer
-from samtone_tf.torch_checkpoint import read_pytorch_state_dict
+from samtone_tf.model.text import WordPieceTokenizer
+from samtone_tf.model.torch_checkpoint import read_pytorch_state_dict
 
 DEFAULT_CHECKPOINT = "all-MiniLM-L6-v2"
 SUPPORTED_MODEL_TYPES = ("bert",)
@@ -201,7 +201,7 @@ def dual_encoder_from_checkpoint(
     weights restored from a training checkpoint). Other keyword arguments go to `DualEncoder`
     (projection_dim, learnable_temperature, ...).
     """
-    from samtone_tf.towers import DualEncoder
+    from samtone_tf.model.towers import DualEncoder
 
     checkpoint = read_checkpoint(name_or_path, models_directory)
     dual_encoder_options.setdefault("pooling", checkpoint.pooling)
