@@ -62,7 +62,7 @@ def document_encoder_path(model, out, version=None):
     """(SavedModel directory of the document encoder, description for the manifest)."""
     import tensorflow as tf
 
-    from samtone_tf.serving import ENCODERS, MANIFEST, export_version, save_encoder
+    from samtone_tf.serving import ENCODERS, MANIFEST, export_version, exported_model_path, save_encoder
 
     model = str(model)
     in_a_bucket = "://" in model  # gs://..., read through tf.io.gfile
@@ -70,9 +70,7 @@ def document_encoder_path(model, out, version=None):
         # An export: its manifest names the version.
         model = model if in_a_bucket else os.path.abspath(model)
         version, _ = export_version(model, version)
-        path = tf.io.gfile.join(model, ENCODERS[1], str(version))
-        if not tf.io.gfile.exists(tf.io.gfile.join(path, "saved_model.pb")):
-            raise FileNotFoundError(f"{path}: the manifest names it but it holds no saved_model.pb")
+        path = exported_model_path(model, ENCODERS[1], version)
         return path, {"path": model, "version": version, "saved_model": path}
     from samtone_tf.models import load_encoder
 

@@ -1,7 +1,8 @@
 """Batched text -> embeddings: length-sorted batches, a progress bar, optional XLA for the network.
 
-Used by every consumer of a tower or an exported encoder: evaluation, export, analysis (and mining and the
-corpus-encoding pipeline to come). Knows nothing of models beyond "a callable on tf.string [b]".
+Used by every consumer of a tower or an exported encoder: evaluation, export, analysis, mining and the Beam
+corpus-encoding pipeline. Knows nothing of models beyond "a callable on tf.string [b]"; it also holds the one
+length-bucketing rule (`padded_to_bucket`) that XLA-compiled networks and the training pipeline share.
 """
 
 from __future__ import annotations
@@ -79,6 +80,17 @@ _INFERENCE_FUNCTIONS = weakref.WeakKeyDictionary()
 LENGTH_BUCKET = 32  # token lengths rounded up to a multiple of this when the network is compiled (XLA)
 
 
+def padded_to_bucket(tokens, tokenizer, bucket=LENGTH_BUCKET):
+    """The one length-bucketing rule: a tokenizer's output (token_ids [B, L], padding_mask [B, L]) padded to the
+    next multiple of `bucket`, at most the tokenizer's max length, so compiled networks see few distinct shapes.
+    -> (token_ids [B, L'], padding_mask [B, L'])."""
+    ids, mask = tokens["token_ids"], tokens["padding_mask"]
+    length = tf.shape(ids)[1]
+    target = tf.minimum((length + bucket - 1) // bucket * bucket, tokenizer.max_length)
+    extra = [[0, 0], [0, tf.maximum(target - length, 0)]]
+    return tf.pad(ids, extra, constant_values=tokenizer.pad_id), tf.pad(mask, extra, constant_values=False)
+
+
 def _compiled_encoder(tower, jit_compile=False):
     """One traced inference function per tower and mode, kept outside the layer's tracked state."""
     functions = _INFERENCE_FUNCTIONS.setdefault(tower, {})
@@ -93,15 +105,9 @@ def _compiled_encoder(tower, jit_compile=False):
             network = tf.function(
                 lambda ids, mask: tower.encode_tokens(ids, mask, training=False), jit_compile=True
             )
-            pad_id = tower.tokenizer.pad_id
 
             def encode(texts):
-                tokens = tokenize(texts)
-                ids, mask = tokens["token_ids"], tokens["padding_mask"]
-                length = ids.shape[1]
-                padded = min(-(-length // LENGTH_BUCKET) * LENGTH_BUCKET, tower.tokenizer.max_length)
-                extra = [[0, 0], [0, max(padded - length, 0)]]
-                return network(tf.pad(ids, extra, constant_values=pad_id), tf.pad(mask, extra))
+                return network(*padded_to_bucket(tokenize(texts), tower.tokenizer))
 
             functions[True] = encode
     return functions[jit_compile]

@@ -64,6 +64,9 @@ def samtone_loss(
       ValueError: naming the argument, for an unknown `same_tower`, a
         document-side option without `bidirectional`, a non-positive
         temperature, or mismatched ranks, batch sizes or dimensions.
+
+    Long because: the reference formula and its cross-replica gathering in one place (each block of logits beside
+    its mask), so it reads against the paper's equations.
     """
     check_options(same_tower, bidirectional, temperature)
     query = _as_float32(query)
@@ -131,9 +134,6 @@ def samtone_loss(
     return loss
 
 
-# --- helpers -----------------------------------------------------------------
-
-
 def samtone_objective(positive_logit, logit_blocks):
     """The SamToNe objective of one direction, per row, over blocks of logits (similarity / temperature).
 
@@ -161,6 +161,9 @@ def samtone_objective(positive_logit, logit_blocks):
     shift = tf.stop_gradient(tf.where(tf.math.is_finite(row_max), row_max, tf.zeros_like(row_max)))
     total = tf.add_n([tf.reduce_sum(tf.exp(block - shift[:, None]), axis=1) for block in logit_blocks])
     return tf.math.log(total) + shift - positive_logit
+
+
+# --- helpers -----------------------------------------------------------------
 
 
 def check_options(same_tower, bidirectional, temperature):

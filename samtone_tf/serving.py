@@ -299,55 +299,8 @@ def _export_locked(model, out, version, corpus, k, overwrite, training_config, m
             say(f"wrote {name} version {version}")
         manifest = _manifest(model, version, committed_versions(previous), training_config, metrics)
         if corpus is not None:
-            if corpus_embeddings is not None:
-                doc_ids, embeddings = list(corpus_embeddings[0]), np.asarray(corpus_embeddings[1], np.float32)
-                say(f"the corpus {corpus.name}: {len(doc_ids)} documents embedded beforehand")
-            else:
-                doc_ids = list(corpus.corpus)
-                say(f"encoding the corpus {corpus.name}: {len(doc_ids)} documents")
-                embeddings = model.encode_documents([corpus.document_text(d) for d in doc_ids],
-                                                    batch_size=batch_size, verbose=verbose)
-            queries = excluded = None
-            if target_recall is not None or retriever == "partitioned":
-                from samtone_tf.index.tuning import tuning_queries
-
-                real = (model.encode_queries(list(corpus.queries.values()), batch_size=batch_size, verbose=verbose)
-                        if corpus.queries else None)
-                queries, excluded = tuning_queries(real, embeddings)
-            retriever_report = {"kind": retriever}
-            if retriever == "partitioned":
-                retriever_report.update(_save_partitioned(model.query_tower, embeddings, doc_ids, k, queries,
-                                                          excluded, target_recall or 0.95, staging / RETRIEVER,
-                                                          say))
-            else:
-                save_retriever(model.query_tower, embeddings, doc_ids, k, staging / RETRIEVER)
-            say(f"wrote {RETRIEVER} version {version} ({retriever})")
-            tuned = prebuilt_index
-            if target_recall is not None and prebuilt_index is None:
-                from samtone_tf.index.tuning import tune_scann
-
-                tuned = tune_scann(embeddings, doc_ids, queries, target_recall, k=k, excluded_rows=excluded, say=say)
-            save_index(embeddings, doc_ids, k, staging / INDEX, index=tuned)
-            say(f"wrote {INDEX} version {version}")
-            top = min(k, len(doc_ids))
-            manifest["models"][RETRIEVER] = {
-                "path": f"{RETRIEVER}/{version}", "signature": "serving_default",
-                "inputs": {"text": "string [None]"},
-                "outputs": {"doc_ids": f"string [None, {top}]", "scores": f"float32 [None, {top}]"},
-                "search": retriever_report}
-            # The retriever's and the index's embeddings: this model's document tower's, of these documents.
-            provenance = {"document_tower": manifest["provenance"]["document_encoder"],
-                          "corpus": corpus_fingerprint((d, corpus.document_text(d)) for d in doc_ids)}
-            _add_to_json(staging / INDEX / "manifest.json", provenance=provenance)
-            manifest["corpus"] = {"name": corpus.name, "documents": len(doc_ids), "index": f"{INDEX}/{version}",
-                                  "provenance": provenance}
-            if prebuilt_index is not None:
-                manifest["corpus"]["prebuilt_index"] = {"settings": prebuilt_index.settings}
-            elif tuned is not None:
-                report = tuned.settings["tuning"]
-                manifest["corpus"]["index_tuning"] = {
-                    key: report.get(key) for key in ("target_recall", "k", "reached", "tuning_recall",
-                                                     "held_out_recall", "queries_per_second")}
+            _export_corpus(model, corpus, version, k, staging, manifest, batch_size, say, verbose, target_recall,
+                           retriever, corpus_embeddings, prebuilt_index)
         serving_names = [name for name in names if name != INDEX]
         manifest["serving_root"] = str(serving_root)
         _commit(out, staging, names, version, serving_config(serving_names, version, serving_root),
@@ -355,6 +308,61 @@ def _export_locked(model, out, version, corpus, k, overwrite, training_config, m
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def _export_corpus(model, corpus, version, k, staging, manifest, batch_size, say, verbose, target_recall, retriever,
+                   corpus_embeddings, prebuilt_index):
+    """`export`'s corpus branch: the retriever SavedModel and the ScaNN index of the corpus's embeddings (encoded
+    here unless `corpus_embeddings` are given), written into `staging`; their entries added to `manifest`."""
+    if corpus_embeddings is not None:
+        doc_ids, embeddings = list(corpus_embeddings[0]), np.asarray(corpus_embeddings[1], np.float32)
+        say(f"the corpus {corpus.name}: {len(doc_ids)} documents embedded beforehand")
+    else:
+        doc_ids = list(corpus.corpus)
+        say(f"encoding the corpus {corpus.name}: {len(doc_ids)} documents")
+        embeddings = model.encode_documents([corpus.document_text(d) for d in doc_ids],
+                                            batch_size=batch_size, verbose=verbose)
+    queries = excluded = None
+    if target_recall is not None or retriever == "partitioned":
+        from samtone_tf.index.tuning import tuning_queries
+
+        real = (model.encode_queries(list(corpus.queries.values()), batch_size=batch_size, verbose=verbose)
+                if corpus.queries else None)
+        queries, excluded = tuning_queries(real, embeddings)
+    retriever_report = {"kind": retriever}
+    if retriever == "partitioned":
+        retriever_report.update(_save_partitioned(model.query_tower, embeddings, doc_ids, k, queries,
+                                                  excluded, target_recall or 0.95, staging / RETRIEVER,
+                                                  say))
+    else:
+        save_retriever(model.query_tower, embeddings, doc_ids, k, staging / RETRIEVER)
+    say(f"wrote {RETRIEVER} version {version} ({retriever})")
+    tuned = prebuilt_index
+    if target_recall is not None and prebuilt_index is None:
+        from samtone_tf.index.tuning import tune_scann
+
+        tuned = tune_scann(embeddings, doc_ids, queries, target_recall, k=k, excluded_rows=excluded, say=say)
+    save_index(embeddings, doc_ids, k, staging / INDEX, index=tuned)
+    say(f"wrote {INDEX} version {version}")
+    top = min(k, len(doc_ids))
+    manifest["models"][RETRIEVER] = {
+        "path": f"{RETRIEVER}/{version}", "signature": "serving_default",
+        "inputs": {"text": "string [None]"},
+        "outputs": {"doc_ids": f"string [None, {top}]", "scores": f"float32 [None, {top}]"},
+        "search": retriever_report}
+    # The retriever's and the index's embeddings: this model's document tower's, of these documents.
+    provenance = {"document_tower": manifest["provenance"]["document_encoder"],
+                  "corpus": corpus_fingerprint((d, corpus.document_text(d)) for d in doc_ids)}
+    _add_to_json(staging / INDEX / "manifest.json", provenance=provenance)
+    manifest["corpus"] = {"name": corpus.name, "documents": len(doc_ids), "index": f"{INDEX}/{version}",
+                          "provenance": provenance}
+    if prebuilt_index is not None:
+        manifest["corpus"]["prebuilt_index"] = {"settings": prebuilt_index.settings}
+    elif tuned is not None:
+        report = tuned.settings["tuning"]
+        manifest["corpus"]["index_tuning"] = {
+            key: report.get(key) for key in ("target_recall", "k", "reached", "tuning_recall",
+                                             "held_out_recall", "queries_per_second")}
 
 
 def _save_partitioned(query_tower, embeddings, doc_ids, k, queries, excluded, target_recall, directory, say):
@@ -549,6 +557,19 @@ def export_version(out, version=None):
     return version, manifest
 
 
+def exported_model_path(out, name, version):
+    """The one resolution of an export's model: the SavedModel directory of `name` (query_encoder,
+    document_encoder, retriever) of version `version` (from `export_version`) at `out`, a directory or a
+    tf.io.gfile URL. Checked to hold a saved_model.pb and, for a local export, to lie inside it (not a symlink out).
+    -> the path (str)."""
+    path = tf.io.gfile.join(str(out), name, str(version))
+    if "://" not in str(out) and not is_inside(path, out):
+        raise ValueError(f"{path} leads outside the export (a symlink to {os.path.realpath(path)})")
+    if not tf.io.gfile.exists(tf.io.gfile.join(path, "saved_model.pb")):
+        raise FileNotFoundError(f"{path}: the manifest names it but it holds no saved_model.pb")
+    return path
+
+
 def load_saved_model(path, signature="serving_default"):
     """The SavedModel at `path`, checked to have `signature`; a damaged one (truncated, missing variables, another
     kind of SavedModel) is one ValueError naming the path."""
@@ -575,12 +596,7 @@ class ExportedEncoder:
 
         export_dir = Path(export_dir)
         self.version, self.manifest = export_version(export_dir, version)
-        self.paths = {name: export_dir / name / str(self.version) for name in ENCODERS}
-        for path in self.paths.values():
-            if not (path / "saved_model.pb").is_file():
-                raise FileNotFoundError(f"{path}: the manifest names it but it holds no saved_model.pb")
-            if not is_inside(path, export_dir):
-                raise ValueError(f"{path} leads outside the export (a symlink to {os.path.realpath(path)})")
+        self.paths = {name: Path(exported_model_path(export_dir, name, self.version)) for name in ENCODERS}
         self._query = load_signature(self.paths["query_encoder"])
         self._document = load_signature(self.paths["document_encoder"])
 
@@ -642,8 +658,7 @@ def check_export(out, texts=SAMPLE_TEXTS, version=None, atol=1e-5):
     for name in manifest["models"]:
         path = out / name / str(version)
         try:
-            if not is_inside(path, out):
-                raise ValueError(f"{path} leads outside the export (a symlink to {os.path.realpath(path)})")
+            path = Path(exported_model_path(out, name, version))
             served = run_like_tf_serving(path, texts)
             loaded = tf.saved_model.load(str(path))  # once, for the TF2 outputs and the fingerprint
             reference = run_tf2(path, texts, loaded=loaded)

@@ -26,6 +26,7 @@ from samtone_tf.version import __version__
 
 
 def build_parser():
+    """The command's options. Long because: one option per line, grouped as `--help` shows them."""
     parser = argparse.ArgumentParser(
         prog="python -m samtone_tf.train", description=__doc__,
         formatter_class=HelpFormatter,

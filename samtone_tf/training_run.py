@@ -4,6 +4,7 @@ logs, metrics.jsonl, evaluation before, during and after training, model.keras a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from samtone_tf.serving import export
 from samtone_tf.training import distributed
 from samtone_tf.training.run_dir import (RunLock, check_resumable, checkpoint_candidates, read_jsonl_records,
                                          restore_latest)
+from samtone_tf.training.config import TrainConfig
 from samtone_tf.training.step import all_finite, compile_for_training, make_train_step, precision_policy
 
 DEFAULT_EVALUATION = ("reqa:squad2-dev-sample/dev-v2.0-sample.json", "wikiqa")
@@ -96,15 +98,49 @@ def describe_training_data(config, pairs):
             f"buffer of {SHUFFLE_BUFFER} pairs each pass (seed {config.seed}), cycled for {config.steps} steps")
 
 
+@dataclasses.dataclass
+class _Run:
+    """What the parts of a run share: set up by `_set_up`, then trained by `_loop` and finished by `_finish`."""
+
+    config: TrainConfig
+    strategy: tf.distribute.Strategy
+    chief: bool
+    model_dir: Path
+    log: _Printer
+    pairs: object
+    evaluation_sets: list
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    manager: tf.train.CheckpointManager
+    writer: object
+    start_step: int
+    before: dict
+
+    @property
+    def metrics_log(self):
+        return self.model_dir / "metrics.jsonl"
+
+
 def _train(config, strategy, chief, model_dir, log, checkpoint_dir):
+    run = _set_up(config, strategy, chief, model_dir, log, checkpoint_dir)
+    if run.start_step < config.steps:
+        code = _loop(run)
+        if code is not None:
+            return code
+    else:
+        log(f"already trained to step {run.start_step} of {config.steps}")
+    return _finish(run) if chief else 0
+
+
+def _set_up(config, strategy, chief, model_dir, log, checkpoint_dir):
+    """Seeds, data, the model and its optimizer, the checkpoint restored (a resume), the evaluation before
+    training. -> the _Run."""
     replicas = strategy.num_replicas_in_sync
     keras.utils.set_random_seed(config.seed)
-
     documents, queries, hard = negatives_per_query(config)
     log(f"strategy {config.strategy}: {replicas} replica(s); global batch {config.batch_size} = "
         f"{replicas} x {config.batch_size // replicas}; each query sees {documents + queries + hard} negatives "
         f"({documents} documents + {queries} other queries + {hard} hard negatives)")
-
     if config.gradient_cache_chunk:
         log(f"gradient caching: each replica encodes its {config.batch_size // replicas} rows "
             f"{config.gradient_cache_chunk} at a time")
@@ -126,7 +162,6 @@ def _train(config, strategy, chief, model_dir, log, checkpoint_dir):
             optimizer = compile_for_training(model, config)
     finally:
         precision_policy("none")  # the model keeps its layers' policies; nothing built later inherits it
-    schedule = config.schedule
 
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=3)
@@ -141,130 +176,152 @@ def _train(config, strategy, chief, model_dir, log, checkpoint_dir):
         _forget_records_after(model_dir / "metrics.jsonl", start_step, say=lambda m: log(m, error=True))
     if restored:
         log(f"resumed from {restored} at step {start_step}")
-
     writer = tf.summary.create_file_writer(str(model_dir / "logs")) if chief else tf.summary.create_noop_writer()
-    metrics_log = model_dir / "metrics.jsonl"
-
-    before = {}
+    run = _Run(config, strategy, chief, model_dir, log, pairs, evaluation_sets, model, optimizer, manager, writer,
+               start_step, before={})
     if chief and evaluation_sets:
         if start_step == 0:
-            before = evaluate_all(model, evaluation_sets, config, log)
-            _append_jsonl(metrics_log, {"step": 0, "phase": "before", "evaluation": before})
-            _summaries(writer, 0, before)
+            run.before = evaluate_all(model, evaluation_sets, config, log)
+            _append_jsonl(run.metrics_log, {"step": 0, "phase": "before", "evaluation": run.before})
+            _summaries(writer, 0, run.before)
         else:
-            before = _first_evaluation(metrics_log)
+            run.before = _first_evaluation(run.metrics_log)
+    return run
 
-    if start_step < config.steps:
-        # Tokenised on the host by the input pipeline: the replica step sees integer tensors only.
-        dataset = distributed_training_dataset(
-            strategy, pairs, config.batch_size, seed=config.seed, hard_negatives=config.hard_negatives,
-            unique_ids=config.unique_ids, skip_batches=start_step,
-            tokenize=lambda texts: model.tokenize_inputs(texts, LENGTH_BUCKET if config.jit_compile else 1),
-        )
-        step_fn = make_train_step(strategy, model, config.gradient_cache_chunk, config.jit_compile,
-                                  element_spec=per_replica_element_spec(dataset, strategy, config.batch_size))
-        iterator = iter(dataset)
-        window_start, window_steps = time.perf_counter(), 0
-        progress = _Progress(start_step, config.steps, enabled=chief and sys.stdout.isatty())
-        multi_worker = distributed.is_multi_worker(strategy)
-        # A signal is only noted (see _StopSignals) and acted on between steps. Workers stopping at different
-        # steps would wait on each other's collectives: in a multi-worker job, after every step the workers agree
-        # (one all-reduce) whether any was signalled; then all save the same step and stop together.
-        stop = _StopSignals(signal.SIGINT, signal.SIGTERM)
-        any_worker_stopping = distributed.any_worker_flag(strategy) if multi_worker else None
-        try:
-            for step in range(start_step + 1, config.steps + 1):
-                if stop.received and not multi_worker:
-                    raise KeyboardInterrupt
-                try:
-                    loss = step_fn(next(iterator))
-                except tf.errors.InvalidArgumentError as error:
-                    raise_input_error(error)  # a bad line of a streamed file: its own file:line error
-                    raise
-                window_steps += 1
-                progress.update(step, loss)
-                if not math.isfinite(loss):
-                    latest = manager.latest_checkpoint
-                    log(f"error: the loss became {loss} at step {step}; training stopped. The last good checkpoint "
-                        f"is {latest or 'none (no checkpoint was written yet)'} and is kept. Try a lower "
-                        f"--learning_rate or a higher --temperature.", error=True)
-                    return 3
-                if step % config.log_every == 0 or step == config.steps:
-                    elapsed = time.perf_counter() - window_start
-                    record = {
-                        "step": step, "loss": loss,
-                        "learning_rate": float(schedule(step - 1)),
-                        "temperature": float(model.current_temperature()),
-                        "steps_per_second": window_steps / elapsed,
-                        "examples_per_second": window_steps * config.batch_size / elapsed,
-                    }
-                    progress.clear()
-                    log(f"step {step}/{config.steps}  loss {loss:.4f}  lr {record['learning_rate']:.2e}  "
-                        f"temperature {record['temperature']:.4f}  {record['steps_per_second']:.2f} steps/s  "
-                        f"{record['examples_per_second']:.1f} examples/s  ETA {progress.eta(step)}")
-                    if chief:
-                        _append_jsonl(metrics_log, record)
-                    with writer.as_default(step=step):
-                        for key in ("loss", "learning_rate", "temperature", "steps_per_second", "examples_per_second"):
-                            tf.summary.scalar(f"train/{key}", record[key])
-                    window_start, window_steps = time.perf_counter(), 0
-                if step % config.checkpoint_every == 0 or step == config.steps:
-                    if not all_finite(model):
-                        log(f"error: the weights became non-finite at step {step} (loss {loss}); training stopped "
-                            f"without saving. The last good checkpoint is {manager.latest_checkpoint or 'none'} "
-                            "and is kept. Try a lower --learning_rate.", error=True)
-                        return 3
-                    manager.save(checkpoint_number=step)
-                # A run told to stop does not start (or go on with) an evaluation: it could take minutes, and a
-                # scheduler kills at the end of its grace period.
-                if (chief and config.eval_every and step % config.eval_every == 0 and step < config.steps
-                        and not stop.received):
-                    during = evaluate_all(model, evaluation_sets, config, log,
-                                          stopping=lambda: stop.received is not None)
-                    if during is not None:
-                        _append_jsonl(metrics_log, {"step": step, "phase": "during", "evaluation": during})
-                        _summaries(writer, step, during)
-                if any_worker_stopping and step < config.steps and any_worker_stopping(stop.received is not None):
-                    raise _WorkersStopping
-            if stop.received:  # during the last step, which is saved: stop before the final evaluation and export
+
+def _loop(run):
+    """The steps from the run's start to config.steps: checkpoints, logs and evaluations on their schedules; a stop
+    signal or a non-finite loss ends it early. -> an exit code when it ended early, else None."""
+    config, strategy, model, log = run.config, run.strategy, run.model, run.log
+    # Tokenised on the host by the input pipeline: the replica step sees integer tensors only.
+    dataset = distributed_training_dataset(
+        strategy, run.pairs, config.batch_size, seed=config.seed, hard_negatives=config.hard_negatives,
+        unique_ids=config.unique_ids, skip_batches=run.start_step,
+        tokenize=lambda texts: model.tokenize_inputs(texts, LENGTH_BUCKET if config.jit_compile else 1),
+    )
+    step_fn = make_train_step(strategy, model, config.gradient_cache_chunk, config.jit_compile,
+                              element_spec=per_replica_element_spec(dataset, strategy, config.batch_size))
+    iterator = iter(dataset)
+    window = _Window()
+    progress = _Progress(run.start_step, config.steps, enabled=run.chief and sys.stdout.isatty())
+    multi_worker = distributed.is_multi_worker(strategy)
+    # A signal is only noted (see _StopSignals) and acted on between steps. Workers stopping at different
+    # steps would wait on each other's collectives: in a multi-worker job, after every step the workers agree
+    # (one all-reduce) whether any was signalled; then all save the same step and stop together.
+    stop = _StopSignals(signal.SIGINT, signal.SIGTERM)
+    any_worker_stopping = distributed.any_worker_flag(strategy) if multi_worker else None
+    try:
+        for step in range(run.start_step + 1, config.steps + 1):
+            if stop.received and not multi_worker:
                 raise KeyboardInterrupt
-        except (KeyboardInterrupt, _WorkersStopping) as stopped:
-            progress.clear()
-            writer.flush()
-            agreed = isinstance(stopped, _WorkersStopping)
-            signum = stop.received or (signal.SIGTERM if agreed else signal.SIGINT)
-            done = int(optimizer.iterations.numpy())
-            how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-            if agreed and not stop.received:
-                how = "stopped with another worker, which was signalled,"
-            # A multi-worker save is collective: only when every worker agreed to stop here.
-            log(f"{how} after step {done} of {config.steps}; "
-                f"{_save_on_stop(manager, model, done, can_save=agreed or not multi_worker)}", error=True)
-            return 128 + signum
-        finally:
-            stop.restore()
+            try:
+                loss = step_fn(next(iterator))
+            except tf.errors.InvalidArgumentError as error:
+                raise_input_error(error)  # a bad line of a streamed file: its own file:line error
+                raise
+            window.steps += 1
+            progress.update(step, loss)
+            if not math.isfinite(loss):
+                log(f"error: the loss became {loss} at step {step}; training stopped. The last good checkpoint "
+                    f"is {run.manager.latest_checkpoint or 'none (no checkpoint was written yet)'} and is kept. "
+                    "Try a lower --learning_rate or a higher --temperature.", error=True)
+                return 3
+            if step % config.log_every == 0 or step == config.steps:
+                progress.clear()
+                _log_step(run, step, loss, window, progress)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                if not all_finite(model):
+                    log(f"error: the weights became non-finite at step {step} (loss {loss}); training stopped "
+                        f"without saving. The last good checkpoint is {run.manager.latest_checkpoint or 'none'} "
+                        "and is kept. Try a lower --learning_rate.", error=True)
+                    return 3
+                run.manager.save(checkpoint_number=step)
+            # A run told to stop does not start (or go on with) an evaluation: it could take minutes, and a
+            # scheduler kills at the end of its grace period.
+            if (run.chief and config.eval_every and step % config.eval_every == 0 and step < config.steps
+                    and not stop.received):
+                during = evaluate_all(model, run.evaluation_sets, config, log,
+                                      stopping=lambda: stop.received is not None)
+                if during is not None:
+                    _append_jsonl(run.metrics_log, {"step": step, "phase": "during", "evaluation": during})
+                    _summaries(run.writer, step, during)
+            if any_worker_stopping and step < config.steps and any_worker_stopping(stop.received is not None):
+                raise _WorkersStopping
+        if stop.received:  # during the last step, which is saved: stop before the final evaluation and export
+            raise KeyboardInterrupt
+    except (KeyboardInterrupt, _WorkersStopping) as stopped:
         progress.clear()
-        writer.flush()
-        if config.jit_compile:
-            log(f"XLA compilations of {step_fn.compiled}: {step_fn.compilations()} (one per distinct batch shape)")
-    else:
-        log(f"already trained to step {start_step} of {config.steps}")
+        run.writer.flush()
+        return _stopped(run, stopped, stop.received, multi_worker)
+    finally:
+        stop.restore()
+    progress.clear()
+    run.writer.flush()
+    if config.jit_compile:
+        log(f"XLA compilations of {step_fn.compiled}: {step_fn.compilations()} (one per distinct batch shape)")
+    return None
 
-    if not chief:
-        return 0
-    _save_model(model, model_dir / "model.keras")
+
+class _Window:
+    """The steps since the last logged one, and when they started: what steps/s is measured over."""
+
+    def __init__(self):
+        self.started, self.steps = time.perf_counter(), 0
+
+
+def _log_step(run, step, loss, window, progress):
+    """One log line, one metrics.jsonl record and the TensorBoard scalars of `step`; the window starts again."""
+    config = run.config
+    elapsed = time.perf_counter() - window.started
+    record = {
+        "step": step, "loss": loss,
+        "learning_rate": float(config.schedule(step - 1)),
+        "temperature": float(run.model.current_temperature()),
+        "steps_per_second": window.steps / elapsed,
+        "examples_per_second": window.steps * config.batch_size / elapsed,
+    }
+    run.log(f"step {step}/{config.steps}  loss {loss:.4f}  lr {record['learning_rate']:.2e}  "
+            f"temperature {record['temperature']:.4f}  {record['steps_per_second']:.2f} steps/s  "
+            f"{record['examples_per_second']:.1f} examples/s  ETA {progress.eta(step)}")
+    if run.chief:
+        _append_jsonl(run.metrics_log, record)
+    with run.writer.as_default(step=step):
+        for key in ("loss", "learning_rate", "temperature", "steps_per_second", "examples_per_second"):
+            tf.summary.scalar(f"train/{key}", record[key])
+    window.started, window.steps = time.perf_counter(), 0
+
+
+def _stopped(run, stopped, received, multi_worker):
+    """A run stopped by a signal (`received`, or a peer's: `stopped` is _WorkersStopping): saves the steps done
+    when it can and says where to resume. -> the exit code, 128 + the signal's number."""
+    agreed = isinstance(stopped, _WorkersStopping)
+    signum = received or (signal.SIGTERM if agreed else signal.SIGINT)
+    done = int(run.optimizer.iterations.numpy())
+    how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    if agreed and not received:
+        how = "stopped with another worker, which was signalled,"
+    # A multi-worker save is collective: only when every worker agreed to stop here.
+    run.log(f"{how} after step {done} of {run.config.steps}; "
+            f"{_save_on_stop(run.manager, run.model, done, can_save=agreed or not multi_worker)}", error=True)
+    return 128 + signum
+
+
+def _finish(run):
+    """The chief's end of a run: model.keras, the evaluation after training, the export. -> 0."""
+    config, log = run.config, run.log
+    _save_model(run.model, run.model_dir / "model.keras")
     after = {}
-    if evaluation_sets:
-        after = evaluate_all(model, evaluation_sets, config, log)
-        _append_jsonl(metrics_log, {"step": config.steps, "phase": "after", "evaluation": after})
-        _summaries(writer, config.steps, after)
-        writer.flush()
+    if run.evaluation_sets:
+        after = evaluate_all(run.model, run.evaluation_sets, config, log)
+        _append_jsonl(run.metrics_log, {"step": config.steps, "phase": "after", "evaluation": after})
+        _summaries(run.writer, config.steps, after)
+        run.writer.flush()
     if config.export:
-        manifest = export(model, model_dir / "export", version=1, overwrite=True, training_config=config.to_dict(),
-                          metrics=after or None, verbose=False)
-        log(f"exported {', '.join(manifest['models'])} (version 1) to {model_dir / 'export'}")
-    if evaluation_sets:
-        print_comparison(before, after)
+        manifest = export(run.model, run.model_dir / "export", version=1, overwrite=True,
+                          training_config=config.to_dict(), metrics=after or None, verbose=False)
+        log(f"exported {', '.join(manifest['models'])} (version 1) to {run.model_dir / 'export'}")
+    if run.evaluation_sets:
+        print_comparison(run.before, after)
     return 0
 
 

@@ -59,6 +59,9 @@ def training_dataset(
         "hard_negatives"} returning integer inputs (e.g. `DualEncoder.tokenize_inputs`),
         applied on the host in parallel; the batch then holds those and the ids as the
         loss's int64 fingerprints (`losses.id_fingerprints`): no string is left.
+
+    Long because: one tf.data graph, read top to bottom (sample, dedupe ids, shuffle, batch, tokenise, shard); split
+    up, its stages would pass half-built datasets between functions.
     """
     if per_replica_batch < 1:
         raise ValueError(f"per_replica_batch must be positive; got {per_replica_batch}")

@@ -18,7 +18,7 @@ import math
 import keras
 import tensorflow as tf
 
-from samtone_tf.encoding import encode_texts, tower_network
+from samtone_tf.encoding import encode_texts, padded_to_bucket, tower_network
 from samtone_tf.keras_loss import SamToNeLossMixin
 from samtone_tf.model.text import WordPieceTokenizer
 from samtone_tf.options import ARCHITECTURES, POOLINGS
@@ -103,9 +103,10 @@ class DualEncoder(SamToNeLossMixin, keras.Model):
     returns {"query": [B, D], "document": [B, D], ["hard_negatives": [B, H, D]],
     ["temperature": scalar]}: what `SamToNeLoss` reads.
 
-    Build one with `build_dual_encoder` (pretrained.py initialises it from a
-    checkpoint); the constructor takes the architecture's configuration so that
-    a saved model can be rebuilt with the same sharing.
+    Build one with `model.pretrained.dual_encoder_from_checkpoint` (from a local
+    checkpoint), `tiny_dual_encoder`, or `model.builder.build_model` (from a
+    training configuration); the constructor takes the architecture's
+    configuration so that a saved model can be rebuilt with the same sharing.
 
     Args:
       backbone: a keras_hub backbone, or its serialized config (a dict). The
@@ -145,6 +146,10 @@ class DualEncoder(SamToNeLossMixin, keras.Model):
         length_groups=8,
         **kwargs,
     ):
+        """Builds the towers of `architecture` (the class docstring's arguments).
+
+        Long because: the architectures differ only in what the two towers share; building both towers in one
+        place shows every sharing side by side."""
         super().__init__(**kwargs)
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}; got {architecture!r}")
@@ -269,13 +274,13 @@ class DualEncoder(SamToNeLossMixin, keras.Model):
         step then runs on integer tensors only (TPUs take no strings; GPUs get no string copies)."""
         result = {}
         for key, tower in (("query", self.query_tower), ("document", self.document_tower)):
-            tokens = _bucketed(tower.tokenizer(inputs[key]), tower.tokenizer, length_bucket)
+            tokens = padded_to_bucket(tower.tokenizer(inputs[key]), tower.tokenizer, length_bucket)
             result[f"{key}_token_ids"], result[f"{key}_padding_mask"] = tokens
         if inputs.get("hard_negatives") is not None:
             negatives = tf.convert_to_tensor(inputs["hard_negatives"], tf.string)
             batch, count = tf.shape(negatives)[0], tf.shape(negatives)[1]
-            ids, mask = _bucketed(self.document_tower.tokenizer(tf.reshape(negatives, [-1])),
-                                  self.document_tower.tokenizer, length_bucket)
+            ids, mask = padded_to_bucket(self.document_tower.tokenizer(tf.reshape(negatives, [-1])),
+                                         self.document_tower.tokenizer, length_bucket)
             length = tf.shape(ids)[1]
             result["hard_negatives_token_ids"] = tf.reshape(ids, [batch, count, length])
             result["hard_negatives_padding_mask"] = tf.reshape(mask, [batch, count, length])
@@ -316,15 +321,6 @@ class DualEncoder(SamToNeLossMixin, keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-
-def _bucketed(tokens, tokenizer, bucket):
-    """(token_ids, padding_mask) padded to the next multiple of `bucket`, at most the tokenizer's max length."""
-    ids, mask = tokens["token_ids"], tokens["padding_mask"]
-    length = tf.shape(ids)[1]
-    target = tf.minimum((length + bucket - 1) // bucket * bucket, tokenizer.max_length)
-    extra = [[0, 0], [0, tf.maximum(target - length, 0)]]
-    return tf.pad(ids, extra, constant_values=tokenizer.pad_id), tf.pad(mask, extra, constant_values=False)
 
 
 def clone_backbone(backbone):

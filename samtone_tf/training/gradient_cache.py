@@ -61,6 +61,9 @@ def gradient_cached_gradients(model, x, y, chunk, cut_lengths=True):
     to the uncached step's (with dropout off:
     with dropout, the masks are drawn per chunk, not for the whole batch), whose embedding gradients are
     tf.IndexedSlices of the same sums.
+
+    Long because: the two passes must replay the same dropout masks and row orders; the state they share (seed
+    snapshots, orders, chunk pieces) stays in one scope.
     """
     variables = model.trainable_variables
     seeds = seed_states(model)
