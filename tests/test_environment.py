@@ -19,6 +19,7 @@ MODULES = {
     "scikit-learn": "sklearn",
     "apache-beam": "apache_beam",
     "google-crc32c": "google_crc32c",
+    "pytest-xdist": "xdist",
 }
 
 

@@ -8,6 +8,7 @@ import configparser
 import importlib.metadata
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -104,8 +105,12 @@ def test_a_plain_non_editable_install_runs_every_command(tmp_path):
     build = tmp_path / "build"
     environment = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "TMPDIR": str(build)}
     build.mkdir()
+    # Built from a copy: a build in the checkout writes build/ and *.egg-info there, under tests running beside it.
+    source = tmp_path / "source"
+    shutil.copytree(REPOSITORY_ROOT, source, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info",
+                                                                           "build", "runs", "tmp"))
     installed = subprocess.run([str(python), "-m", "pip", "install", "--no-build-isolation", "--no-index",
-                                str(REPOSITORY_ROOT)], capture_output=True, text=True, env=environment, timeout=600)
+                                str(source)], capture_output=True, text=True, env=environment, timeout=600)
     assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
     outside = tmp_path / "elsewhere"
     outside.mkdir()
