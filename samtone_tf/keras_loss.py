@@ -77,6 +77,12 @@ class SamToNeLoss(keras.losses.Loss):
         if self.temperature is None and "temperature" not in y_pred:
             raise ValueError("SamToNeLoss(temperature=None) takes the model's temperature, but y_pred has no "
                              "'temperature' (give the loss a temperature, or output the model's)")
+        if self.temperature is not None and "temperature" in y_pred:
+            told = tf.get_static_value(y_pred["temperature"])
+            if told is not None and abs(float(told) - self.temperature) > 1e-6 * self.temperature:
+                raise ValueError(f"SamToNeLoss: the model's temperature {float(told):g} differs from the loss's "
+                                 f"{self.temperature:g}; the model holds it: compile with SamToNeLoss(temperature="
+                                 "None) (or build the model with the temperature you want)")
         return samtone_loss(
             y_pred["query"],
             y_pred["document"],

@@ -90,7 +90,7 @@ def test_parameter_counts_per_architecture(models):
 
 def train_one_step(model):
     optimizer = keras.optimizers.Adam(1e-2)
-    loss_fn = SamToNeLoss(temperature=0.1, same_tower="both", bidirectional=True)
+    loss_fn = SamToNeLoss(temperature=None, same_tower="both", bidirectional=True)
     with tf.GradientTape() as tape:
         loss = loss_fn(None, model(batch(), training=True))
     variables = model.trainable_variables
@@ -188,7 +188,7 @@ def test_fit_on_raw_strings_under_mirrored_strategy_matches_one_device(tiny_voca
     def fit(strategy):
         with strategy.scope():
             model = tiny_dual_encoder(tiny_vocabulary, "ade_spl", seed=5)
-            model.compile(optimizer=keras.optimizers.SGD(0.1), loss=SamToNeLoss(temperature=0.1))
+            model.compile(optimizer=keras.optimizers.SGD(0.1), loss=SamToNeLoss(temperature=None))
         # Dropout off, so both runs compute the same function.
         for layer in model._flatten_layers():
             if isinstance(layer, keras.layers.Dropout):
@@ -208,3 +208,28 @@ def test_unknown_architecture_and_bad_temperatures_are_rejected(tiny_vocabulary)
         tiny_dual_encoder(tiny_vocabulary, "ade_xyz")
     with pytest.raises(ValueError, match="temperatures must satisfy"):
         tiny_dual_encoder(tiny_vocabulary, "ade", temperature=2.0, max_temperature=1.0)
+
+
+@pytest.mark.parametrize("learnable", [False, True])
+def test_the_model_holds_the_temperature_and_the_loss_takes_it(tiny_vocabulary, learnable):
+    """One holder: the model's temperature (fixed or learnt) reaches the loss compiled with temperature=None; the
+    loss equals the float64 reference at the model's temperature, not the loss's default."""
+    from samtone_tf.training.config import TrainConfig
+    from samtone_tf.training.step import compile_for_training
+    from tests.reference_loss import reference_samtone
+
+    model = tiny_dual_encoder(tiny_vocabulary, "ade", seed=3, temperature=0.2, learnable_temperature=learnable)
+    compile_for_training(model, TrainConfig(model="tiny", temperature=0.2))
+    outputs = model(batch(), training=False)
+    assert float(outputs["temperature"]) == pytest.approx(0.2, rel=1e-6)
+    got = float(model.loss(None, outputs))
+    want = np.mean(reference_samtone(outputs["query"].numpy(), outputs["document"].numpy(), tau=0.2,
+                                     same_tower="query", bidirectional=False))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_a_loss_given_another_temperature_than_the_models_refuses(tiny_vocabulary):
+    model = tiny_dual_encoder(tiny_vocabulary, "sde", seed=3, temperature=0.05)
+    with pytest.raises(ValueError, match="model's temperature 0.05 differs from the loss's 0.1"):
+        SamToNeLoss(temperature=0.1)(None, model(batch(), training=False))
+    SamToNeLoss(temperature=0.05)(None, model(batch(), training=False))  # the same: fine
