@@ -1,6 +1,7 @@
-"""python -m samtone_tf.export: servable SavedModels of a trained dual encoder.
+"""python -m samtone_tf.export: servable SavedModels of a dual encoder, trained here or published.
 
     python -m samtone_tf.export --model_dir runs/default --out exports/squad [--corpus beir:scifact]
+    python -m samtone_tf.export --model all-MiniLM-L6-v2 --out exports/minilm   # a pretrained checkpoint, untrained
     python -m samtone_tf.export --check exports/squad
 
 The first writes the next version of query_encoder, document_encoder and, with --corpus, a
@@ -29,7 +30,16 @@ from samtone_tf.training.run_dir import RunLockedError, read_jsonl_records
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m samtone_tf.export", description=__doc__,
                                      formatter_class=HelpFormatter)
-    parser.add_argument("--model_dir", help="a training model_dir (model.keras or checkpoints)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model_dir", help="a training model_dir (model.keras or checkpoints)")
+    source.add_argument("--model", metavar="NAME_OR_PATH",
+                        help="any model evaluate takes: a training model_dir, a .keras file, or a local Hugging Face "
+                             "checkpoint (a directory, or a name under $SAMTONE_MODELS / ../shared/models) exported "
+                             "untrained as an SDE (default: none)")
+    parser.add_argument("--query_max_length", type=positive_int, default=None,
+                        help="with --model CHECKPOINT: the query tower's max tokens (default: the checkpoint's)")
+    parser.add_argument("--document_max_length", type=positive_int, default=None,
+                        help="with --model CHECKPOINT: the document tower's max tokens (default: the checkpoint's)")
     parser.add_argument("--out", help="the export directory")
     parser.add_argument("--check", metavar="EXPORT_DIR", default=None,
                         help="check an export as TF Serving would load it, instead of exporting (default: off)")
@@ -73,14 +83,18 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet_native_logs(args.verbose)
-    if args.check is None and not (args.model_dir and args.out):
-        parser.error("pass --model_dir and --out to export, or --check EXPORT_DIR")
+    if args.check is None and not ((args.model_dir or args.model) and args.out):
+        parser.error("pass --model_dir (or --model) and --out to export, or --check EXPORT_DIR")
+    if args.model_dir and (args.query_max_length or args.document_max_length):
+        parser.error("--query_max_length and --document_max_length are for --model CHECKPOINT: a trained model "
+                     "keeps the lengths it was trained at")
     try:
         if args.check is not None:
             return run_check(args.check)
-        from samtone_tf.models import load_trained_model
+        from samtone_tf.models import load_dual_encoder
 
-        model = load_trained_model(args.model_dir)
+        model, model_dir = load_dual_encoder(args.model_dir or args.model, args.query_max_length,
+                                             args.document_max_length)
         corpus = None
         if args.corpus:
             from samtone_tf.data.datasets import load_evaluation
@@ -91,12 +105,14 @@ def main(argv=None):
             if corpus is None:
                 parser.error("--index needs --corpus (the corpus the index holds)")
             corpus_embeddings, prebuilt = prebuilt_corpus(args.index, corpus, model)
-        config_path = Path(args.model_dir) / "config.json"
-        training_config = json.loads(config_path.read_text()) if config_path.is_file() else None
+        config_path = Path(model_dir) / "config.json" if model_dir else None
+        training_config = json.loads(config_path.read_text()) if config_path and config_path.is_file() else None
+        metrics = last_evaluation(model_dir) if model_dir else None
         manifest = export(model, args.out, args.version, corpus, args.k, args.overwrite, training_config,
-                          last_evaluation(args.model_dir), args.batch_size, serving_root=args.serving_root,
+                          metrics, args.batch_size, serving_root=args.serving_root,
                           target_recall=args.target_recall, retriever=args.retriever,
-                          corpus_embeddings=corpus_embeddings, prebuilt_index=prebuilt)
+                          corpus_embeddings=corpus_embeddings, prebuilt_index=prebuilt,
+                          source=model_source(args.model_dir or args.model, model_dir))
     except (*command_errors(), RunLockedError) as error:
         return fail(error)
     print(f"exported version {manifest['version']} of {', '.join(manifest['models'])} to {args.out}")
@@ -125,6 +141,15 @@ def prebuilt_corpus(index_dir, corpus, model):
     if doc_ids != [str(d) for d in index.doc_ids]:
         raise ValueError(f"{index_dir}: its documents are not those of {source}, the embeddings it names")
     return (doc_ids, embeddings), index
+
+
+def model_source(given, model_dir):
+    """What the manifest records of the exported model's origin: the path (absolute) or checkpoint name given."""
+    import os
+
+    kind = "training model_dir" if model_dir else ".keras file" if str(given).endswith(".keras") else \
+        "pretrained checkpoint (untrained SDE)"
+    return {"kind": kind, "model": os.path.abspath(given) if os.path.exists(given) else str(given)}
 
 
 def last_evaluation(model_dir):

@@ -87,3 +87,29 @@ def load_encoder(path, version=None):
     except FileNotFoundError:
         pass
     raise FileNotFoundError(f"{path}: not a model_dir, a .keras file, an export directory or a pretrained checkpoint")
+
+
+def load_dual_encoder(source, query_max_length=None, document_max_length=None):
+    """The DualEncoder (a Keras model, with towers to export) of `source`: a training model_dir, a `.keras` file, or
+    a pretrained Hugging Face checkpoint (a directory with vocab.txt, or a name under the models directory) as an
+    untrained SDE, whose query and document lengths default to the checkpoint's. Lengths are refused for a trained
+    model (its towers were trained at theirs), and an export is refused (it is a SavedModel already).
+    -> (model, the training model_dir or None)."""
+    from samtone_tf.model.pretrained import resolve_checkpoint
+
+    path = Path(source)
+    lengths = {k: v for k, v in (("query_max_length", query_max_length),
+                                 ("document_max_length", document_max_length)) if v is not None}
+    if (path / "query_encoder").is_dir() or (path / "manifest.json").is_file():
+        raise ValueError(f"{path}: an export already (SavedModels); export a training model_dir, a .keras file or a "
+                         "pretrained checkpoint")
+    is_checkpoint = (path / "vocab.txt").is_file() and not (path / "checkpoints").is_dir()
+    if not is_checkpoint and (path.suffix == ".keras" or path.is_dir()):
+        if lengths:
+            raise ValueError(f"{', '.join('--' + k for k in lengths)}: only for a pretrained checkpoint; {path} is a "
+                             "trained model, whose towers keep the lengths they were trained at")
+        if path.suffix == ".keras":
+            return load_keras_file(path), None
+        return load_trained_model(path), path
+    checkpoint = path if is_checkpoint else resolve_checkpoint(str(source))
+    return dual_encoder_from_checkpoint(str(checkpoint), architecture="sde", **lengths), None

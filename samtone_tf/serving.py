@@ -248,7 +248,7 @@ def text_format_string(text):
 
 def export(model, out, version=None, corpus=None, k=10, overwrite=False, training_config=None, metrics=None,
            batch_size=64, verbose=True, serving_root=DEFAULT_SERVING_ROOT, target_recall=None, retriever="exact",
-           corpus_embeddings=None, prebuilt_index=None):
+           corpus_embeddings=None, prebuilt_index=None, source=None):
     """Exports `model` (a DualEncoder) as version `version` (default: the next) under `out`.
 
     `corpus` (RetrievalData or None) adds a retriever and a ScaNN index of its documents; with
@@ -260,7 +260,8 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
     `corpus_embeddings` (doc_ids, float32 [N, D]), e.g. of a prebuilt index, stand for the corpus's documents
     instead of encoding it again, and a prebuilt `ScannIndex` of them (`prebuilt_index`) becomes index/N. The
     version is whole or absent: on any failure the previous version, the manifest and
-    models.config are left as they were. -> the manifest (dict).
+    models.config are left as they were. `source` (what the model was loaded from: a training model_dir, a
+    .keras file, a pretrained checkpoint) is recorded in the manifest. -> the manifest (dict).
     """
     out = Path(out)
     say = print if verbose else (lambda *a, **kw: None)
@@ -277,11 +278,12 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
     claim(out, "export", recognise=_is_export_of_an_earlier_version)
     with RunLock(out, say=say, holder="export", advice="export to another --out"):
         return _export_locked(model, out, version, corpus, k, overwrite, training_config, metrics, batch_size, say,
-                              verbose, serving_root, target_recall, retriever, corpus_embeddings, prebuilt_index)
+                              verbose, serving_root, target_recall, retriever, corpus_embeddings, prebuilt_index,
+                              source)
 
 
 def _export_locked(model, out, version, corpus, k, overwrite, training_config, metrics, batch_size, say, verbose,
-                   serving_root, target_recall, retriever, corpus_embeddings, prebuilt_index):
+                   serving_root, target_recall, retriever, corpus_embeddings, prebuilt_index, source=None):
     """`export`'s work, with the export directory claimed and locked (one writer)."""
     recover_interrupted_commit(out, say)
     previous = read_manifest(out)
@@ -298,6 +300,8 @@ def _export_locked(model, out, version, corpus, k, overwrite, training_config, m
             save_encoder(tower, staging / name)
             say(f"wrote {name} version {version}")
         manifest = _manifest(model, version, committed_versions(previous), training_config, metrics)
+        if source is not None:
+            manifest["source"] = source
         if corpus is not None:
             _export_corpus(model, corpus, version, k, staging, manifest, batch_size, say, verbose, target_recall,
                            retriever, corpus_embeddings, prebuilt_index)

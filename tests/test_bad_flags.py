@@ -16,6 +16,7 @@ def run(*args):
                           timeout=300, env=as_a_user)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag,value,message", [
     ("--checkpoint_every", "0", "must be at least 1; got 0"),
     ("--log_every", "0", "must be at least 1; got 0"),
@@ -34,6 +35,7 @@ def test_train_refuses_bad_values(tmp_path, flag, value, message):
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (("samtone_tf.export", "--model_dir", "x", "--out", "y", "--version", "0"), "argument --version: must be at least 1"),
     (("samtone_tf.export", "--model_dir", "x", "--out", "y", "--k", "-1"), "argument --k: must be at least 1"),
@@ -47,6 +49,7 @@ def test_other_commands_refuse_bad_values(args, message):
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_truncated_keras_file_is_named_as_damaged(tmp_path):
     model = tiny_dual_encoder(TINY_VOCABULARY, "ade")
     model.save(tmp_path / "model.keras")
@@ -58,6 +61,7 @@ def test_a_truncated_keras_file_is_named_as_damaged(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_unwritable_destinations_are_one_error_line(tmp_path, tiny_model_dir):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")

@@ -21,6 +21,7 @@ def command(model_dir, *extra):
             "--eval_datasets", "", "--batch_size", "8", "--no-export", *extra]
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_model_dir_refuses_while_the_first_runs(tmp_path):
     model_dir = tmp_path / "run"
     # Steps it cannot finish before the interrupt below, so that a lost interrupt fails the test by its timeout
@@ -52,6 +53,7 @@ def test_a_second_run_on_the_same_model_dir_refuses_while_the_first_runs(tmp_pat
     assert not (model_dir / ".lock").exists()
 
 
+@pytest.mark.slow
 def test_a_stale_lock_of_a_killed_run_is_taken_over(tmp_path):
     model_dir = tmp_path / "run"
     model_dir.mkdir()
@@ -131,6 +133,7 @@ sys.exit(128 + (stop.received or 0))
 """
 
 
+@pytest.mark.slow
 def test_a_stop_signal_arriving_inside_python_code_run_by_a_native_library_still_exits_with_the_runs_own_code(
         tmp_path):
     """A KeyboardInterrupt leaving a `PyRun_*` frame is remembered by CPython as unhandled even when caught later,
@@ -207,6 +210,7 @@ def run_wrapped_module(tmp_path, name, source, arguments=(), **environment):
                           text=True, timeout=300, env=environment, preexec_fn=stop_signals_as_in_a_terminal)
 
 
+@pytest.mark.slow
 def test_a_stop_signal_during_the_last_step_stops_before_the_final_model_evaluation_and_export(tmp_path):
     """The last step is saved like any other; a run told it stops after this step must not go on for minutes of
     evaluation and export (a scheduler kills it at the end of its grace period). The same command finishes it."""
@@ -277,6 +281,7 @@ sys.exit(train.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signal_at", ["save", "evaluation", "encoding"])
 def test_a_run_told_to_stop_does_not_start_or_go_on_with_an_evaluation_during_training(tmp_path, signal_at):
     """An evaluation during training can take minutes: a signal before it skips it, one during it stops the set

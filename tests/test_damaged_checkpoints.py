@@ -38,6 +38,7 @@ def trained(trained_once, tmp_path):
     return model_dir
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_architecture_is_refused_not_silently_resumed(trained):
     # Even with config.json gone (so the settings cannot be compared), the restore itself is checked.
     (trained / "config.json").unlink()
@@ -47,6 +48,7 @@ def test_a_checkpoint_of_another_architecture_is_refused_not_silently_resumed(tr
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated data", "empty index", "missing data file"])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(trained, damage):
     newest = trained / "checkpoints" / "ckpt-4"
@@ -64,6 +66,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(trained, dam
     assert tf.train.latest_checkpoint(str(trained / "checkpoints")).endswith("ckpt-6")
 
 
+@pytest.mark.slow
 def test_every_checkpoint_damaged_is_one_clear_error(trained):
     for index in (trained / "checkpoints").glob("ckpt-*.index"):
         index.write_bytes(b"")
@@ -71,6 +74,7 @@ def test_every_checkpoint_damaged_is_one_clear_error(trained):
     assert result.returncode == 2 and "every checkpoint in" in result.stderr and "is damaged" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_torn_last_line_of_metrics_is_repaired(trained):
     metrics = trained / "metrics.jsonl"
     metrics.write_text(metrics.read_text() + '{"step": 5, "loss": 1.2')

@@ -1,5 +1,6 @@
 """python -m samtone_tf.data stats."""
 
+import pytest
 import json
 import subprocess
 import sys
@@ -30,6 +31,7 @@ def test_bad_dataset_is_one_clear_error(capsys):
     assert "unknown dataset 'nope:x'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_help_documents_the_dataset_names():
     result = subprocess.run([sys.executable, "-m", "samtone_tf.data", "--help"], capture_output=True, text=True,
                             cwd=REPOSITORY_ROOT, timeout=120)

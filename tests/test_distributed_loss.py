@@ -120,6 +120,7 @@ def test_keras_fit_under_mirrored_strategy_reports_the_single_device_loss():
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_multi_worker_loss_equals_single_device(tmp_path):
     batch = make_batch()
     expected_losses, expected_grads = single_device_reference(batch)

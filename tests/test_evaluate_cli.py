@@ -21,6 +21,7 @@ def evaluate(model, out, *extra):
     return result.stdout, json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_model_dir_and_export_evaluate_alike(tmp_path, shared_data, tiny_model_dir):
     model_dir = tiny_model_dir
     export(load_trained_model(model_dir), tmp_path / "export", verbose=False)
@@ -37,6 +38,7 @@ def test_model_dir_and_export_evaluate_alike(tmp_path, shared_data, tiny_model_d
     assert with_scann["metrics"]["nDCG@10"] == pytest.approx(from_model["metrics"]["nDCG@10"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_missing_model_is_one_clear_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "samtone_tf.evaluate", "--model", str(tmp_path / "none"),
                              "--dataset", "wikiqa"], cwd=REPOSITORY_ROOT, capture_output=True, text=True,
@@ -45,6 +47,7 @@ def test_missing_model_is_one_clear_error(tmp_path):
     assert "not a model_dir, a .keras file, an export directory or a pretrained checkpoint" in result.stderr
 
 
+@pytest.mark.slow
 def test_run_out_is_a_trec_run_that_standard_tools_score_alike(tmp_path, shared_data, tiny_model_dir):
     import pytrec_eval
 

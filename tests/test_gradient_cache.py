@@ -112,6 +112,7 @@ def _checkpoint_weights(model_dir):
     return {n: reader.get_tensor(n) for n in names}
 
 
+@pytest.mark.slow
 def test_the_command_with_gradient_caching_on_two_workers_trains_like_one_uncached_process(tmp_path):
     import json
     import os

@@ -101,6 +101,7 @@ def test_exact_and_scann_mining_agree(setup):
     assert exact[0].negative_ids == scann[0].negative_ids
 
 
+@pytest.mark.slow
 def test_a_mined_file_trains_with_its_ids(tmp_path, tiny_model_dir):
     corpus = [json.dumps({"_id": f"d{i}", "title": "", "text": text}) for i, text in enumerate(
         ["the cat sat on the mat", "a dog sat", "the mat was red", "who is the cat", "dogs and cats",

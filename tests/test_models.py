@@ -17,6 +17,7 @@ from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY
 TEXTS = ["who wrote hamlet", "Hamlet is a tragedy by Shakespeare."]
 
 
+@pytest.mark.slow
 def test_a_model_dir_restores_its_checkpoint_without_the_pretrained_weights(tmp_path, default_checkpoint):
     models = tmp_path / "models"
     shutil.copytree(default_checkpoint, models / default_checkpoint.name)
@@ -55,6 +56,7 @@ def test_nothing_there_is_one_clear_error(tmp_path):
         load_encoder(tmp_path / "none")
 
 
+@pytest.mark.slow
 def test_kerass_own_loader_reads_a_trained_model_keras_after_import_samtone_tf(tmp_path):
     # The user's path: a fresh interpreter, `import samtone_tf`, then Keras's loader on the model.keras a run
     # leaves (compiled: its optimizer, schedule and loss are named in the archive too).

@@ -131,6 +131,7 @@ def test_the_tuned_partitioning_is_the_fastest_reaching_the_target_and_meets_it_
     assert recall_unseen >= 0.95 - 0.03
 
 
+@pytest.mark.slow
 def test_an_exported_partitioned_retriever_serves_alike_under_every_loader(tiny_model_dir, tmp_path, shared_data):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "samtone_tf.export", "--model_dir", str(tiny_model_dir), "--out", str(out),

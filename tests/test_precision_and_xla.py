@@ -106,6 +106,7 @@ def test_under_two_replicas_the_compiled_towers_step_equals_the_eager_step():
     assert compiled == "the towers' networks" and compilations >= 1
 
 
+@pytest.mark.slow
 def test_the_command_with_xla_and_bf16_on_one_device_and_under_mirrored(tmp_path):
     import sys
 

@@ -35,6 +35,7 @@ def test_sentence_transformers_settings_are_read(default_checkpoint):
     assert checkpoint.weights_path.name == "model.safetensors"
 
 
+@pytest.mark.slow
 def test_pytorch_checkpoint_loads_without_pytorch():
     # A separate interpreter proves that torch is never imported (it is not installed in CI anyway).
     script = f"""

@@ -71,6 +71,7 @@ def test_wikiqa_conflicting_labels_are_an_error_and_repeats_count_once(tmp_path)
         list(read_wikiqa_rows(path))
 
 
+@pytest.mark.slow
 def test_empty_files_are_errors_when_read_not_later(tmp_path):
     with pytest.raises(DataError, match=r"corpus.jsonl: no documents"):
         read_beir(write_beir(tmp_path / "b", corpus=[""]))
@@ -95,6 +96,7 @@ def test_a_directory_where_a_file_is_expected_is_one_clear_error(tmp_path):
         read_squad(tmp_path / "squad.json")
 
 
+@pytest.mark.slow
 def test_a_bad_line_deep_in_a_streamed_triples_file_stops_training_with_its_file_and_line(tmp_path):
     root = tmp_path / "marco"
     write_msmarco(root, ["p1\tone", "p2\ttwo"])

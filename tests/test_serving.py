@@ -47,6 +47,7 @@ def test_every_architecture_serves_under_tf_servings_loader(architecture, tmp_pa
     assert all(problem is None for _, _, problem in check_export(tmp_path / "out"))
 
 
+@pytest.mark.slow
 def test_export_check_command_reports_each_model(tmp_path):
     model = tiny_dual_encoder(TINY_VOCABULARY, "ade")
     out = tmp_path / "out"
@@ -235,6 +236,7 @@ def test_an_export_without_manifest_is_not_read(tmp_path):
         ExportedEncoder(tmp_path)
 
 
+@pytest.mark.slow
 def test_export_validates_before_writing(tmp_path):
     model = tiny_dual_encoder(TINY_VOCABULARY, "ade")
     for bad in ({"version": 0}, {"version": -1}, {"k": 0}):

@@ -1,5 +1,6 @@
 """python -m samtone_tf.train on a tiny model: outputs, resume after SIGKILL and SIGTERM, NaN stop, strategies."""
 
+import pytest
 import json
 import os
 import re
@@ -69,6 +70,7 @@ def test_resolved_configuration_and_negatives():
     assert negatives_per_query(config)[1] == 0
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_config_checkpoints_logs_metrics_and_model(tmp_path):
     model_dir = tmp_path / "run"
     result = run(command(model_dir, "--steps", "6", "--batch_size", "8", "--checkpoint_every", "3",
@@ -99,6 +101,7 @@ def test_tiny_run_writes_config_checkpoints_logs_metrics_and_model(tmp_path):
     assert [(r["step"], r.get("phase")) for r in metrics(model_dir)] == [(r["step"], r.get("phase")) for r in records]
 
 
+@pytest.mark.slow
 def test_default_run_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
     # The default settings (steps, batch, checkpointing, logging), on the tiny model and without evaluation.
     def default_command(model_dir):
@@ -145,6 +148,7 @@ def test_default_run_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp
     assert not [line for line in finished.stderr.splitlines() if line.strip()], finished.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_run_stopped_by_sigterm_saves_the_steps_it_completed_and_the_same_command_resumes_from_them(tmp_path):
     """SIGTERM is what a scheduler sends before it kills (Kubernetes, Slurm, preemptible VMs): the run finishes its
     step, saves it, exits 143; resuming loses none of its steps, not only those after the last periodic save."""
@@ -179,6 +183,7 @@ def test_a_run_stopped_by_sigterm_saves_the_steps_it_completed_and_the_same_comm
     assert f"step {stopped_at + 2}/{stopped_at + 2}" in resumed.stdout
 
 
+@pytest.mark.slow
 def test_resuming_with_other_settings_is_a_clear_error(tmp_path):
     model_dir = tmp_path / "run"
     first = run(command(model_dir, "--steps", "2", "--batch_size", "8", "--no-export"))
@@ -197,6 +202,7 @@ def test_resuming_with_other_settings_is_a_clear_error(tmp_path):
     assert longer.returncode == 0 and "resumed from" in longer.stdout, longer.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_data_and_checkpoints_are_found_after_a_non_editable_install(tmp_path):
     target = tmp_path / "site"
     source = tmp_path / "source"  # a copy: the build must leave nothing in the checkout
@@ -231,6 +237,7 @@ def test_data_and_checkpoints_are_found_after_a_non_editable_install(tmp_path):
         assert lost.returncode != 0 and "set $SAMTONE_DATA" in lost.stderr
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
     model_dir = tmp_path / "nan"
     # A learning rate of 1e37 blows the weights up within a step or two.
@@ -248,6 +255,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoin
         assert f"The last good checkpoint is {last}" in result.stderr
 
 
+@pytest.mark.slow
 def test_global_batch_must_divide_over_replicas(tmp_path):
     result = run(command(tmp_path / "bad", "--strategy", "mirrored", "--cpu_replicas", "2", "--batch_size", "7",
                          "--steps", "1"))
@@ -255,6 +263,7 @@ def test_global_batch_must_divide_over_replicas(tmp_path):
     assert "--batch_size 7 is not divisible by 2 replicas" in result.stderr
 
 
+@pytest.mark.slow
 def test_mirrored_run_over_two_cpu_replicas(tmp_path):
     result = run(command(tmp_path / "mirrored", "--strategy", "mirrored", "--cpu_replicas", "2",
                          "--batch_size", "8", "--steps", "4", "--same_tower", "both", "--bidirectional",
@@ -297,6 +306,7 @@ def _start_workers(model_dir, tmp_path, workers, *extra):
     return processes
 
 
+@pytest.mark.slow
 def test_a_multi_worker_run_whose_worker_gets_sigterm_stops_and_saves_the_same_step_everywhere_then_resumes(
         tmp_path):
     """A preempted worker (SIGTERM to one process of the job) stops the whole job after one common step, saved;
@@ -335,6 +345,7 @@ def test_a_multi_worker_run_whose_worker_gets_sigterm_stops_and_saves_the_same_s
     assert f"step {stopped_at + 2}/{stopped_at + 2}" in outputs[0][0]
 
 
+@pytest.mark.slow
 def test_multi_worker_run_with_two_local_workers(tmp_path):
     model_dir = tmp_path / "multi"
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]

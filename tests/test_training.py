@@ -137,6 +137,7 @@ def test_given_the_datasets_element_spec_the_step_traces_once_for_every_batch_le
     assert traces == 1
 
 
+@pytest.mark.slow
 def test_on_two_workers_the_step_traces_once_for_every_batch_length(tmp_path):
     # A multi-worker dataset's own spec has no batch size; the training command fills it in
     # (pipeline.per_replica_element_spec), else every multi-worker run traced twice.
