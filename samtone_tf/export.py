@@ -3,6 +3,7 @@
     python -m samtone_tf.export --model_dir runs/default --out exports/squad [--corpus beir:scifact]
     python -m samtone_tf.export --model all-MiniLM-L6-v2 --out exports/minilm   # a pretrained checkpoint, untrained
     python -m samtone_tf.export --check exports/squad
+    python -m samtone_tf.export --model_dir runs/default --format sentence-transformers --out st/squad
 
 The first writes the next version of query_encoder, document_encoder and, with --corpus, a
 retriever (exact search in pure TensorFlow ops) and a ScaNN index, then models.config (for
@@ -22,7 +23,7 @@ import sys
 from pathlib import Path
 
 from samtone_tf.cli import HelpFormatter, add_verbose, command_errors, fail, positive_int, quiet_native_logs
-from samtone_tf.options import SERVED_RETRIEVERS
+from samtone_tf.options import EXPORT_FORMATS, SERVED_RETRIEVERS
 from samtone_tf.serving import DEFAULT_SERVING_ROOT, check_export, export
 from samtone_tf.training.run_dir import RunLockedError, read_jsonl_records
 
@@ -41,6 +42,9 @@ def build_parser():
     parser.add_argument("--document_max_length", type=positive_int, default=None,
                         help="with --model CHECKPOINT: the document tower's max tokens (default: the checkpoint's)")
     parser.add_argument("--out", help="the export directory")
+    parser.add_argument("--format", default="tf-serving", choices=EXPORT_FORMATS,
+                        help="tf-serving: versioned SavedModels and models.config; sentence-transformers: a "
+                             "directory SentenceTransformer(DIR) loads (PyTorch), with a model card")
     parser.add_argument("--check", metavar="EXPORT_DIR", default=None,
                         help="check an export as TF Serving would load it, instead of exporting (default: off)")
     parser.add_argument("--corpus", default=None,
@@ -85,6 +89,11 @@ def main(argv=None):
     quiet_native_logs(args.verbose)
     if args.check is None and not ((args.model_dir or args.model) and args.out):
         parser.error("pass --model_dir (or --model) and --out to export, or --check EXPORT_DIR")
+    if args.format == "sentence-transformers":
+        given = [f"--{name}" for name in ("corpus", "index", "version", "target_recall") if getattr(args, name)]
+        given += ["--retriever"] if args.retriever != "exact" else []
+        if given:
+            parser.error(f"{', '.join(given)}: for TF Serving exports, not --format sentence-transformers")
     if args.model_dir and (args.query_max_length or args.document_max_length):
         parser.error("--query_max_length and --document_max_length are for --model CHECKPOINT: a trained model "
                      "keeps the lengths it was trained at")
@@ -95,6 +104,12 @@ def main(argv=None):
 
         model, model_dir = load_dual_encoder(args.model_dir or args.model, args.query_max_length,
                                              args.document_max_length)
+        if args.format == "sentence-transformers":
+            written = export_sentence_transformers(model, model_dir, args.model_dir or args.model, args.out,
+                                                   args.overwrite)
+            print(f"wrote a sentence-transformers model to {args.out} ({written}); load it with "
+                  f"SentenceTransformer({str(args.out)!r})")
+            return 0
         corpus = None
         if args.corpus:
             from samtone_tf.data.datasets import load_evaluation
@@ -141,6 +156,28 @@ def prebuilt_corpus(index_dir, corpus, model):
     if doc_ids != [str(d) for d in index.doc_ids]:
         raise ValueError(f"{index_dir}: its documents are not those of {source}, the embeddings it names")
     return (doc_ids, embeddings), index
+
+
+def export_sentence_transformers(model, model_dir, given, out, overwrite):
+    """`model` written as a sentence-transformers directory at `out`, whole or absent (staged beside it, then
+    renamed), carrying our marker: a directory that is not ours is never replaced. -> a description of it."""
+    from samtone_tf.atomic import atomic_directory
+    from samtone_tf.model.sentence_transformers_format import model_card, write_sentence_transformers
+    from samtone_tf.ownership import check_ours, write_marker
+
+    kind = "sentence-transformers model"
+    out = Path(out)
+    if check_ours(out, kind) is None and out.is_dir():
+        out.rmdir()  # new or empty: nothing to keep (check_ours refused anything else)
+    config_path = Path(model_dir) / "config.json" if model_dir else None
+    training_config = json.loads(config_path.read_text()) if config_path and config_path.is_file() else None
+    card = model_card(model, base_checkpoint=(training_config or {}).get("model") or str(given),
+                      training_config=training_config, metrics=last_evaluation(model_dir) if model_dir else None)
+    with atomic_directory(out, overwrite=overwrite) as staging:
+        write_sentence_transformers(model, staging, card=card)
+        write_marker(staging, kind)
+    routes = "a query and a document route" if (out / "router_config.json").is_file() else "one pipeline for both"
+    return f"{model.architecture}: {routes}"
 
 
 def model_source(given, model_dir):

@@ -18,6 +18,7 @@ PRECISIONS = tuple(PRECISION_POLICIES)
 SEARCH_INDEXES = ("exact", "scann")  # evaluate, mine and index build
 SERVED_RETRIEVERS = ("exact", "partitioned")  # export --corpus: pure TensorFlow ops, for stock TF Serving
 CORPUS_FORMATS = ("beir", "id_text")
+EXPORT_FORMATS = ("tf-serving", "sentence-transformers")  # export --format
 
 
 def set_tensorflow_environment():

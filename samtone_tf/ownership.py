@@ -20,7 +20,7 @@ from samtone_tf.version import __version__
 
 MARKER = ".samtone_tf.json"
 LOCK = ".lock"  # run_dir.RunLock's file
-KINDS = ("model_dir", "export", "index", "embeddings", "evaluation")
+KINDS = ("model_dir", "export", "index", "embeddings", "evaluation", "sentence-transformers model")
 
 
 class NotOurs(ValueError):
