@@ -90,6 +90,22 @@ def analysis(results):
         f"{r['centroid_cosine']:.3f} |\n")
 
 
+def interop(results):
+    lines = ["| architecture | routes | texts | query: min cosine | document: min cosine | max abs difference |",
+             "|---|---|---:|---:|---:|---:|"]
+    for row in results["round_trip"]:
+        lines.append(f"| {row['architecture']} | {row['routes']} | {row['texts']} | {row['query_min_cosine']:.9f} | "
+                     f"{row['document_min_cosine']:.9f} | "
+                     f"{max(row['query_max_abs_difference'], row['document_max_abs_difference']):.1e} |")
+    table = "\n".join(lines) + "\n"
+    if results.get("zero_shot"):
+        rows = ["| zero-shot all-MiniLM-L6-v2, BEIR SciFact test | nDCG@10 | P@1 | seconds |", "|---|---:|---:|---:|"]
+        for row in results["zero_shot"]["rows"]:
+            rows.append(f"| {row['path']} | {row['nDCG@10']:.6f} | {row['P@1']:.6f} | {row['seconds']:.0f} |")
+        table += "\n" + "\n".join(rows) + "\n"
+    return table
+
+
 def length_groups(results):
     lines = ["| setting | s/step | token positions per step | × padded batch time |", "|---|---:|---:|---:|"]
     base = results["rows"][0]["seconds_per_step"]
@@ -217,7 +233,7 @@ def index_search(results):
 
 RENDERERS = {  # results file kind (its name up to the first "-") -> renderer
     "analysis": analysis, "batch_size": batch_size, "beam_encoding": beam_encoding, "encode_speed": encode_speed,
-    "gradient_cache": gradient_cache, "index_search": index_search, "length_groups": length_groups,
+    "gradient_cache": gradient_cache, "index_search": index_search, "interop": interop, "length_groups": length_groups,
     "loss_overhead": loss_overhead, "mining": mining, "quality": quality, "speed": speed,
     "symmetric_product": symmetric_product,
 }

@@ -47,6 +47,16 @@ positive_float = _number(float, 0.0, strict=True)
 non_negative_float = _number(float, 0.0, strict=False)
 
 
+def comma_list(item):
+    """An argparse type: "a,b,c" -> [item(a), item(b), item(c)], each checked by `item` (e.g. positive_int)."""
+    def parse(text):
+        parts = [part.strip() for part in text.split(",")]
+        if not text.strip() or any(not part for part in parts):
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list; got {text!r}")
+        return [item(part) for part in parts]
+    return parse
+
+
 def add_verbose(parser):
     parser.add_argument("--verbose", action="store_true",
                         help="show TensorFlow's native log messages (hidden unless TF_CPP_MIN_LOG_LEVEL is set)")

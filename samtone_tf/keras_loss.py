@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from samtone_tf.losses import check_options, samtone_loss
+from samtone_tf.losses import check_options, matryoshka_samtone_loss, samtone_loss
 
 # Keys of `y_true` (ids) understood by SamToNeLoss.
 QUERY_ID_KEYS = ("query_ids", "query_id")
@@ -48,8 +48,16 @@ class SamToNeLoss(keras.losses.Loss):
         reduction="sum_over_batch_size",
         name="samtone_loss",
         dtype=None,
+        matryoshka_dims=None,
+        matryoshka_weights=None,
     ):
         check_options(same_tower, bidirectional, 1.0 if temperature is None else temperature)
+        if matryoshka_weights is not None and not matryoshka_dims:
+            raise ValueError("matryoshka_weights without matryoshka_dims")
+        # Matryoshka representation learning: the loss also at these prefixes of the embeddings (`losses.
+        # matryoshka_samtone_loss`); the full dimension is always included.
+        self.matryoshka_dims = [int(d) for d in matryoshka_dims] if matryoshka_dims else None
+        self.matryoshka_weights = [float(w) for w in matryoshka_weights] if matryoshka_weights else None
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.temperature = None if temperature is None else float(temperature)
         self.same_tower = same_tower
@@ -83,10 +91,15 @@ class SamToNeLoss(keras.losses.Loss):
                 raise ValueError(f"SamToNeLoss: the model's temperature {float(told):g} differs from the loss's "
                                  f"{self.temperature:g}; the model holds it: compile with SamToNeLoss(temperature="
                                  "None) (or build the model with the temperature you want)")
-        return samtone_loss(
+        loss, matryoshka = samtone_loss, {}
+        if self.matryoshka_dims:
+            loss = matryoshka_samtone_loss
+            matryoshka = {"dimensions": self.matryoshka_dims, "weights": self.matryoshka_weights}
+        return loss(
             y_pred["query"],
             y_pred["document"],
             y_pred.get("hard_negatives"),
+            **matryoshka,
             temperature=y_pred.get("temperature", self.temperature),
             same_tower=self.same_tower,
             bidirectional=self.bidirectional,
@@ -101,6 +114,8 @@ class SamToNeLoss(keras.losses.Loss):
             temperature=self.temperature,
             same_tower=self.same_tower,
             bidirectional=self.bidirectional,
+            matryoshka_dims=self.matryoshka_dims,
+            matryoshka_weights=self.matryoshka_weights,
         )
         return config
 

@@ -134,6 +134,48 @@ def samtone_loss(
     return loss
 
 
+def matryoshka_dimensions(full_dimension, dimensions, weights=None):
+    """The prefixes a Matryoshka loss is taken at: `dimensions` with the full dimension always added, largest first,
+    and their weights (default 1 each; given, one per prefix in that order). -> ([d...], [w...])."""
+    dimensions = sorted({int(d) for d in dimensions} | {int(full_dimension)}, reverse=True)
+    bad = [d for d in dimensions if not 0 < d <= full_dimension]
+    if bad:
+        raise ValueError(f"matryoshka dimensions must be in 1..{full_dimension} (the embedding's); got {bad}")
+    if weights is None:
+        weights = [1.0] * len(dimensions)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(dimensions):
+        raise ValueError(f"{len(weights)} matryoshka weights for {len(dimensions)} dimensions {dimensions} (the full "
+                         "dimension included, largest first)")
+    if any(not w >= 0 for w in weights) or not any(w > 0 for w in weights):
+        raise ValueError(f"matryoshka weights must be non-negative, one of them positive; got {weights}")
+    return dimensions, weights
+
+
+def matryoshka_samtone_loss(query, document, hard_negatives=None, *, dimensions, weights=None, **options):
+    """Per-example Matryoshka SamToNe loss [B]: the weighted sum of `samtone_loss` on the embeddings' prefixes of
+    each of `dimensions` (the full dimension always included, as given; a shorter prefix re-normalised to unit
+    length, as a truncated embedding is served). Every `samtone_loss` option applies at every prefix (same-tower
+    side, bidirectional, hard negatives, id masks), and each prefix's loss is exact across replicas as
+    `samtone_loss` is. query, document: [B, D]; hard_negatives: [B, H, D] or None."""
+    query = _as_float32(query)
+    full = query.shape[-1]
+    if full is None:
+        raise ValueError("matryoshka_samtone_loss needs the embedding dimension known statically")
+    dimensions, weights = matryoshka_dimensions(full, dimensions, weights)
+
+    def prefix(x, d):
+        if x is None or d == full:
+            return x
+        return tf.math.l2_normalize(_as_float32(x)[..., :d], axis=-1)
+
+    total = 0.0
+    for d, w in zip(dimensions, weights):
+        if w:
+            total += w * samtone_loss(prefix(query, d), prefix(document, d), prefix(hard_negatives, d), **options)
+    return total
+
+
 def samtone_objective(positive_logit, logit_blocks):
     """The SamToNe objective of one direction, per row, over blocks of logits (similarity / temperature).
 

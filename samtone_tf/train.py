@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from samtone_tf.cli import (HelpFormatter, add_verbose, command_errors, fail, non_negative_float, non_negative_int,
-                            positive_float, positive_int, quiet_native_logs)
+from samtone_tf.cli import (HelpFormatter, add_verbose, comma_list, command_errors, fail, non_negative_float,
+                            non_negative_int, positive_float, positive_int, quiet_native_logs)
 from samtone_tf.options import ARCHITECTURES, OPTIMIZERS, POOLINGS, PRECISIONS, SAME_TOWER_SIDES, STRATEGIES
 from samtone_tf.training.config import DEFAULT_DATASET, TrainConfig
 from samtone_tf.training.run_dir import RunLockedError
@@ -74,6 +74,12 @@ def build_parser():
                       help="SamToNe: which tower's other members join the negatives ('none': standard loss)")
     loss.add_argument("--bidirectional", action="store_true", help="add the document->query softmax")
     loss.add_argument("--temperature", type=positive_float, default=0.05, help="softmax temperature")
+    loss.add_argument("--matryoshka_dims", type=comma_list(positive_int), default=None, metavar="D,D,...",
+                      help="Matryoshka: add the loss at these prefixes of the embedding (re-normalised), e.g. "
+                           "256,128,64; the full dimension is always included (default: the full dimension only)")
+    loss.add_argument("--matryoshka_weights", type=comma_list(non_negative_float), default=None, metavar="W,W,...",
+                      help="the prefixes' weights, the full dimension's first, then largest to smallest "
+                           "(default: equal)")
     loss.add_argument("--learnable_temperature", action="store_true",
                       help="learn the temperature (log scale, clipped to [0.01, 1.0]), starting at --temperature")
     model.add_argument("--dropout", type=non_negative_float, default=None,

@@ -40,6 +40,8 @@ class TrainConfig:
     hard_negatives: int = 0
     dropout: float | None = None  # None: the checkpoint's rate
     gradient_cache_chunk: int | None = None  # None: no gradient caching
+    matryoshka_dims: list | None = None  # the loss also at these embedding prefixes (the full dimension always)
+    matryoshka_weights: list | None = None  # one per prefix, the full dimension first, largest first; None: equal
     length_groups: int = 8  # rows of similar length encoded together (DualEncoder(length_groups)); 1: batch whole
     mixed_precision: str = "none"  # "bf16" or "fp16": Keras mixed-precision policies
     jit_compile: bool = False  # the replica step compiled with XLA
@@ -81,6 +83,14 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
                 problems.append(f"{name} must be a positive integer or None; got {value!r}")
+        if self.matryoshka_dims is not None and (not isinstance(self.matryoshka_dims, (list, tuple)) or not all(
+                _is_int(d) and d > 0 for d in self.matryoshka_dims)):
+            problems.append(f"matryoshka_dims must be a list of positive integers; got {self.matryoshka_dims!r}")
+        if self.matryoshka_weights is not None and (not self.matryoshka_dims or not isinstance(
+                self.matryoshka_weights, (list, tuple)) or not all(isinstance(w, (int, float)) and w >= 0
+                                                                   for w in self.matryoshka_weights)):
+            problems.append("matryoshka_weights must be non-negative numbers, with matryoshka_dims; got "
+                            f"{self.matryoshka_weights!r}")
         if self.max_train_pairs is not None and self.first_train_pairs is not None:
             problems.append("max_train_pairs (a sample of the whole file) and first_train_pairs (its head) exclude "
                             "each other")

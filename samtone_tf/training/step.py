@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from samtone_tf.encoding import compiled_networks
 from samtone_tf.keras_loss import SamToNeLoss
+from samtone_tf.losses import matryoshka_dimensions
 from samtone_tf.options import PRECISION_POLICIES
 from samtone_tf.training.config import ID_KEYS
 from samtone_tf.training.gradient_cache import gradient_cached_step
@@ -23,8 +24,12 @@ def compile_for_training(model, config):
     LossScaleOptimizer (dynamic loss scaling). The loss takes the model's temperature (the model holds it: fixed
     or learnt, from the configuration that built it). -> the model's optimizer."""
     optimizer = make_optimizer(config, config.schedule)
+    if config.matryoshka_dims:  # checked against the model's dimension now, not at the first step
+        matryoshka_dimensions(model.query_tower.output_dim, config.matryoshka_dims, config.matryoshka_weights)
     model.compile(optimizer=optimizer, loss=SamToNeLoss(temperature=None, same_tower=config.same_tower,
-                                                        bidirectional=config.bidirectional))
+                                                        bidirectional=config.bidirectional,
+                                                        matryoshka_dims=config.matryoshka_dims,
+                                                        matryoshka_weights=config.matryoshka_weights))
     model.optimizer.build(model.trainable_variables)
     return model.optimizer
 
