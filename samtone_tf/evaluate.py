@@ -20,10 +20,11 @@ from pathlib import Path
 from samtone_tf.atomic import atomic_write_text
 from samtone_tf.cli import HelpFormatter, add_verbose, command_errors, fail, positive_int, quiet_native_logs
 from samtone_tf.data.datasets import load_evaluation
+from samtone_tf.index.quantized import QuantizedIndex
 from samtone_tf.index.search import ExactIndex, ScannIndex, load_index
 from samtone_tf.metrics import trec_run_text
 from samtone_tf.models import load_encoder
-from samtone_tf.options import SEARCH_INDEXES
+from samtone_tf.options import CODE_PRECISIONS, SEARCH_INDEXES
 from samtone_tf.ownership import claim
 from samtone_tf.retrieval import DEFAULT_MEASURES, check_prebuilt_index, evaluate_encoder
 
@@ -32,10 +33,17 @@ IGNORE_IDENTICAL_IDS = ("arguana", "quora")
 
 
 def evaluate(model_path, dataset, split=None, index="exact", k=100, batch_size=64, data_dir=None,
-             version=None, verbose=True, ignore_identical_ids=None, keep_run=False, index_dir=None):
+             version=None, verbose=True, ignore_identical_ids=None, keep_run=False, index_dir=None, dims=None,
+             precision="float32", rescore=None):
     """The metrics JSON (as a dict) of the model at `model_path` on `dataset`; with `keep_run`, also the
     ranking scored ("run") and the per-query metrics ("per_query"). With `index_dir`, the corpus is searched in
-    that prebuilt index (`python -m samtone_tf.index build`) instead of being encoded again."""
+    that prebuilt index (`python -m samtone_tf.index build`) instead of being encoded again. `dims` (a prefix of
+    the embeddings), `precision` (float32, int8, binary) and `rescore` (a shortlist re-scored in float32) score
+    the model as a cheaper index would serve it (`index.quantized.QuantizedIndex`, exact search)."""
+    quantized = dims is not None or precision != "float32" or rescore is not None
+    if quantized and (index != "exact" or index_dir is not None):
+        raise ValueError("--dims, --precision and --rescore search exactly over the codes: not with --index scann "
+                         "or --index_dir")
     encoder = load_encoder(model_path, version)
     data = load_evaluation(dataset, split, data_dir)
     prebuilt = None
@@ -45,7 +53,14 @@ def evaluate(model_path, dataset, split=None, index="exact", k=100, batch_size=6
         index = f"prebuilt {'exact' if isinstance(prebuilt, ExactIndex) else 'scann'} index {index_dir}"
     if ignore_identical_ids is None:
         ignore_identical_ids = any(name in dataset for name in IGNORE_IDENTICAL_IDS)
-    factory = ExactIndex if index == "exact" else (lambda e, ids: ScannIndex(e, ids, k=k))
+    built = []
+
+    def quantized_index(embeddings, doc_ids):
+        built.append(QuantizedIndex(embeddings, doc_ids, dims, precision, rescore))
+        return built[-1]
+
+    factory = quantized_index if quantized else ExactIndex if index == "exact" else (
+        lambda e, ids: ScannIndex(e, ids, k=k))
     result = evaluate_encoder(encoder, data, DEFAULT_MEASURES, k=k, batch_size=batch_size, verbose=verbose,
                               index_factory=factory, ignore_identical_ids=ignore_identical_ids, keep_run=keep_run,
                               index=prebuilt)
@@ -55,6 +70,8 @@ def evaluate(model_path, dataset, split=None, index="exact", k=100, batch_size=6
         "metrics": {m: result[m] for m in DEFAULT_MEASURES},
         "queries": result["queries"], "documents": result["documents"], "seconds": result["seconds"],
     }
+    if built:
+        summary["quantization"] = built[-1].describe()  # dims, precision, rescore, the codes' bytes
     if keep_run:
         summary.update(run=result["run"], per_query=result["per_query"])
     return summary
@@ -68,6 +85,14 @@ def main(argv=None):
                                                          "python -m samtone_tf.data --help)")
     parser.add_argument("--split", default=None, help="default: the dataset's evaluation split")
     parser.add_argument("--index", default="exact", choices=SEARCH_INDEXES, help="search")
+    parser.add_argument("--dims", type=positive_int, default=None,
+                        help="score a prefix of the embeddings, re-normalised (Matryoshka; default: all dimensions)")
+    parser.add_argument("--precision", default="float32", choices=CODE_PRECISIONS,
+                        help="the corpus's codes: float32, int8 (per-dimension ranges calibrated on the corpus: 4x "
+                             "smaller) or binary (signs, Hamming distance: 32x smaller)")
+    parser.add_argument("--rescore", type=positive_int, default=None, metavar="K",
+                        help="shortlist K documents per query by the codes, then rank them by the float32 prefix "
+                             "(default: rank by the codes)")
     parser.add_argument("--index_dir", default=None,
                         help="search this prebuilt index (python -m samtone_tf.index build) instead of encoding "
                              "the corpus; --index is then ignored (default: none)")
@@ -88,11 +113,15 @@ def main(argv=None):
     try:
         result = evaluate(args.model, args.dataset, args.split, args.index, args.k, args.batch_size,
                           args.data_dir, args.version, keep_run=bool(args.run_out),
-                          index_dir=args.index_dir)
+                          index_dir=args.index_dir, dims=args.dims, precision=args.precision, rescore=args.rescore)
     except command_errors() as error:
         return fail(error)
     print(f"\n{result['dataset']} ({result['split']}): {result['queries']} queries, {result['documents']} "
           f"documents, {result['index']} search, model {result['model']}")
+    if "quantization" in result:
+        q = result["quantization"]
+        print(f"  codes: {q['dims']} dimensions, {q['precision']}, {q['code_bytes']:,} bytes"
+              + (f", the best {q['rescore']} re-scored in float32" if q["rescore"] else ""))
     for measure, value in result["metrics"].items():
         print(f"  {measure:<11}{value:.4f}")
     run, per_query = result.pop("run", None), result.pop("per_query", None)

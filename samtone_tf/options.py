@@ -16,6 +16,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")  # tf.distribute str
 PRECISION_POLICIES = {"none": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}  # Keras dtype policies
 PRECISIONS = tuple(PRECISION_POLICIES)
 SEARCH_INDEXES = ("exact", "scann")  # evaluate, mine and index build
+CODE_PRECISIONS = ("float32", "int8", "binary")  # the corpus codes of evaluate --precision (index.quantized)
 SERVED_RETRIEVERS = ("exact", "partitioned")  # export --corpus: pure TensorFlow ops, for stock TF Serving
 CORPUS_FORMATS = ("beir", "id_text")
 EXPORT_FORMATS = ("tf-serving", "sentence-transformers")  # export --format
