@@ -79,7 +79,15 @@ class _TowerModule(tf.Module):
 
 
 class EncoderModule(_TowerModule):
-    """A tower as a SavedModel: raw strings [None] -> embeddings [None, D]."""
+    """A tower as a SavedModel: raw strings [None] -> embeddings [None, D]; `prefix(text, dims)` the first `dims`
+    re-normalised (a signature `dims_<dims>` per exported prefix)."""
+
+    def prefix_signature(self, dims):
+        @tf.function(input_signature=[_TEXT])
+        def serve_prefix(text):
+            return {"embedding": tf.math.l2_normalize(self._encode(text)[:, :dims], axis=1)}
+
+        return serve_prefix
 
     @tf.function(input_signature=[_TEXT])
     def __call__(self, text):
@@ -131,15 +139,87 @@ class PartitionedRetrieverModule(_TowerModule):
         return {"doc_ids": tf.where(positions >= 0, ids, tf.constant("")), "scores": scores}
 
 
+
+class QuantizedRetrieverModule(_TowerModule):
+    """Query text -> top-k document ids and scores over cheaper corpus codes (`index.quantized.QuantizedIndex`,
+    the same ranking): a prefix of `dims` dimensions re-normalised, stored as float32, int8 codes (per-dimension
+    ranges calibrated on the corpus; scored as the float query against the decoded codes) or binary codes (signs in
+    64-bit words; Hamming distance by XOR and population count, one query at a time); with `rescore`, the best
+    `rescore` by the codes re-ranked by the float32 prefix. TensorFlow core ops only: stock TF Serving runs it."""
+
+    def __init__(self, query_tower, index, k):
+        super().__init__(query_tower)
+        self.dims, self.precision = index.dims, index.precision
+        self.rescore = min(index.rescore, len(index)) if index.rescore else None
+        self.k = min(int(k), len(index))
+        self.doc_ids = tf.Variable(np.asarray([str(d) for d in index.doc_ids], dtype=object), trainable=False,
+                                   dtype=tf.string, name="doc_ids")
+        if self.precision == "binary":
+            packed = index.codes  # uint8 [N, ceil(dims / 8)]
+            words = -(-packed.shape[1] // 8)
+            padded = np.zeros((packed.shape[0], words * 8), np.uint8)
+            padded[:, :packed.shape[1]] = packed
+            self.codes = tf.Variable(padded.view(np.int64), trainable=False, name="codes")  # [N, words]
+        else:
+            self.codes = tf.Variable(index.codes, trainable=False, name="codes")
+        if self.precision == "int8":
+            self.low = tf.Variable(index.low, trainable=False, name="low")
+            self.step = tf.Variable(index.step, trainable=False, name="step")
+        if self.rescore or self.precision == "float32":
+            # Kept only where it is read: the float32 prefix for rescoring (the codes themselves for float32).
+            self.prefix = self.codes if self.precision == "float32" else tf.Variable(
+                index.prefix, trainable=False, name="prefix")
+
+    def _code_scores(self, queries):
+        if self.precision == "float32":
+            return tf.matmul(queries, self.codes, transpose_b=True)
+        if self.precision == "int8":
+            decoded = tf.cast(self.codes, tf.float32) + 128.0
+            return tf.linalg.matvec(queries, self.low)[:, None] + tf.matmul(queries * self.step, decoded,
+                                                                           transpose_b=True)
+        bits = tf.cast(queries > 0, tf.int32)
+        bytes_ = tf.shape(self.codes)[1] * 8
+        bits = tf.pad(bits, [[0, 0], [0, bytes_ * 8 - self.dims]])
+        weights = tf.constant([128, 64, 32, 16, 8, 4, 2, 1], tf.int32)  # np.packbits' order: the first bit high
+        packed = tf.cast(tf.reduce_sum(tf.reshape(bits, [-1, bytes_, 8]) * weights, axis=2), tf.uint8)
+        query_words = tf.bitcast(tf.reshape(packed, [-1, bytes_ // 8, 8]), tf.int64)  # as numpy's .view(int64)
+
+        def distances(word):  # one query: [words] -> [N]
+            xor = tf.bitwise.bitwise_xor(self.codes, word[None, :])
+            return tf.reduce_sum(tf.cast(tf.raw_ops.PopulationCount(x=xor), tf.int32), axis=1)
+
+        hamming = tf.map_fn(distances, query_words, fn_output_signature=tf.TensorSpec([None], tf.int32))
+        return -tf.cast(hamming, tf.float32)
+
+    @tf.function(input_signature=[_TEXT])
+    def serve(self, text):
+        queries = self._encode(text)[:, :self.dims]
+        queries = tf.math.l2_normalize(queries, axis=1)
+        scores = self._code_scores(queries)
+        if self.rescore:
+            shortlist = tf.math.top_k(scores, k=self.rescore).indices
+            exact = tf.einsum("qd,qkd->qk", queries, tf.gather(self.prefix, shortlist))
+            top = tf.math.top_k(exact, k=self.k)
+            rows = tf.gather(shortlist, top.indices, batch_dims=1)
+            return {"doc_ids": tf.gather(self.doc_ids, rows), "scores": top.values}
+        top = tf.math.top_k(scores, k=self.k)
+        return {"doc_ids": tf.gather(self.doc_ids, top.indices), "scores": top.values}
+
+
 def _lookup_tables(tower):
     tokenizer = getattr(tower, "tokenizer", None)
     table = getattr(tokenizer, "lookup_table", None)
     return [table] if table is not None else []
 
 
-def save_encoder(tower, directory):
+def save_encoder(tower, directory, prefixes=()):
+    """The encoder SavedModel: serving_default, and a signature `dims_D` for each prefix D of `prefixes`."""
     module = EncoderModule(tower)
-    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
+    signatures = {"serving_default": module.serve}
+    for dims in prefixes:
+        if dims != tower.output_dim:
+            signatures[f"dims_{dims}"] = module.prefix_signature(int(dims))
+    tf.saved_model.save(module, str(directory), signatures=signatures)
 
 
 def save_retriever(query_tower, embeddings, doc_ids, k, directory):
@@ -151,6 +231,12 @@ def save_partitioned_retriever(query_tower, partitions, doc_ids, probes, k, dire
     module = PartitionedRetrieverModule(query_tower, partitions, doc_ids, probes, k)
     tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
 
+
+
+def save_quantized_retriever(query_tower, index, k, directory):
+    """The retriever SavedModel over `index` (a QuantizedIndex of the corpus's embeddings)."""
+    module = QuantizedRetrieverModule(query_tower, index, k)
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
 
 def save_index(embeddings, doc_ids, k, directory, index=None):
     """The ScaNN index of `embeddings` (or the prebuilt, e.g. tuned, `index` of them) and its TF-ops searcher."""
@@ -248,7 +334,7 @@ def text_format_string(text):
 
 def export(model, out, version=None, corpus=None, k=10, overwrite=False, training_config=None, metrics=None,
            batch_size=64, verbose=True, serving_root=DEFAULT_SERVING_ROOT, target_recall=None, retriever="exact",
-           corpus_embeddings=None, prebuilt_index=None, source=None):
+           corpus_embeddings=None, prebuilt_index=None, source=None, codes=None):
     """Exports `model` (a DualEncoder) as version `version` (default: the next) under `out`.
 
     `corpus` (RetrievalData or None) adds a retriever and a ScaNN index of its documents; with
@@ -261,7 +347,10 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
     instead of encoding it again, and a prebuilt `ScannIndex` of them (`prebuilt_index`) becomes index/N. The
     version is whole or absent: on any failure the previous version, the manifest and
     models.config are left as they were. `source` (what the model was loaded from: a training model_dir, a
-    .keras file, a pretrained checkpoint) is recorded in the manifest. -> the manifest (dict).
+    .keras file, a pretrained checkpoint) is recorded in the manifest. `codes` ({"dims", "precision", "rescore"},
+    as `index.quantized.QuantizedIndex` takes them) makes the retriever search cheaper codes of the corpus
+    (`QuantizedRetrieverModule`), and gives each encoder a signature `dims_D` for a prefix `dims` D.
+    -> the manifest (dict).
     """
     out = Path(out)
     say = print if verbose else (lambda *a, **kw: None)
@@ -273,17 +362,20 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
         raise ValueError(f"the corpus {corpus.name} has no documents")
     if retriever not in ("exact", "partitioned"):
         raise ValueError(f"retriever must be 'exact' or 'partitioned'; got {retriever!r}")
+    if codes is not None and (corpus is None or retriever != "exact"):
+        raise ValueError("codes (--dims, --precision, --rescore) are for the exact retriever of a --corpus")
     if target_recall is not None and (corpus is None or not 0.0 < float(target_recall) <= 1.0):
         raise ValueError(f"target_recall {target_recall}: needs a corpus and a value in (0, 1]")
     claim(out, "export", recognise=_is_export_of_an_earlier_version)
     with RunLock(out, say=say, holder="export", advice="export to another --out"):
         return _export_locked(model, out, version, corpus, k, overwrite, training_config, metrics, batch_size, say,
                               verbose, serving_root, target_recall, retriever, corpus_embeddings, prebuilt_index,
-                              source)
+                              source, codes)
 
 
 def _export_locked(model, out, version, corpus, k, overwrite, training_config, metrics, batch_size, say, verbose,
-                   serving_root, target_recall, retriever, corpus_embeddings, prebuilt_index, source=None):
+                   serving_root, target_recall, retriever, corpus_embeddings, prebuilt_index, source=None,
+                   codes=None):
     """`export`'s work, with the export directory claimed and locked (one writer)."""
     recover_interrupted_commit(out, say)
     previous = read_manifest(out)
@@ -296,15 +388,16 @@ def _export_locked(model, out, version, corpus, k, overwrite, training_config, m
 
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{version}-", dir=out))
     try:
+        prefixes = [codes["dims"]] if codes and codes.get("dims") else []
         for name, tower in (("query_encoder", model.query_tower), ("document_encoder", model.document_tower)):
-            save_encoder(tower, staging / name)
+            save_encoder(tower, staging / name, prefixes)
             say(f"wrote {name} version {version}")
         manifest = _manifest(model, version, committed_versions(previous), training_config, metrics)
         if source is not None:
             manifest["source"] = source
         if corpus is not None:
             _export_corpus(model, corpus, version, k, staging, manifest, batch_size, say, verbose, target_recall,
-                           retriever, corpus_embeddings, prebuilt_index)
+                           retriever, corpus_embeddings, prebuilt_index, codes)
         serving_names = [name for name in names if name != INDEX]
         manifest["serving_root"] = str(serving_root)
         _commit(out, staging, names, version, serving_config(serving_names, version, serving_root),
@@ -315,7 +408,7 @@ def _export_locked(model, out, version, corpus, k, overwrite, training_config, m
 
 
 def _export_corpus(model, corpus, version, k, staging, manifest, batch_size, say, verbose, target_recall, retriever,
-                   corpus_embeddings, prebuilt_index):
+                   corpus_embeddings, prebuilt_index, codes=None):
     """`export`'s corpus branch: the retriever SavedModel and the ScaNN index of the corpus's embeddings (encoded
     here unless `corpus_embeddings` are given), written into `staging`; their entries added to `manifest`."""
     if corpus_embeddings is not None:
@@ -338,9 +431,17 @@ def _export_corpus(model, corpus, version, k, staging, manifest, batch_size, say
         retriever_report.update(_save_partitioned(model.query_tower, embeddings, doc_ids, k, queries,
                                                   excluded, target_recall or 0.95, staging / RETRIEVER,
                                                   say))
+    elif codes:
+        from samtone_tf.index.quantized import QuantizedIndex
+
+        quantized = QuantizedIndex(embeddings, doc_ids, codes.get("dims"), codes.get("precision", "float32"),
+                                   codes.get("rescore"))
+        save_quantized_retriever(model.query_tower, quantized, k, staging / RETRIEVER)
+        retriever_report.update(kind="codes", **quantized.describe(), calibration=(
+            "per-dimension minimum and maximum over the corpus, 255 steps" if quantized.precision == "int8" else None))
     else:
         save_retriever(model.query_tower, embeddings, doc_ids, k, staging / RETRIEVER)
-    say(f"wrote {RETRIEVER} version {version} ({retriever})")
+    say(f"wrote {RETRIEVER} version {version} ({retriever_report['kind']})")
     tuned = prebuilt_index
     if target_recall is not None and prebuilt_index is None:
         from samtone_tf.index.tuning import tune_scann
