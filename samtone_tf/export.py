@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from samtone_tf.cli import HelpFormatter, add_verbose, command_errors, fail, positive_int, quiet_native_logs
-from samtone_tf.options import EXPORT_FORMATS, SERVED_RETRIEVERS
+from samtone_tf.options import CODE_PRECISIONS, EXPORT_FORMATS, SERVED_RETRIEVERS
 from samtone_tf.serving import DEFAULT_SERVING_ROOT, check_export, export
 from samtone_tf.training.run_dir import RunLockedError, read_jsonl_records
 
@@ -64,6 +64,15 @@ def build_parser():
                              "nearest k-means partitions (partitioned: for corpora too large to search exactly "
                              "per query); of sqrt(N), 2 sqrt(N) and 4 sqrt(N) partitions, the fastest at "
                              "--target_recall (default 0.95) on this machine, probing as few as reach it")
+    parser.add_argument("--dims", type=positive_int, default=None,
+                        help="with --corpus: the retriever searches this prefix of the embeddings, re-normalised "
+                             "(a Matryoshka-trained model), and each encoder gets a signature dims_D (default: all)")
+    parser.add_argument("--precision", default="float32", choices=CODE_PRECISIONS,
+                        help="with --corpus: the retriever's corpus codes: float32, int8 (4x smaller) or binary "
+                             "(32x smaller; XOR and population count), in stock TensorFlow ops")
+    parser.add_argument("--rescore", type=positive_int, default=None, metavar="K",
+                        help="with --corpus: the retriever re-ranks the best K by the codes with the float32 "
+                             "prefix (default: rank by the codes)")
     parser.add_argument("--index", default=None, metavar="INDEX_DIR",
                         help="a prebuilt index of --corpus (python -m samtone_tf.index build): its embeddings and, "
                              "for a ScaNN index, the index itself are used instead of encoding the corpus again "
@@ -89,6 +98,11 @@ def main(argv=None):
     quiet_native_logs(args.verbose)
     if args.check is None and not ((args.model_dir or args.model) and args.out):
         parser.error("pass --model_dir (or --model) and --out to export, or --check EXPORT_DIR")
+    codes = None
+    if args.dims or args.precision != "float32" or args.rescore:
+        if not args.corpus or args.retriever != "exact":
+            parser.error("--dims, --precision and --rescore shape the exact retriever of a --corpus")
+        codes = {"dims": args.dims, "precision": args.precision, "rescore": args.rescore}
     if args.format == "sentence-transformers":
         given = [f"--{name}" for name in ("corpus", "index", "version", "target_recall") if getattr(args, name)]
         given += ["--retriever"] if args.retriever != "exact" else []
@@ -127,7 +141,7 @@ def main(argv=None):
                           metrics, args.batch_size, serving_root=args.serving_root,
                           target_recall=args.target_recall, retriever=args.retriever,
                           corpus_embeddings=corpus_embeddings, prebuilt_index=prebuilt,
-                          source=model_source(args.model_dir or args.model, model_dir))
+                          source=model_source(args.model_dir or args.model, model_dir), codes=codes)
     except (*command_errors(), RunLockedError) as error:
         return fail(error)
     print(f"exported version {manifest['version']} of {', '.join(manifest['models'])} to {args.out}")
