@@ -194,6 +194,43 @@ def loss_parity(args, results):
                              directions=list(directions), ours=ours, theirs=theirs, difference=abs(ours - theirs)))
     results["parity"] = dict(rows=rows, max_difference=max(r["difference"] for r in rows))
     print(f"parity: max |difference| {results['parity']['max_difference']:.2e}", flush=True)
+    results["matryoshka_parity"] = matryoshka_parity(rng)
+    print(f"Matryoshka parity: max |difference| {results['matryoshka_parity']['max_difference']:.2e}", flush=True)
+
+
+def matryoshka_parity(rng):
+    """Ours (`matryoshka_samtone_loss`, query-side SamToNe) against sentence-transformers' MatryoshkaLoss over
+    MultipleNegativesRankingLoss(directions=("query_to_doc", "query_to_query")) on identical embeddings: a module
+    that returns the embeddings it is given stands for the model."""
+    import torch
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+
+    from samtone_tf.losses import matryoshka_samtone_loss
+
+    class Given(torch.nn.Module):
+        def forward(self, features):
+            return {"sentence_embedding": features["embedding"]}
+
+        def get_embedding_dimension(self):
+            return 384
+
+    rows = []
+    for batch, temperature, dims, weights in ((64, 0.05, [384, 256, 128, 64], [1, 1, 1, 1]),
+                                              (256, 0.02, [384, 128], [1.0, 0.5]),
+                                              (32, 0.1, [384, 192, 96, 48], [1.0, 0.8, 0.6, 0.4])):
+        q, p = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (rng.normal(size=(batch, 384)),
+                                                                       rng.normal(size=(batch, 384))))
+        ours = float(tf.reduce_mean(matryoshka_samtone_loss(q.astype(np.float32), p.astype(np.float32),
+                                                            dimensions=dims, weights=weights,
+                                                            temperature=temperature)))
+        model = Given()
+        peer = MatryoshkaLoss(model, MultipleNegativesRankingLoss(model, scale=1.0 / temperature, directions=(
+            "query_to_doc", "query_to_query")), matryoshka_dims=dims, matryoshka_weights=weights)
+        theirs = float(peer([{"embedding": torch.tensor(q, dtype=torch.float32)},
+                             {"embedding": torch.tensor(p, dtype=torch.float32)}], None))
+        rows.append(dict(batch=batch, temperature=temperature, dims=dims, weights=weights, ours=ours, theirs=theirs,
+                         difference=abs(ours - theirs)))
+    return dict(rows=rows, max_difference=max(r["difference"] for r in rows))
 
 
 def real_embeddings(args):

@@ -57,6 +57,14 @@ def speed(results):
             lines.append(f"| {r['batch']} | {r['temperature']} | same_tower={r['same_tower']} | "
                          f"{', '.join(r['directions'])} | {r['theirs']:.6f} | {r['difference']:.1e} |")
         lines.append("")
+    if "matryoshka_parity" in results:
+        lines += ["| batch | temperature | Matryoshka dims (weights) | ours | sentence-transformers MatryoshkaLoss | "
+                  "|difference| |", "|---:|---:|---|---:|---:|---:|"]
+        for r in results["matryoshka_parity"]["rows"]:
+            lines.append(f"| {r['batch']} | {r['temperature']} | {', '.join(map(str, r['dims']))} "
+                         f"({', '.join(map(str, r['weights']))}) | {r['ours']:.6f} | {r['theirs']:.6f} | "
+                         f"{r['difference']:.1e} |")
+        lines.append("")
     if "search" in results:
         lines += ["| corpus vectors | exact q/s | ScaNN leaves searched | ScaNN q/s | speed-up | recall@10 | build s |",
                   "|---:|---:|---:|---:|---:|---:|---:|"]
@@ -233,7 +241,8 @@ def index_search(results):
 
 RENDERERS = {  # results file kind (its name up to the first "-") -> renderer
     "analysis": analysis, "batch_size": batch_size, "beam_encoding": beam_encoding, "encode_speed": encode_speed,
-    "gradient_cache": gradient_cache, "index_search": index_search, "interop": interop, "length_groups": length_groups,
+    "gradient_cache": gradient_cache, "index_search": index_search, "interop": interop,
+    "length_groups": length_groups,
     "loss_overhead": loss_overhead, "mining": mining, "quality": quality, "speed": speed,
     "symmetric_product": symmetric_product,
 }

@@ -199,3 +199,29 @@ def test_the_training_command_takes_the_prefixes_and_checks_them_against_the_mod
     with pytest.raises(ValueError, match=r"must be in 1\.\.32"):  # the tiny towers are 32 wide
         compile_for_training(tiny_dual_encoder(TINY_VOCABULARY, "sde"), TrainConfig(model="tiny",
                                                                                    matryoshka_dims=[64]))
+
+
+def test_equal_to_sentence_transformers_matryoshka_loss_on_the_same_embeddings():
+    """Query-side SamToNe is MNRL(directions=("query_to_doc", "query_to_query")); wrapped in MatryoshkaLoss, it
+    truncates and re-normalises as ours does. Skipped where sentence-transformers is not installed."""
+    torch = pytest.importorskip("torch")
+    losses = pytest.importorskip("sentence_transformers.sentence_transformer.losses")
+
+    class Given(torch.nn.Module):  # the "model": returns the embeddings it is given
+        def forward(self, features):
+            return {"sentence_embedding": features["embedding"]}
+
+        def get_embedding_dimension(self):
+            return 32
+
+    rng = np.random.default_rng(5)
+    q, p = unit_rows(rng, 16, 32), unit_rows(rng, 16, 32)
+    model = Given()
+    peer = losses.MatryoshkaLoss(model, losses.MultipleNegativesRankingLoss(
+        model, scale=1 / TAU, directions=("query_to_doc", "query_to_query")), matryoshka_dims=[32, 16, 8],
+        matryoshka_weights=[1.0, 0.5, 0.25])
+    theirs = float(peer([{"embedding": torch.tensor(q, dtype=torch.float32)},
+                         {"embedding": torch.tensor(p, dtype=torch.float32)}], None))
+    ours = float(np.mean(matryoshka_samtone_loss(q.astype(np.float32), p.astype(np.float32), dimensions=[16, 8],
+                                                 weights=[1.0, 0.5, 0.25], temperature=TAU)))
+    assert abs(ours - theirs) <= 1e-5
