@@ -10,6 +10,9 @@ from samtone_tf.analyze import main
 from samtone_tf.model.towers import tiny_dual_encoder
 from tests.helpers import TINY_VOCABULARY
 
+# Trains beyond a few steps, exports SavedModels or starts subprocesses: out of the fast loop.
+pytestmark = pytest.mark.slow
+
 
 def test_similarity_statistics_on_known_vectors():
     queries = np.array([[1.0, 0.0], [0.0, 1.0]])

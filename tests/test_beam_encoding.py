@@ -15,6 +15,9 @@ import pytest
 from samtone_tf.locations import REPOSITORY_ROOT
 from tests.helpers import TINY_VOCABULARY
 
+# Trains beyond a few steps, exports SavedModels or starts subprocesses: out of the fast loop.
+pytestmark = pytest.mark.slow
+
 CORPUS = "beir:medline"  # 1,033 real documents: small enough to encode three times in CI
 
 
@@ -76,7 +79,6 @@ def test_pipeline_gives_every_document_once_with_the_in_process_embeddings(encod
     np.testing.assert_allclose(np.stack([vectors[d] for d in doc_ids]), reference, atol=1e-5)
 
 
-@pytest.mark.slow
 def test_two_worker_processes_give_the_same_embeddings(encoded, model_and_export, shared_data, tmp_path):
     _, export_dir = model_and_export
     out = tmp_path / "two-workers"
@@ -142,7 +144,6 @@ def test_id_text_collection_dead_letters_name_the_line(model_and_export, tmp_pat
     assert sorted(read_shards(out)) == ["1", "4"]
 
 
-@pytest.mark.slow
 def test_a_second_run_refuses_unless_overwrite_and_a_failed_overwrite_keeps_the_earlier_output(
         encoded, model_and_export, tmp_path, shared_data):
     _, export_dir = model_and_export
@@ -164,7 +165,6 @@ def test_a_second_run_refuses_unless_overwrite_and_a_failed_overwrite_keeps_the_
     assert "Traceback" not in failed.stderr and failed.stderr.strip().splitlines()[-1].startswith("error:")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["exact", "scann"])
 def test_index_from_shards_answers_like_one_from_in_process_embeddings(encoded, model_and_export, medline,
                                                                        tmp_path, kind):
@@ -188,7 +188,6 @@ def test_index_from_shards_answers_like_one_from_in_process_embeddings(encoded, 
         assert (tmp_path / "index" / "scann_tf" / "saved_model.pb").is_file()  # export's index/N layout
 
 
-@pytest.mark.slow
 def test_evaluating_with_the_prebuilt_index_gives_the_metrics_of_evaluate(encoded, model_and_export, shared_data,
                                                                           tmp_path):
     _, export_dir = model_and_export
@@ -256,7 +255,6 @@ def test_an_index_of_another_model_is_refused(encoded, shared_data, tmp_path):
         evaluate(other, CORPUS, data_dir=shared_data, verbose=False, index_dir=tmp_path / "index")
 
 
-@pytest.mark.slow
 def test_export_with_a_prebuilt_index_serves_it_without_encoding_the_corpus(encoded, model_and_export, medline,
                                                                             shared_data, tmp_path):
     from samtone_tf.index.search import ScannIndex

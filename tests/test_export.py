@@ -19,6 +19,9 @@ from samtone_tf.retrieval import evaluate_encoder
 from samtone_tf.serving import ExportedEncoder, export, saved_model_op_types
 from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY
 
+# Trains beyond a few steps, exports SavedModels or starts subprocesses: out of the fast loop.
+pytestmark = pytest.mark.slow
+
 TEXTS = ["who sat on the mat", "The Normans were in Normandy.", "", "a dog, a cat; é ü", "x " * 200]
 TF_TEXT_OPS = {"RegexSplitWithOffsets", "WordpieceTokenizeWithOffsets", "NormalizeUTF8"}
 
@@ -69,7 +72,6 @@ def test_retriever_returns_the_exact_top_k(exported, corpus):
     assert manifest["models"]["retriever"]["outputs"]["doc_ids"] == "string [None, 5]"
 
 
-@pytest.mark.slow
 def test_hub_keras_layer_in_tf_keras_gives_the_same_embeddings(exported, tmp_path):
     model, out, _ = exported
     script = f"""
@@ -91,7 +93,6 @@ np.save({str(tmp_path / 'hub.npy')!r}, encoder(tf.constant({TEXTS!r})).numpy())
     np.testing.assert_allclose(np.load(tmp_path / "hub.npy"), model.query_tower(tf.constant(TEXTS)), atol=1e-5)
 
 
-@pytest.mark.slow
 def test_saved_model_cli_lists_the_signatures(exported):
     _, out, _ = exported
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -105,7 +106,6 @@ def test_saved_model_cli_lists_the_signatures(exported):
     assert "outputs['doc_ids']" in retriever.stdout and "outputs['scores']" in retriever.stdout
 
 
-@pytest.mark.slow
 def test_op_types_each_saved_model_needs(exported):
     _, out, _ = exported
     for name in ("query_encoder", "document_encoder", "retriever"):
@@ -158,7 +158,6 @@ def export_command(model_dir, out, *extra):
     return [sys.executable, "-m", "samtone_tf.export", "--model_dir", str(model_dir), "--out", str(out), *extra]
 
 
-@pytest.mark.slow
 def test_an_interrupted_export_leaves_no_version_directory(model_dir, tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen(export_command(model_dir, out), cwd=REPOSITORY_ROOT, stdout=subprocess.DEVNULL,
@@ -181,7 +180,6 @@ def test_an_interrupted_export_leaves_no_version_directory(model_dir, tmp_path):
     assert not list(out.glob(".incomplete-*"))
 
 
-@pytest.mark.slow
 def test_exporting_over_a_version_refuses_unless_overwrite(model_dir, tmp_path):
     out = tmp_path / "out"
     first = subprocess.run(export_command(model_dir, out, "--version", "3"), cwd=REPOSITORY_ROOT,
@@ -204,7 +202,6 @@ def test_exporting_over_a_version_refuses_unless_overwrite(model_dir, tmp_path):
     assert nxt.returncode == 0 and (out / "document_encoder" / "4").is_dir()
 
 
-@pytest.mark.slow
 def test_export_builds_its_index_to_a_recall_target(model_dir, tmp_path, shared_data):
     from samtone_tf.index.search import ScannIndex
 

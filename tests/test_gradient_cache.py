@@ -13,6 +13,9 @@ from samtone_tf.training.gradient_cache import gradient_cached_gradients
 from samtone_tf.training.step import compile_for_training, make_train_step, split_batch
 from tests.helpers import TINY_VOCABULARY, assert_dropout_replayed, mirrored_strategy, varied_length_pairs
 
+# Trains beyond a few steps, exports SavedModels or starts subprocesses: out of the fast loop.
+pytestmark = pytest.mark.slow
+
 CONFIG = TrainConfig(model="tiny", batch_size=8, hard_negatives=2, steps=10, learning_rate=1e-3,
                      same_tower="both", bidirectional=True, learnable_temperature=True)
 
@@ -112,7 +115,6 @@ def _checkpoint_weights(model_dir):
     return {n: reader.get_tensor(n) for n in names}
 
 
-@pytest.mark.slow
 def test_the_command_with_gradient_caching_on_two_workers_trains_like_one_uncached_process(tmp_path):
     import json
     import os

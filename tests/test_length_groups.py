@@ -14,6 +14,9 @@ from samtone_tf.training.gradient_cache import gradient_cached_gradients
 from samtone_tf.training.step import compile_for_training, make_train_step, split_batch
 from tests.helpers import TINY_VOCABULARY, WORDS, assert_dropout_replayed
 
+# Trains beyond a few steps, exports SavedModels or starts subprocesses: out of the fast loop.
+pytestmark = pytest.mark.slow
+
 CONFIG = TrainConfig(model="tiny", batch_size=8, hard_negatives=1, steps=10, learning_rate=1e-3,
                      same_tower="both", bidirectional=True, learnable_temperature=True)
 

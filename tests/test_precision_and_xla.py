@@ -16,6 +16,9 @@ from samtone_tf.training.step import compile_for_training, make_train_step, prec
 from tests.helpers import TINY_VOCABULARY, mirrored_strategy
 from tests.test_training import pairs
 
+# Trains beyond a few steps, exports SavedModels or starts subprocesses: out of the fast loop.
+pytestmark = pytest.mark.slow
+
 CONFIG = TrainConfig(model="tiny", batch_size=8, hard_negatives=2, steps=20, learning_rate=1e-3)
 TEXTS = ["who sat on the mat", "the dog was in the mat", ""]
 
@@ -106,7 +109,6 @@ def test_under_two_replicas_the_compiled_towers_step_equals_the_eager_step():
     assert compiled == "the towers' networks" and compilations >= 1
 
 
-@pytest.mark.slow
 def test_the_command_with_xla_and_bf16_on_one_device_and_under_mirrored(tmp_path):
     import sys
 

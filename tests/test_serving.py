@@ -19,6 +19,9 @@ from samtone_tf.options import ARCHITECTURES
 from samtone_tf.serving import ExportedEncoder, check_export, export, run_like_tf_serving
 from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY
 
+# Trains beyond a few steps, exports SavedModels or starts subprocesses: out of the fast loop.
+pytestmark = pytest.mark.slow
+
 TEXTS = ["who sat on the mat", "The Normans were in Normandy.", "", "a dog, a cat; é ü", "x " * 200]
 
 
@@ -47,7 +50,6 @@ def test_every_architecture_serves_under_tf_servings_loader(architecture, tmp_pa
     assert all(problem is None for _, _, problem in check_export(tmp_path / "out"))
 
 
-@pytest.mark.slow
 def test_export_check_command_reports_each_model(tmp_path):
     model = tiny_dual_encoder(TINY_VOCABULARY, "ade")
     out = tmp_path / "out"
@@ -236,7 +238,6 @@ def test_an_export_without_manifest_is_not_read(tmp_path):
         ExportedEncoder(tmp_path)
 
 
-@pytest.mark.slow
 def test_export_validates_before_writing(tmp_path):
     model = tiny_dual_encoder(TINY_VOCABULARY, "ade")
     for bad in ({"version": 0}, {"version": -1}, {"k": 0}):

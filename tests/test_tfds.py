@@ -1,5 +1,6 @@
 """TFDS builders prepare offline from the shared files and read back what the readers read."""
 
+import pytest
 import json
 
 import tensorflow_datasets as tfds
@@ -8,6 +9,9 @@ from samtone_tf.data import tfds_builders
 from samtone_tf.data.beir import read_beir, write_beir
 from samtone_tf.data.datasets import load_evaluation
 from samtone_tf.data.squad import reqa_evaluation, reqa_training_pairs
+
+# Trains beyond a few steps, exports SavedModels or starts subprocesses: out of the fast loop.
+pytestmark = pytest.mark.slow
 
 
 def prepare(builder, manual_dir):
