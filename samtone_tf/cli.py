@@ -10,7 +10,7 @@ import re
 import sys
 import threading
 
-from samtone_tf.options import USER_SET_TF_LOG_LEVEL
+from samtone_tf.options import COMPUTE_DTYPES, USER_SET_TF_LOG_LEVEL
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -55,6 +55,12 @@ def comma_list(item):
             raise argparse.ArgumentTypeError(f"expected a comma-separated list; got {text!r}")
         return [item(part) for part in parts]
     return parse
+
+
+def add_compute_dtype(parser):
+    parser.add_argument("--compute_dtype", default="float32", choices=COMPUTE_DTYPES,
+                        help="the network's math when encoding: bfloat16 on CPUs with native bf16 (avx512_bf16, "
+                             "AMX) and accelerators; weights stay float32, embeddings float32 and L2-normalised")
 
 
 def add_verbose(parser):

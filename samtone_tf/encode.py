@@ -29,7 +29,8 @@ import sys
 import uuid
 from pathlib import Path
 
-from samtone_tf.cli import HelpFormatter, add_verbose, command_errors, fail, positive_int, quiet_native_logs
+from samtone_tf.cli import (HelpFormatter, add_compute_dtype, add_verbose, command_errors, fail, positive_int,
+                            quiet_native_logs)
 from samtone_tf.options import CORPUS_FORMATS
 from samtone_tf.ownership import MARKER
 
@@ -48,6 +49,7 @@ def build_parser():
     parser.add_argument("--data_dir", default=None, help="default: $SAMTONE_DATA, then ../shared/data")
     parser.add_argument("--version", type=positive_int, default=None, help="export version (default: the manifest's)")
     parser.add_argument("--batch_size", type=positive_int, default=64, help="documents per encoder call")
+    add_compute_dtype(parser)
     parser.add_argument("--num_shards", type=positive_int, default=16,
                         help="embedding shards; each is written whole, and a killed run started again with the same "
                              "command keeps the complete ones (use ~1 per 50,000 documents on a cluster)")
@@ -58,7 +60,7 @@ def build_parser():
     return parser
 
 
-def document_encoder_path(model, out, version=None):
+def document_encoder_path(model, out, version=None, compute_dtype="float32"):
     """(SavedModel directory of the document encoder, description for the manifest)."""
     import tensorflow as tf
 
@@ -68,13 +70,16 @@ def document_encoder_path(model, out, version=None):
     in_a_bucket = "://" in model  # gs://..., read through tf.io.gfile
     if in_a_bucket or tf.io.gfile.exists(tf.io.gfile.join(model, MANIFEST)):
         # An export: its manifest names the version.
+        if compute_dtype not in (None, "float32"):
+            raise ValueError("--compute_dtype applies to a Keras model (a model_dir, a .keras file, a checkpoint); "
+                             "an export computes in the dtype it was exported in (export it with --compute_dtype)")
         model = model if in_a_bucket else os.path.abspath(model)
         version, _ = export_version(model, version)
         path = exported_model_path(model, ENCODERS[1], version)
         return path, {"path": model, "version": version, "saved_model": path}
-    from samtone_tf.models import load_encoder
+    from samtone_tf.models import load_encoder, with_compute_dtype
 
-    dual_encoder = load_encoder(model)
+    dual_encoder = with_compute_dtype(load_encoder(model), compute_dtype)
     path = Path(os.path.abspath(out)) / "document_encoder"
     save_encoder(dual_encoder.document_tower, path)
     described = os.path.abspath(model) if os.path.exists(model) else model  # else a checkpoint's name
@@ -188,7 +193,7 @@ def run(args, pipeline_args):
     out, staging, resuming = prepare_out(args.out, args.overwrite, {"--model": args.model,
                                                                      "--corpus": corpus_path(args.corpus)})
     try:
-        saved_model, model_info = document_encoder_path(args.model, staging, args.version)
+        saved_model, model_info = document_encoder_path(args.model, staging, args.version, args.compute_dtype)
         loaded = load_saved_model(saved_model)
         signature = loaded.signatures["serving_default"]
         model_info["fingerprint"] = saved_model_fingerprint(saved_model, loaded)

@@ -18,12 +18,13 @@ import sys
 from pathlib import Path
 
 from samtone_tf.atomic import atomic_write_text
-from samtone_tf.cli import HelpFormatter, add_verbose, command_errors, fail, positive_int, quiet_native_logs
+from samtone_tf.cli import (HelpFormatter, add_compute_dtype, add_verbose, command_errors, fail, positive_int,
+                            quiet_native_logs)
 from samtone_tf.data.datasets import load_evaluation
 from samtone_tf.index.quantized import QuantizedIndex
 from samtone_tf.index.search import ExactIndex, ScannIndex, load_index
 from samtone_tf.metrics import trec_run_text
-from samtone_tf.models import load_encoder
+from samtone_tf.models import load_encoder, with_compute_dtype
 from samtone_tf.options import CODE_PRECISIONS, SEARCH_INDEXES
 from samtone_tf.ownership import claim
 from samtone_tf.retrieval import DEFAULT_MEASURES, check_prebuilt_index, evaluate_encoder
@@ -34,17 +35,18 @@ IGNORE_IDENTICAL_IDS = ("arguana", "quora")
 
 def evaluate(model_path, dataset, split=None, index="exact", k=100, batch_size=64, data_dir=None,
              version=None, verbose=True, ignore_identical_ids=None, keep_run=False, index_dir=None, dims=None,
-             precision="float32", rescore=None):
+             precision="float32", rescore=None, compute_dtype="float32"):
     """The metrics JSON (as a dict) of the model at `model_path` on `dataset`; with `keep_run`, also the
     ranking scored ("run") and the per-query metrics ("per_query"). With `index_dir`, the corpus is searched in
     that prebuilt index (`python -m samtone_tf.index build`) instead of being encoded again. `dims` (a prefix of
     the embeddings), `precision` (float32, int8, binary) and `rescore` (a shortlist re-scored in float32) score
-    the model as a cheaper index would serve it (`index.quantized.QuantizedIndex`, exact search)."""
+    the model as a cheaper index would serve it (`index.quantized.QuantizedIndex`, exact search). `compute_dtype`
+    "bfloat16" encodes with bf16 math (`models.with_compute_dtype`)."""
     quantized = dims is not None or precision != "float32" or rescore is not None
     if quantized and (index != "exact" or index_dir is not None):
         raise ValueError("--dims, --precision and --rescore search exactly over the codes: not with --index scann "
                          "or --index_dir")
-    encoder = load_encoder(model_path, version)
+    encoder = with_compute_dtype(load_encoder(model_path, version), compute_dtype)
     data = load_evaluation(dataset, split, data_dir)
     prebuilt = None
     if index_dir is not None:
@@ -85,6 +87,7 @@ def main(argv=None):
                                                          "python -m samtone_tf.data --help)")
     parser.add_argument("--split", default=None, help="default: the dataset's evaluation split")
     parser.add_argument("--index", default="exact", choices=SEARCH_INDEXES, help="search")
+    add_compute_dtype(parser)
     parser.add_argument("--dims", type=positive_int, default=None,
                         help="score a prefix of the embeddings, re-normalised (Matryoshka; default: all dimensions)")
     parser.add_argument("--precision", default="float32", choices=CODE_PRECISIONS,
@@ -113,7 +116,8 @@ def main(argv=None):
     try:
         result = evaluate(args.model, args.dataset, args.split, args.index, args.k, args.batch_size,
                           args.data_dir, args.version, keep_run=bool(args.run_out),
-                          index_dir=args.index_dir, dims=args.dims, precision=args.precision, rescore=args.rescore)
+                          index_dir=args.index_dir, dims=args.dims, precision=args.precision, rescore=args.rescore,
+                          compute_dtype=args.compute_dtype)
     except command_errors() as error:
         return fail(error)
     print(f"\n{result['dataset']} ({result['split']}): {result['queries']} queries, {result['documents']} "

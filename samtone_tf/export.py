@@ -22,7 +22,8 @@ import json
 import sys
 from pathlib import Path
 
-from samtone_tf.cli import HelpFormatter, add_verbose, command_errors, fail, positive_int, quiet_native_logs
+from samtone_tf.cli import (HelpFormatter, add_compute_dtype, add_verbose, command_errors, fail, positive_int,
+                            quiet_native_logs)
 from samtone_tf.options import CODE_PRECISIONS, EXPORT_FORMATS, SERVED_RETRIEVERS
 from samtone_tf.serving import DEFAULT_SERVING_ROOT, check_export, export
 from samtone_tf.training.run_dir import RunLockedError, read_jsonl_records
@@ -79,6 +80,7 @@ def build_parser():
                              "(default: none)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version (default: off)")
     parser.add_argument("--batch_size", type=positive_int, default=64, help="corpus encoding batch (default: 64)")
+    add_compute_dtype(parser)
     add_verbose(parser)
     return parser
 
@@ -114,10 +116,11 @@ def main(argv=None):
     try:
         if args.check is not None:
             return run_check(args.check)
-        from samtone_tf.models import load_dual_encoder
+        from samtone_tf.models import load_dual_encoder, with_compute_dtype
 
         model, model_dir = load_dual_encoder(args.model_dir or args.model, args.query_max_length,
                                              args.document_max_length)
+        model = with_compute_dtype(model, args.compute_dtype)
         if args.format == "sentence-transformers":
             written = export_sentence_transformers(model, model_dir, args.model_dir or args.model, args.out,
                                                    args.overwrite)

@@ -17,8 +17,8 @@ import json
 import sys
 
 from samtone_tf.atomic import atomic_write_text
-from samtone_tf.cli import (HelpFormatter, add_verbose, command_errors, fail, non_negative_int, positive_int,
-                            quiet_native_logs)
+from samtone_tf.cli import (HelpFormatter, add_compute_dtype, add_verbose, command_errors, fail, non_negative_int,
+                            positive_int, quiet_native_logs)
 from samtone_tf.mining import (MARGIN_KINDS, MiningOptions, SAMPLINGS, flagembedding_record, mine_hard_negatives,
                                summarize)
 from samtone_tf.options import SEARCH_INDEXES
@@ -46,6 +46,7 @@ def build_parser():
                         help="drop queries left with fewer candidates (they are reported; never padded)")
     parser.add_argument("--index", default="exact", choices=SEARCH_INDEXES, help="search")
     parser.add_argument("--batch_size", type=positive_int, default=64, help="texts per encoding batch")
+    add_compute_dtype(parser)
     parser.add_argument("--data_dir", default=None, help="default: $SAMTONE_DATA, then ../shared/data")
     add_verbose(parser)
     return parser
@@ -60,12 +61,12 @@ def main(argv=None):
                                 sampling=args.sampling, seed=args.seed, min_negatives=args.min_negatives)
         from samtone_tf.data.datasets import load_evaluation
         from samtone_tf.index.search import ExactIndex, ScannIndex
-        from samtone_tf.models import load_encoder
+        from samtone_tf.models import load_encoder, with_compute_dtype
 
         refuse_foreign_output(args.out)
         data = load_evaluation(args.dataset, args.split, args.data_dir)
         corpus = load_evaluation(args.corpus, None, args.data_dir).corpus if args.corpus else None
-        encoder = load_encoder(args.model)
+        encoder = with_compute_dtype(load_encoder(args.model), args.compute_dtype)
         index = ExactIndex if args.index == "exact" else (lambda e, ids: ScannIndex(e, ids, k=args.range_max + 16))
         kept, dropped = mine_hard_negatives(encoder, data, options, corpus, index, args.batch_size)
         lines = "".join(json.dumps(flagembedding_record(m, data, corpus), ensure_ascii=False) + "\n" for m in kept)

@@ -113,3 +113,37 @@ def load_dual_encoder(source, query_max_length=None, document_max_length=None):
         return load_trained_model(path), path
     checkpoint = path if is_checkpoint else resolve_checkpoint(str(source))
     return dual_encoder_from_checkpoint(str(checkpoint), architecture="sde", **lengths), None
+
+
+
+
+def with_compute_dtype(model, compute_dtype, warn=print):
+    """`model` (a DualEncoder) computing in `compute_dtype`: "float32" returns it as it is; "bfloat16" returns a
+    copy built under Keras's mixed_bfloat16 policy (float32 weights, the same values; bf16 matrix products), whose
+    embeddings stay float32 and L2-normalised (the towers cast before normalising). On a CPU without native bf16
+    (avx512_bf16 or AMX), where bf16 is emulated and slower, `warn` says so."""
+    if compute_dtype in (None, "float32"):
+        return model
+    if compute_dtype != "bfloat16":
+        raise ValueError(f"compute_dtype must be float32 or bfloat16; got {compute_dtype!r}")
+    if not hasattr(model, "query_tower"):
+        raise ValueError("--compute_dtype applies to a Keras model (a model_dir, a .keras file, a checkpoint); an "
+                         "export computes in the dtype it was exported in")
+    from samtone_tf.training.step import cpu_has_native_bf16
+
+    if not tf.config.list_logical_devices("GPU") and not cpu_has_native_bf16():
+        warn("warning: bfloat16 on a CPU without native bf16 (avx512_bf16 or amx_bf16) is emulated, and slower than "
+             "float32 here")
+    policy = "mixed_bfloat16"
+    config = model.get_config()
+    config["backbone"] = {**config["backbone"], "config": {**config["backbone"]["config"], "dtype": policy}}
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)  # the projections and the rest the model builds itself
+    try:
+        converted = type(model).from_config(config)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    converted.set_weights(model.get_weights())
+    for tower in ("query_tower", "document_tower"):  # a vocabulary is an asset, not configuration
+        getattr(converted, tower).tokenizer.set_vocabulary(getattr(model, tower).tokenizer.vocabulary)
+    return converted

@@ -79,12 +79,12 @@ def test_the_compiled_step_equals_the_eager_step(gradient_cache_chunk):
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch):
-    monkeypatch.setattr(step_module, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(step_module, "cpu_has_native_bf16", lambda: False)
     try:
         assert "emulated" in precision_policy("bf16")
     finally:
         precision_policy("none")
-    monkeypatch.setattr(step_module, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(step_module, "cpu_has_native_bf16", lambda: True)
     try:
         assert precision_policy("bf16") is None
     finally:

@@ -40,13 +40,14 @@ def precision_policy(mixed_precision):
     Variables stay float32 (checkpoints and exports too); the loss and its logits are computed in float32.
     -> a warning (str) when bf16 is asked on a CPU without native bf16 (emulated there, and slow), else None."""
     keras.mixed_precision.set_dtype_policy(PRECISION_POLICIES[mixed_precision])
-    if mixed_precision == "bf16" and not tf.config.list_logical_devices("GPU") and not _cpu_has_bf16():
+    if mixed_precision == "bf16" and not tf.config.list_logical_devices("GPU") and not cpu_has_native_bf16():
         return ("--mixed_precision bf16 on a CPU without native bf16 (avx512_bf16 or amx_bf16): it is emulated "
                 "and slower than float32 here")
     return None
 
 
-def _cpu_has_bf16():
+def cpu_has_native_bf16():
+    """Whether the CPU computes bf16 natively (avx512_bf16 or AMX); True when it cannot tell (no warning then)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             flags = f.read()
