@@ -34,6 +34,16 @@ def symmetric_product(results):
     return "\n".join(lines) + "\n"
 
 
+def bf16_encoding(results):
+    lines = [f"| encoding ({results['documents']} SciFact documents, length {results['length']}) | documents/s (runs) | "
+             "× the first | min cosine to it | SciFact nDCG@10 |", "|---|---|---:|---:|---:|"]
+    for row in results["rows"]:
+        rates = ", ".join(f"{r:.1f}" for r in row["documents_per_second"])
+        ndcg = f"{row['nDCG@10']:.4f}" if "nDCG@10" in row else ""
+        lines.append(f"| {row['mode']} | {rates} | {row['ratio']:.2f} | {row['min_cosine_to_float32']:.5f} | {ndcg} |")
+    return "\n".join(lines) + "\n"
+
+
 def encode_speed(results):
     lines = ["| encoder | documents/s | × sentence-transformers | min cosine to peer |", "|---|---:|---:|---:|"]
     for row in results["rows"]:
@@ -240,7 +250,7 @@ def index_search(results):
 
 
 RENDERERS = {  # results file kind (its name up to the first "-") -> renderer
-    "analysis": analysis, "batch_size": batch_size, "beam_encoding": beam_encoding, "encode_speed": encode_speed,
+    "bf16_encoding": bf16_encoding, "analysis": analysis, "batch_size": batch_size, "beam_encoding": beam_encoding, "encode_speed": encode_speed,
     "gradient_cache": gradient_cache, "index_search": index_search, "interop": interop,
     "length_groups": length_groups,
     "loss_overhead": loss_overhead, "mining": mining, "quality": quality, "speed": speed,
