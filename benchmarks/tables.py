@@ -109,17 +109,17 @@ def analysis(results):
 
 
 def interop(results):
-    lines = ["| architecture | routes | texts | query: min cosine | document: min cosine | max abs difference |",
+    lines = ["| architecture | routes | texts | query: 1 − min cosine | document: 1 − min cosine | max abs difference |",
              "|---|---|---:|---:|---:|---:|"]
     for row in results["round_trip"]:
-        lines.append(f"| {row['architecture']} | {row['routes']} | {row['texts']} | {row['query_min_cosine']:.9f} | "
-                     f"{row['document_min_cosine']:.9f} | "
+        lines.append(f"| {row['architecture']} | {row['routes']} | {row['texts']} | {1 - row['query_min_cosine']:.1e} | "
+                     f"{1 - row['document_min_cosine']:.1e} | "
                      f"{max(row['query_max_abs_difference'], row['document_max_abs_difference']):.1e} |")
     table = "\n".join(lines) + "\n"
     if results.get("zero_shot"):
         rows = ["| zero-shot all-MiniLM-L6-v2, BEIR SciFact test | nDCG@10 | P@1 | seconds |", "|---|---:|---:|---:|"]
         for row in results["zero_shot"]["rows"]:
-            rows.append(f"| {row['path']} | {row['nDCG@10']:.6f} | {row['P@1']:.6f} | {row['seconds']:.0f} |")
+            rows.append(f"| {row['path']} | {row['nDCG@10']!r} | {row['P@1']!r} | {row['seconds']:.0f} |")
         table += "\n" + "\n".join(rows) + "\n"
     return table
 
