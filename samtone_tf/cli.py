@@ -10,7 +10,7 @@ import re
 import sys
 import threading
 
-from samtone_tf.options import COMPUTE_DTYPES, USER_SET_TF_LOG_LEVEL
+from samtone_tf.options import CODE_PRECISIONS, COMPUTE_DTYPES, USER_SET_TF_LOG_LEVEL
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -61,6 +61,20 @@ def add_compute_dtype(parser):
     parser.add_argument("--compute_dtype", default="float32", choices=COMPUTE_DTYPES,
                         help="the network's math when encoding: bfloat16 on CPUs with native bf16 (avx512_bf16, "
                              "AMX) and accelerators; weights stay float32, embeddings float32 and L2-normalised")
+
+
+def add_code_options(parser, scope=""):
+    """--dims, --precision and --rescore: a corpus searched as cheaper codes (`index.quantized`); `scope` prefixes
+    their help (e.g. "with --corpus: ")."""
+    parser.add_argument("--dims", type=positive_int, default=None,
+                        help=f"{scope}search a prefix of the embeddings, re-normalised (train for it with "
+                             "--matryoshka_dims; default: every dimension)")
+    parser.add_argument("--precision", default="float32", choices=CODE_PRECISIONS,
+                        help=f"{scope}the corpus's codes: float32, int8 (per-dimension ranges calibrated on the "
+                             "corpus: 4x smaller) or binary (signs, Hamming distance: 32x smaller)")
+    parser.add_argument("--rescore", type=positive_int, default=None, metavar="K",
+                        help=f"{scope}shortlist K documents per query by the codes, then rank them by the float32 "
+                             "prefix (default: rank by the codes)")
 
 
 def add_verbose(parser):

@@ -18,14 +18,14 @@ import sys
 from pathlib import Path
 
 from samtone_tf.atomic import atomic_write_text
-from samtone_tf.cli import (HelpFormatter, add_compute_dtype, add_verbose, command_errors, fail, positive_int,
-                            quiet_native_logs)
+from samtone_tf.cli import (HelpFormatter, add_code_options, add_compute_dtype, add_verbose, command_errors, fail,
+                            positive_int, quiet_native_logs)
 from samtone_tf.data.datasets import load_evaluation
 from samtone_tf.index.quantized import QuantizedIndex
 from samtone_tf.index.search import ExactIndex, ScannIndex, load_index
 from samtone_tf.metrics import trec_run_text
 from samtone_tf.models import load_encoder, with_compute_dtype
-from samtone_tf.options import CODE_PRECISIONS, SEARCH_INDEXES
+from samtone_tf.options import SEARCH_INDEXES
 from samtone_tf.ownership import claim
 from samtone_tf.retrieval import DEFAULT_MEASURES, check_prebuilt_index, evaluate_encoder
 
@@ -88,14 +88,7 @@ def main(argv=None):
     parser.add_argument("--split", default=None, help="default: the dataset's evaluation split")
     parser.add_argument("--index", default="exact", choices=SEARCH_INDEXES, help="search")
     add_compute_dtype(parser)
-    parser.add_argument("--dims", type=positive_int, default=None,
-                        help="score a prefix of the embeddings, re-normalised (Matryoshka; default: all dimensions)")
-    parser.add_argument("--precision", default="float32", choices=CODE_PRECISIONS,
-                        help="the corpus's codes: float32, int8 (per-dimension ranges calibrated on the corpus: 4x "
-                             "smaller) or binary (signs, Hamming distance: 32x smaller)")
-    parser.add_argument("--rescore", type=positive_int, default=None, metavar="K",
-                        help="shortlist K documents per query by the codes, then rank them by the float32 prefix "
-                             "(default: rank by the codes)")
+    add_code_options(parser)
     parser.add_argument("--index_dir", default=None,
                         help="search this prebuilt index (python -m samtone_tf.index build) instead of encoding "
                              "the corpus; --index is then ignored (default: none)")

@@ -22,9 +22,9 @@ import json
 import sys
 from pathlib import Path
 
-from samtone_tf.cli import (HelpFormatter, add_compute_dtype, add_verbose, command_errors, fail, positive_int,
-                            quiet_native_logs)
-from samtone_tf.options import CODE_PRECISIONS, EXPORT_FORMATS, SERVED_RETRIEVERS
+from samtone_tf.cli import (HelpFormatter, add_code_options, add_compute_dtype, add_verbose, command_errors, fail,
+                            positive_int, quiet_native_logs)
+from samtone_tf.options import EXPORT_FORMATS, SERVED_RETRIEVERS
 from samtone_tf.serving import DEFAULT_SERVING_ROOT, check_export, export
 from samtone_tf.training.run_dir import RunLockedError, read_jsonl_records
 
@@ -65,15 +65,8 @@ def build_parser():
                              "nearest k-means partitions (partitioned: for corpora too large to search exactly "
                              "per query); of sqrt(N), 2 sqrt(N) and 4 sqrt(N) partitions, the fastest at "
                              "--target_recall (default 0.95) on this machine, probing as few as reach it")
-    parser.add_argument("--dims", type=positive_int, default=None,
-                        help="with --corpus: the retriever searches this prefix of the embeddings, re-normalised "
-                             "(a Matryoshka-trained model), and each encoder gets a signature dims_D (default: all)")
-    parser.add_argument("--precision", default="float32", choices=CODE_PRECISIONS,
-                        help="with --corpus: the retriever's corpus codes: float32, int8 (4x smaller) or binary "
-                             "(32x smaller; XOR and population count), in stock TensorFlow ops")
-    parser.add_argument("--rescore", type=positive_int, default=None, metavar="K",
-                        help="with --corpus: the retriever re-ranks the best K by the codes with the float32 "
-                             "prefix (default: rank by the codes)")
+    add_code_options(parser, scope="with --corpus, the retriever in stock TensorFlow ops (each encoder gets a "
+                                   "signature dims_D too): ")
     parser.add_argument("--index", default=None, metavar="INDEX_DIR",
                         help="a prebuilt index of --corpus (python -m samtone_tf.index build): its embeddings and, "
                              "for a ScaNN index, the index itself are used instead of encoding the corpus again "

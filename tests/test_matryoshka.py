@@ -2,7 +2,6 @@
 float64 reference at every prefix, with every SamToNe variant; exact across 2 uneven replicas and under gradient
 caching; the training command's options."""
 
-import itertools
 import zlib
 
 import numpy as np
@@ -12,17 +11,13 @@ import tensorflow as tf
 from samtone_tf.keras_loss import SamToNeLoss
 from samtone_tf.losses import matryoshka_dimensions, matryoshka_samtone_loss, samtone_loss
 from tests.reference_loss import finite_difference_gradient, reference_samtone
+from tests.test_losses import unit_rows, valid_combinations
 
 BATCH, HARD, DIM, TAU = 6, 2, 6, 0.1
 DIMS, WEIGHTS = [4, 2], [1.0, 0.5, 2.0]  # prefixes 6 (full), 4, 2
 QUERY_IDS = np.array([10, 11, 11, 12, 13, 14])
 DOCUMENT_IDS = np.array(["a", "b", "c", "d", "a", "e"])
 HARD_NEGATIVE_IDS = np.array([["a", "x"], ["c", "y"], ["p", "q"], ["b", "z"], ["r", "s"], ["t", "u"]])
-
-
-def unit_rows(rng, *shape):
-    x = rng.normal(size=shape)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 def reference_matryoshka(q, p, h=None, *, dims, weights, **options):
@@ -37,15 +32,7 @@ def reference_matryoshka(q, p, h=None, *, dims, weights, **options):
                for d, w in zip(dims, weights))
 
 
-def variants():
-    for same_tower, bidirectional, hard, ids in itertools.product(
-            ("none", "query", "document", "both"), (False, True), (False, True), (False, True)):
-        if same_tower in ("document", "both") and not bidirectional:
-            continue
-        yield same_tower, bidirectional, hard, ids
-
-
-@pytest.mark.parametrize("same_tower,bidirectional,hard,ids", list(variants()))
+@pytest.mark.parametrize("same_tower,bidirectional,hard,ids", list(valid_combinations()))
 def test_loss_and_gradients_match_the_float64_reference_at_every_prefix(same_tower, bidirectional, hard, ids):
     rng = np.random.default_rng(zlib.crc32(repr((same_tower, bidirectional, hard, ids)).encode()))
     q, p = unit_rows(rng, BATCH, DIM), unit_rows(rng, BATCH, DIM)
