@@ -52,7 +52,8 @@ def evaluate(model_path, dataset, split=None, index="exact", k=100, batch_size=6
     if index_dir is not None:
         prebuilt = load_index(index_dir)
         check_prebuilt_index(prebuilt, data, encoder, index_dir)
-        index = f"prebuilt {'exact' if isinstance(prebuilt, ExactIndex) else 'scann'} index {index_dir}"
+        kind = "exact" if isinstance(prebuilt, ExactIndex) else "codes" if hasattr(prebuilt, "precision") else "scann"
+        index = f"prebuilt {kind} index {index_dir}"
     if ignore_identical_ids is None:
         ignore_identical_ids = any(name in dataset for name in IGNORE_IDENTICAL_IDS)
     built = []
@@ -72,8 +73,9 @@ def evaluate(model_path, dataset, split=None, index="exact", k=100, batch_size=6
         "metrics": {m: result[m] for m in DEFAULT_MEASURES},
         "queries": result["queries"], "documents": result["documents"], "seconds": result["seconds"],
     }
-    if built:
-        summary["quantization"] = built[-1].describe()  # dims, precision, rescore, the codes' bytes
+    searched = built[-1] if built else prebuilt if hasattr(prebuilt, "precision") else None
+    if searched is not None:
+        summary["quantization"] = searched.describe()  # dims, precision, rescore, the codes' bytes
     if keep_run:
         summary.update(run=result["run"], per_query=result["per_query"])
     return summary

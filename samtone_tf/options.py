@@ -16,6 +16,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")  # tf.distribute str
 PRECISION_POLICIES = {"none": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}  # Keras dtype policies
 PRECISIONS = tuple(PRECISION_POLICIES)
 SEARCH_INDEXES = ("exact", "scann")  # evaluate, mine and index build
+INDEX_KINDS = (*SEARCH_INDEXES, "codes")  # index build: codes = index.quantized (--dims, --precision, --rescore)
 CODE_PRECISIONS = ("float32", "int8", "binary")
 COMPUTE_DTYPES = ("float32", "bfloat16")  # encoding: evaluate, export, mine, encode --compute_dtype  # the corpus codes of evaluate --precision (index.quantized)
 SERVED_RETRIEVERS = ("exact", "partitioned")  # export --corpus: pure TensorFlow ops, for stock TF Serving

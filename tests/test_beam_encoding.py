@@ -203,6 +203,30 @@ def test_evaluating_with_the_prebuilt_index_gives_the_metrics_of_evaluate(encode
         assert prebuilt["metrics"][measure] == pytest.approx(value, abs=1e-6), measure
 
 
+
+def test_a_codes_index_from_shards_evaluates_as_evaluate_with_the_same_codes(encoded, model_and_export, shared_data,
+                                                                            tmp_path):
+    """index build --kind codes takes evaluate's --dims/--precision/--rescore: searching the built index gives
+    the metrics of evaluate encoding the corpus itself with the same codes."""
+    _, export_dir = model_and_export
+    codes = ["--dims", "16", "--precision", "int8", "--rescore", "50"]
+    run_command("samtone_tf.index", "build", "--embeddings", str(encoded), "--out", str(tmp_path / "codes"),
+                "--kind", "codes", *codes)
+    manifest = json.loads((tmp_path / "codes" / "manifest.json").read_text())
+    assert (manifest["kind"], manifest["dims"], manifest["precision"], manifest["rescore"]) == ("codes", 16,
+                                                                                               "int8", 50)
+    assert manifest["provenance"]["document_tower"] and manifest["provenance"]["corpus"]
+    common = ["samtone_tf.evaluate", "--model", str(export_dir), "--dataset", CORPUS, "--data_dir", str(shared_data)]
+    run_command(*common, *codes, "--out", str(tmp_path / "direct.json"))
+    run_command(*common, "--index_dir", str(tmp_path / "codes"), "--out", str(tmp_path / "prebuilt.json"))
+    direct = json.loads((tmp_path / "direct.json").read_text())
+    prebuilt = json.loads((tmp_path / "prebuilt.json").read_text())
+    assert prebuilt["index"].startswith("prebuilt codes index")
+    assert prebuilt["quantization"] == direct["quantization"]
+    for measure, value in direct["metrics"].items():  # the shards' embeddings are the in-process ones to ~1e-6
+        assert prebuilt["metrics"][measure] == pytest.approx(value, abs=1e-3), measure
+
+
 def test_an_index_of_another_corpus_is_refused(encoded, model_and_export, shared_data, tmp_path):
     from samtone_tf.evaluate import evaluate
     from samtone_tf.index.__main__ import build_index

@@ -19,8 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from samtone_tf.cli import HelpFormatter, add_verbose, command_errors, fail, positive_int, quiet_native_logs
-from samtone_tf.options import SEARCH_INDEXES
+from samtone_tf.cli import (HelpFormatter, add_code_options, add_verbose, command_errors, fail, positive_int,
+                            quiet_native_logs)
+from samtone_tf.options import INDEX_KINDS
 
 
 def build_parser():
@@ -30,7 +31,9 @@ def build_parser():
     build = commands.add_parser("build", help="an index from embedding shards", formatter_class=HelpFormatter)
     build.add_argument("--embeddings", required=True, help="a directory written by python -m samtone_tf.encode")
     build.add_argument("--out", required=True, help="the index directory to write")
-    build.add_argument("--kind", choices=SEARCH_INDEXES, default="scann", help="search")
+    build.add_argument("--kind", choices=INDEX_KINDS, default="scann",
+                       help="search: exact, ScaNN, or cheaper codes searched exactly (--dims, --precision, --rescore)")
+    add_code_options(build, scope="with --kind codes: ")
     build.add_argument("--k", type=positive_int, default=100,
                        help="neighbours a ScaNN search returns by default, and the k of --target_recall")
     build.add_argument("--target_recall", type=float, default=None,
@@ -41,9 +44,10 @@ def build_parser():
     return parser
 
 
-def build_index(embeddings_dir, out, kind="scann", k=100, overwrite=False, target_recall=None, say=print):
+def build_index(embeddings_dir, out, kind="scann", k=100, overwrite=False, target_recall=None, say=print, codes=None):
     """Builds and writes the index; returns its manifest (with the source embeddings and the build seconds).
-    With `target_recall` (ScaNN only) the index is `index_tuning.tune_scann`'s choice at recall@k."""
+    With `target_recall` (ScaNN only) the index is `index_tuning.tune_scann`'s choice at recall@k. Kind "codes": a
+    `QuantizedIndex` with `codes` ({"dims", "precision", "rescore"})."""
     from samtone_tf.atomic import atomic_directory
     from samtone_tf.embedding_shards import load_embeddings, read_manifest
     from samtone_tf.index.search import ExactIndex
@@ -62,6 +66,12 @@ def build_index(embeddings_dir, out, kind="scann", k=100, overwrite=False, targe
         doc_ids, embeddings, corpus_fingerprint = load_embeddings(embeddings_dir, with_corpus_fingerprint=True)
         if kind == "exact":
             ExactIndex(embeddings, doc_ids).write_files(staging)
+        elif kind == "codes":
+            from samtone_tf.index.quantized import QuantizedIndex
+
+            codes = codes or {}
+            QuantizedIndex(embeddings, doc_ids, codes.get("dims"), codes.get("precision", "float32"),
+                           codes.get("rescore")).write_files(staging)
         else:
             from samtone_tf.serving import save_index
 
@@ -87,7 +97,7 @@ def build_index(embeddings_dir, out, kind="scann", k=100, overwrite=False, targe
 def _index_of_an_earlier_version(directory):
     """An index written before ownership markers: its manifest names an index kind."""
     try:
-        return json.loads((Path(directory) / "manifest.json").read_text()).get("kind") in ("exact", "scann")
+        return json.loads((Path(directory) / "manifest.json").read_text()).get("kind") in ("exact", "scann", "codes")
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -96,7 +106,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     quiet_native_logs(args.verbose)
     try:
-        manifest = build_index(args.embeddings, args.out, args.kind, args.k, args.overwrite, args.target_recall)
+        if args.kind != "codes" and (args.dims or args.precision != "float32" or args.rescore):
+            raise ValueError("--dims, --precision and --rescore are for --kind codes")
+        manifest = build_index(args.embeddings, args.out, args.kind, args.k, args.overwrite, args.target_recall,
+                               codes={"dims": args.dims, "precision": args.precision, "rescore": args.rescore})
     except command_errors() as error:
         return fail(error)
     print(f"built the {manifest['kind']} index of {manifest['size']} documents (dimension {manifest['dimension']}) "

@@ -15,6 +15,9 @@ shortlist needs the float embeddings (which may stay on disk, memory-mapped).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from samtone_tf.options import CODE_PRECISIONS
@@ -67,6 +70,7 @@ class QuantizedIndex:
         if rescore is not None and int(rescore) < 1:
             raise ValueError(f"rescore must be a positive number of candidates; got {rescore}")
         self.dims = int(dims) if dims is not None else full
+        self.dimension = full  # the embeddings' (and the queries'): the codes hold its first `dims`
         self.precision, self.rescore, self.query_batch = precision, rescore and int(rescore), int(query_batch)
         self.doc_ids = np.asarray(doc_ids, dtype=object)
         self.prefix = normalized_prefix(embeddings, self.dims)  # the float32 the codes are made of, and rescoring
@@ -90,6 +94,54 @@ class QuantizedIndex:
         return {"dims": self.dims, "precision": self.precision, "rescore": self.rescore,
                 "code_bytes": self.code_bytes}
 
+    MANIFEST, DOC_IDS = "manifest.json", "doc_ids.json"
+    ARRAYS = ("codes", "low", "step", "prefix")  # each written as <name>.npy where the index has it
+
+    def write_files(self, directory):
+        """The codes (and the calibration, and the float32 prefix when rescoring reads it) as .npy files, the document
+        ids and the manifest (kind "codes"), into `directory`."""
+        directory = Path(directory)
+        kept = ["codes"] + (["low", "step"] if self.precision == "int8" else []) + (
+            ["prefix"] if self.rescore and self.precision != "float32" else [])
+        for name in kept:
+            np.save(directory / f"{name}.npy", getattr(self, name), allow_pickle=False)
+        (directory / self.DOC_IDS).write_text(json.dumps([str(d) for d in self.doc_ids]), encoding="utf-8")
+        manifest = dict(kind="codes", size=len(self), dimension=self.dimension, doc_ids=self.DOC_IDS,
+                        arrays=kept, calibration="per-dimension minimum and maximum over the corpus, 255 steps"
+                        if self.precision == "int8" else None, **self.describe())
+        (directory / self.MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+    @classmethod
+    def load(cls, directory, mmap=True):
+        """What `write_files` wrote: arrays memory-mapped, never unpickled; files that disagree are refused."""
+        from samtone_tf.locations import file_inside
+
+        directory = Path(directory)
+        try:
+            manifest = json.loads(file_inside(directory, cls.MANIFEST, "manifest").read_text(encoding="utf-8"))
+            if manifest.get("kind") != "codes" or manifest.get("precision") not in CODE_PRECISIONS:
+                raise ValueError(f"kind {manifest.get('kind')!r}, precision {manifest.get('precision')!r}")
+            doc_ids = json.loads(file_inside(directory, cls.DOC_IDS, "document ids file").read_text(encoding="utf-8"))
+            arrays = {name: np.load(file_inside(directory, f"{name}.npy", f"{name} file"),
+                                    mmap_mode="r" if mmap else None, allow_pickle=False)
+                      for name in manifest["arrays"] if name in cls.ARRAYS}
+            index = cls.__new__(cls)
+            index.dims, index.dimension = int(manifest["dims"]), int(manifest["dimension"])
+            index.precision, index.rescore = manifest["precision"], manifest.get("rescore")
+            index.query_batch, index.doc_ids = 1024, np.asarray([str(d) for d in doc_ids], dtype=object)
+            index.codes = arrays["codes"]
+            index.prefix = arrays.get("prefix", index.codes if index.precision == "float32" else None)
+            if index.precision == "int8":
+                index.low, index.step = arrays["low"], arrays["step"]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{directory}: not a readable samtone_tf codes index "
+                             f"({type(error).__name__}: {error})") from None
+        if len(index.codes) != manifest["size"] or len(index.doc_ids) != manifest["size"] or (
+                index.rescore and index.prefix is None):
+            raise ValueError(f"{directory}: {len(index.codes)} codes and {len(index.doc_ids)} doc ids disagree with "
+                             f"the manifest ({manifest['size']} documents)")
+        return index
+
     def code_scores(self, queries, start, stop):
         """float32 [Q, stop - start] scores of prefix `queries` [Q, dims] against corpus rows start..stop."""
         block = self.codes[start:stop]
@@ -108,8 +160,8 @@ class QuantizedIndex:
 
     def search(self, query_embeddings, k=10):
         queries = np.asarray(query_embeddings, np.float32)
-        if queries.ndim != 2 or queries.shape[1] < self.dims:
-            raise ValueError(f"query embeddings must be [Q, >= {self.dims}]; got shape {queries.shape}")
+        if queries.ndim != 2 or queries.shape[1] != self.dimension:
+            raise ValueError(f"query embeddings must be [Q, {self.dimension}]; got shape {queries.shape}")
         queries = normalized_prefix(queries, self.dims)
         k = min(int(k), len(self))
         depth = max(k, min(self.rescore or k, len(self)))

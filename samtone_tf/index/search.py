@@ -114,7 +114,8 @@ class ExactIndex:
 
 
 def load_index(directory):
-    """The index saved in `directory` (an `ExactIndex` or a `ScannIndex`, by its manifest's kind)."""
+    """The index saved in `directory` (an `ExactIndex`, a `ScannIndex` or a `QuantizedIndex`, by its manifest's
+    kind)."""
     import json
     from pathlib import Path
 
@@ -127,7 +128,11 @@ def load_index(directory):
         return ExactIndex.load(directory)
     if kind == "scann":
         return ScannIndex.load(directory)
-    raise ValueError(f"{path}: unknown index kind {kind!r} (expected exact or scann)")
+    if kind == "codes":
+        from samtone_tf.index.quantized import QuantizedIndex
+
+        return QuantizedIndex.load(directory)
+    raise ValueError(f"{path}: unknown index kind {kind!r} (expected exact, scann or codes)")
 
 
 @tf.function(reduce_retracing=True)
