@@ -5,16 +5,16 @@
 
 The corpus is the real document embeddings of the benchmark corpora (all-MiniLM-L6-v2, length 64: the cache of
 benchmarks/speed.py) extended with clustered synthetic unit vectors around them; the queries are the real
-queries, split in halves as `index_tuning` splits them: one half to tune on, the other held out, and every
+queries, split in halves as `index.tuning` splits them: one half to tune on, the other held out, and every
 recall and queries/s figure below is measured on the held-out half.
 
 Each (size, part) runs in a fresh process, so the peak resident memory reported is that part's own (corpus
 included), and a part passing `--memory_limit_gb` is killed and reported as not fitting. Parts:
-- `scann`: `index_tuning.tune_scann_for_targets` at each `--targets` recall@10 (one walk of the trees for all
+- `scann`: `index.tuning.tune_scann_for_targets` at each `--targets` recall@10 (one walk of the trees for all
   targets); per target the chosen settings, tuning time, held-out recall, its queries/s against exact search
   (`ExactIndex`, batched over the same queries), and the searcher's size on disk; every setting tried (`tried`:
   leaves, leaves searched, reorder depth, tuning recall and queries/s).
-- `partitioned`: the partitioning and probes tuned to `--partitioned_target` (`index_tuning.tune_partitions`: √N,
+- `partitioned`: the partitioning and probes tuned to `--partitioned_target` (`index.tuning.tune_partitions`: √N,
   2√N and 4√N k-means partitions, each with its fewest probes, the fastest kept); the partitioned search against
   the exact retriever's search (matrix product and top-k over a variable, as the retriever SavedModel serves),
   both as `tf.function`s over requests of `--request_sizes` queries, for at most `--seconds` each.

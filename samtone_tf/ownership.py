@@ -19,7 +19,7 @@ import tensorflow as tf
 from samtone_tf.version import __version__
 
 MARKER = ".samtone_tf.json"
-LOCK = ".lock"  # run_dir.RunLock's file
+LOCK = ".lock"  # training.run_dir.RunLock's file
 KINDS = ("model_dir", "export", "index", "embeddings", "evaluation", "sentence-transformers model")
 
 

@@ -341,7 +341,7 @@ def export(model, out, version=None, corpus=None, k=10, overwrite=False, trainin
     `target_recall` the index is the fastest reaching recall@k >= target_recall on the corpus's queries
     (or, without queries, documents standing in for them): `samtone_tf.index.tuning.tune_scann`.
     `retriever` "partitioned" makes the retriever SavedModel search k-means partitions instead of every
-    document, in the partitioning (of those `index_tuning.tune_partitions` tries) that is fastest at
+    document, in the partitioning (of those `index.tuning.tune_partitions` tries) that is fastest at
     `target_recall` (default 0.95) on those queries, probing the fewest partitions that reach it.
     `corpus_embeddings` (doc_ids, float32 [N, D]), e.g. of a prebuilt index, stand for the corpus's documents
     instead of encoding it again, and a prebuilt `ScannIndex` of them (`prebuilt_index`) becomes index/N. The
@@ -471,7 +471,7 @@ def _export_corpus(model, corpus, version, k, staging, manifest, batch_size, say
 
 
 def _save_partitioned(query_tower, embeddings, doc_ids, k, queries, excluded, target_recall, directory, say):
-    """The partitioned retriever: the fastest partitioning (`index_tuning.tune_partitions`) reaching
+    """The partitioned retriever: the fastest partitioning (`index.tuning.tune_partitions`) reaching
     `target_recall` on `queries`, probing the fewest partitions that do. -> what the manifest records of it."""
     from samtone_tf.index.tuning import exact_rows, tune_partitions
 

@@ -46,7 +46,7 @@ def build_parser():
 
 def build_index(embeddings_dir, out, kind="scann", k=100, overwrite=False, target_recall=None, say=print, codes=None):
     """Builds and writes the index; returns its manifest (with the source embeddings and the build seconds).
-    With `target_recall` (ScaNN only) the index is `index_tuning.tune_scann`'s choice at recall@k. Kind "codes": a
+    With `target_recall` (ScaNN only) the index is `index.tuning.tune_scann`'s choice at recall@k. Kind "codes": a
     `QuantizedIndex` with `codes` ({"dims", "precision", "rescore"})."""
     from samtone_tf.atomic import atomic_directory
     from samtone_tf.embedding_shards import load_embeddings, read_manifest

@@ -9,7 +9,7 @@ distinct partitions the batch probes; each is one matrix product with the querie
 (query, partition) pair; the pairs' results are then merged into a top k per query. Probing every partition gives
 the exact top k.
 
-How many partitions: `index_tuning.tune_partitions` builds √N, 2√N and 4√N partitions (`PARTITION_MULTIPLIERS`),
+How many partitions: `index.tuning.tune_partitions` builds √N, 2√N and 4√N partitions (`PARTITION_MULTIPLIERS`),
 gives each the fewest probes reaching the recall target (`tune_probes`), times each on the tuning queries, and keeps
 the fastest. More, smaller partitions cost more centroid scores and loop steps per query but read less of the
 corpus for the same recall; which wins depends on the corpus, the request size and the CPU, so it is measured,

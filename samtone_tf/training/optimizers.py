@@ -36,7 +36,7 @@ class Adafactor(_SummedEmbeddingRows, keras.optimizers.Adafactor):
 
 def make_optimizer(config, schedule):
     """The configuration's optimizer on `schedule`: AdamW (no decay of biases, norms and the temperature)
-    or Adafactor, each updating embedding rows with their summed gradient (`optimizers`)."""
+    or Adafactor, each updating embedding rows with their summed gradient (this module's classes)."""
     if config.optimizer == "adafactor":
         return Adafactor(learning_rate=schedule)
     optimizer = AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
