@@ -39,7 +39,7 @@ def test_train_refuses_bad_values(tmp_path, flag, value, message):
 @pytest.mark.parametrize("args,message", [
     (("samtone_tf.export", "--model_dir", "x", "--out", "y", "--version", "0"), "argument --version: must be at least 1"),
     (("samtone_tf.export", "--model_dir", "x", "--out", "y", "--k", "-1"), "argument --k: must be at least 1"),
-    (("samtone_tf.export", "--out", "y"), "pass --model_dir and --out to export, or --check EXPORT_DIR"),
+    (("samtone_tf.export", "--out", "y"), "pass --model_dir (or --model) and --out to export, or --check EXPORT_DIR"),
     (("samtone_tf.evaluate", "--model", "x", "--dataset", "wikiqa", "--k", "0"), "argument --k: must be at least 1"),
     (("samtone_tf.analyze", "--model", "x", "--dataset", "wikiqa", "--max_queries", "0"),
      "argument --max_queries: must be at least 1"),
