@@ -50,6 +50,7 @@ def test_bad_shapes_are_rejected():
         ExactIndex(np.zeros((2, 4), np.float32), ["a", "b"]).search(np.zeros((1, 5), np.float32))
 
 
+@pytest.mark.slow
 def test_scann_recall_at_10_on_100k_clustered_vectors(tmp_path):
     rng = np.random.default_rng(2)
     centers = unit(rng.normal(size=(1000, 384)))
@@ -71,6 +72,7 @@ def test_scann_recall_at_10_on_100k_clustered_vectors(tmp_path):
         index.save(tmp_path / "index")
 
 
+@pytest.mark.slow
 def test_scann_on_real_corpus_embeddings(shared_data, default_checkpoint):
     from samtone_tf.data.datasets import load_evaluation
     from samtone_tf.model.pretrained import dual_encoder_from_checkpoint

@@ -183,10 +183,17 @@ def test_keras_loss_reduces_per_example_losses_and_reads_ids_and_temperature():
         query_ids=QUERY_IDS, document_ids=DOCUMENT_IDS,
     ).mean()
     np.testing.assert_allclose(float(value), expected, atol=1e-5)
-    # A "temperature" in y_pred (a model's learnable one) overrides the configured value.
-    value = loss(None, {"query": q, "document": p, "temperature": tf.constant(0.2)})
-    expected = reference_samtone(q, p, tau=0.2, same_tower="both", bidirectional=True).mean()
-    np.testing.assert_allclose(float(value), expected, atol=1e-5)
+    # The model holds the temperature: a loss without one takes y_pred's (a learnt one, a variable, too)...
+    model_held = SamToNeLoss(temperature=None, same_tower="both", bidirectional=True)
+    for temperature in (tf.constant(0.2), tf.Variable(0.2)):
+        value = model_held(None, {"query": q, "document": p, "temperature": temperature})
+        expected = reference_samtone(q, p, tau=0.2, same_tower="both", bidirectional=True).mean()
+        np.testing.assert_allclose(float(value), expected, atol=1e-5)
+    # ...and one given another fixed temperature than the model's refuses, rather than silently using either.
+    with pytest.raises(ValueError, match="the model's temperature 0.2 differs from the loss's 0.1"):
+        loss(None, {"query": q, "document": p, "temperature": tf.constant(0.2)})
+    with pytest.raises(ValueError, match="y_pred has no 'temperature'"):
+        model_held(None, {"query": q, "document": p})
 
 
 def test_keras_loss_config_round_trip():

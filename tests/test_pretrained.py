@@ -16,6 +16,7 @@ from tests.helpers import FIXTURES, REPOSITORY_ROOT
 TINY_BERT = FIXTURES / "tiny-bert"
 
 
+@pytest.mark.slow
 def test_default_checkpoint_matches_the_reference_embeddings(default_checkpoint):
     rows = [json.loads(line) for line in open(default_checkpoint / "reference_embeddings.jsonl")]
     model = dual_encoder_from_checkpoint(default_checkpoint, architecture="ade")

@@ -180,6 +180,7 @@ def test_masked_mean_ignores_padding():
     np.testing.assert_allclose(masked_mean(sequence, mask), [[2.0, 3.0]])
 
 
+@pytest.mark.slow
 def test_fit_on_raw_strings_under_mirrored_strategy_matches_one_device(tiny_vocabulary):
     dataset = tf.data.Dataset.from_tensors(
         (batch(), {"query_id": tf.constant([0, 1, 2, 3]), "document_id": tf.constant([0, 1, 2, 3])})

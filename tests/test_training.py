@@ -61,6 +61,7 @@ def test_the_schedule_warms_up_then_decays_and_gives_every_step_a_positive_rate(
     assert rates[steps] == 0 and rates[steps + 1] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["sde", "ade_spl"])
 def test_a_step_on_tokenised_batches_equals_the_step_on_raw_strings(architecture):
     config = TrainConfig(model="tiny", architecture=architecture, batch_size=8, hard_negatives=2, steps=5,
@@ -86,6 +87,7 @@ def test_a_step_on_tokenised_batches_equals_the_step_on_raw_strings(architecture
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_traced_replica_step_has_no_string_op():
     config = TrainConfig(model="tiny", batch_size=8, hard_negatives=2, steps=5)
     model = tiny_dual_encoder(TINY_VOCABULARY, "ade")
@@ -107,6 +109,7 @@ def test_the_traced_replica_step_has_no_string_op():
     assert not string_ops, string_ops
 
 
+@pytest.mark.slow
 def test_the_command_step_is_keras_fit_step():
     config = TrainConfig(model="tiny", batch_size=8, steps=5, learning_rate=1e-3)
     batch = _batch(hard=False)
@@ -127,6 +130,7 @@ def test_the_command_step_is_keras_fit_step():
         np.testing.assert_allclose(got, want, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_given_the_datasets_element_spec_the_step_traces_once_for_every_batch_length(replicas):
     # What the training command does: without the spec, the step traced again on the first batch of a new
