@@ -101,15 +101,16 @@ def new_model(architecture, args):
                                         document_max_length=args.document_max_length, temperature=args.temperature)
 
 
-def train_one(pairs, architecture, loss, seed, args, gradient_cache_chunk=None):
+def train_one(pairs, architecture, loss, seed, args, gradient_cache_chunk=None, matryoshka_dims=None):
     """`args.steps` steps of `args.batch_size` on `pairs` (gradient-cached in chunks of `gradient_cache_chunk` rows
-    when given). -> (model, the loss of every step)."""
+    when given; with the loss also at the prefixes `matryoshka_dims`, equally weighted, when given). -> (model,
+    the loss of every step)."""
     same_tower, bidirectional = LOSSES[loss]
     keras.utils.set_random_seed(seed)
     model = new_model(architecture, args)
     config = TrainConfig(batch_size=args.batch_size, same_tower=same_tower, bidirectional=bidirectional,
                          optimizer="adamw", weight_decay=0.01, learning_rate=args.learning_rate, steps=args.steps,
-                         temperature=args.temperature)
+                         temperature=args.temperature, matryoshka_dims=matryoshka_dims)
     compile_for_training(model, config)
     strategy = tf.distribute.get_strategy()
     step = make_train_step(strategy, model, gradient_cache_chunk=gradient_cache_chunk)

@@ -143,6 +143,14 @@ def batch_size(results):
     return _benchmark("batch_size").report(results)
 
 
+def matryoshka(results):
+    return _benchmark("matryoshka").report(results)
+
+
+def codes_at_scale(results):
+    return _benchmark("codes_at_scale").render(results)
+
+
 def quality(results):
     benchmark = _benchmark("quality")
     return benchmark.report(benchmark.expanded(results), None)
@@ -250,10 +258,10 @@ def index_search(results):
 
 
 RENDERERS = {  # results file kind (its name up to the first "-") -> renderer
-    "bf16_encoding": bf16_encoding, "analysis": analysis, "batch_size": batch_size, "beam_encoding": beam_encoding, "encode_speed": encode_speed,
-    "gradient_cache": gradient_cache, "index_search": index_search, "interop": interop,
-    "length_groups": length_groups,
-    "loss_overhead": loss_overhead, "mining": mining, "quality": quality, "speed": speed,
+    "analysis": analysis, "batch_size": batch_size, "beam_encoding": beam_encoding, "bf16_encoding": bf16_encoding,
+    "codes_at_scale": codes_at_scale, "encode_speed": encode_speed, "gradient_cache": gradient_cache,
+    "index_search": index_search, "interop": interop, "length_groups": length_groups,
+    "loss_overhead": loss_overhead, "matryoshka": matryoshka, "mining": mining, "quality": quality, "speed": speed,
     "symmetric_product": symmetric_product,
 }
 

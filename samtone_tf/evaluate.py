@@ -40,12 +40,16 @@ def evaluate(model_path, dataset, split=None, index="exact", k=100, batch_size=6
     ranking scored ("run") and the per-query metrics ("per_query"). With `index_dir`, the corpus is searched in
     that prebuilt index (`python -m samtone_tf.index build`) instead of being encoded again. `dims` (a prefix of
     the embeddings), `precision` (float32, int8, binary) and `rescore` (a shortlist re-scored in float32) score
-    the model as a cheaper index would serve it (`index.quantized.QuantizedIndex`, exact search). `compute_dtype`
+    the model as a cheaper index would serve it (`index.quantized.QuantizedIndex`, exact search; with `index`
+    "scann", `dims` and `rescore` build ScaNN on the prefix, re-ranked at the full dimension). `compute_dtype`
     "bfloat16" encodes with bf16 math (`models.with_compute_dtype`)."""
     quantized = dims is not None or precision != "float32" or rescore is not None
-    if quantized and (index != "exact" or index_dir is not None):
-        raise ValueError("--dims, --precision and --rescore search exactly over the codes: not with --index scann "
-                         "or --index_dir")
+    if quantized and index_dir is not None:
+        raise ValueError("--dims, --precision and --rescore make the index: not with --index_dir (a prebuilt index "
+                         "was built with its own)")
+    if quantized and index == "scann" and (precision != "float32" or dims is None):
+        raise ValueError("with --index scann, --dims D [--rescore K] (ScaNN on the prefix, re-ranked at the full "
+                         "dimension) without --precision: ScaNN quantizes by itself")
     encoder = with_compute_dtype(load_encoder(model_path, version), compute_dtype)
     data = load_evaluation(dataset, split, data_dir)
     prebuilt = None
@@ -62,8 +66,11 @@ def evaluate(model_path, dataset, split=None, index="exact", k=100, batch_size=6
         built.append(QuantizedIndex(embeddings, doc_ids, dims, precision, rescore))
         return built[-1]
 
-    factory = quantized_index if quantized else ExactIndex if index == "exact" else (
-        lambda e, ids: ScannIndex(e, ids, k=k))
+    def scann_index(embeddings, doc_ids):
+        built.append(ScannIndex(embeddings, doc_ids, k=k, dims=dims, rescore=rescore))
+        return built[-1]
+
+    factory = ExactIndex if index == "exact" and not quantized else quantized_index if index == "exact" else scann_index
     result = evaluate_encoder(encoder, data, DEFAULT_MEASURES, k=k, batch_size=batch_size, verbose=verbose,
                               index_factory=factory, ignore_identical_ids=ignore_identical_ids, keep_run=keep_run,
                               index=prebuilt)
@@ -73,9 +80,11 @@ def evaluate(model_path, dataset, split=None, index="exact", k=100, batch_size=6
         "metrics": {m: result[m] for m in DEFAULT_MEASURES},
         "queries": result["queries"], "documents": result["documents"], "seconds": result["seconds"],
     }
-    searched = built[-1] if built else prebuilt if hasattr(prebuilt, "precision") else None
-    if searched is not None:
+    searched = built[-1] if built else prebuilt if prebuilt is not None and hasattr(prebuilt, "describe") else None
+    if hasattr(searched, "precision"):
         summary["quantization"] = searched.describe()  # dims, precision, rescore, the codes' bytes
+    elif searched is not None and searched.describe():
+        summary["scann_prefix"] = searched.describe()  # dims, rescore
     if keep_run:
         summary.update(run=result["run"], per_query=result["per_query"])
     return summary
@@ -121,6 +130,9 @@ def main(argv=None):
         q = result["quantization"]
         print(f"  codes: {q['dims']} dimensions, {q['precision']}, {q['code_bytes']:,} bytes"
               + (f", the best {q['rescore']} re-scored in float32" if q["rescore"] else ""))
+    if "scann_prefix" in result:
+        p = result["scann_prefix"]
+        print(f"  ScaNN on the first {p['dims']} dimensions, its best {p['rescore']} re-ranked at the full dimension")
     for measure, value in result["metrics"].items():
         print(f"  {measure:<11}{value:.4f}")
     run, per_query = result.pop("run", None), result.pop("per_query", None)

@@ -130,9 +130,7 @@ def main(argv=None):
             if corpus is None:
                 parser.error("--index needs --corpus (the corpus the index holds)")
             corpus_embeddings, prebuilt = prebuilt_corpus(args.index, corpus, model)
-        config_path = Path(model_dir) / "config.json" if model_dir else None
-        training_config = json.loads(config_path.read_text()) if config_path and config_path.is_file() else None
-        metrics = last_evaluation(model_dir) if model_dir else None
+        training_config, metrics = training_record(model_dir)
         manifest = export(model, args.out, args.version, corpus, args.k, args.overwrite, training_config,
                           metrics, args.batch_size, serving_root=args.serving_root,
                           target_recall=args.target_recall, retriever=args.retriever,
@@ -179,10 +177,9 @@ def export_sentence_transformers(model, model_dir, given, out, overwrite):
     out = Path(out)
     if check_ours(out, kind) is None and out.is_dir():
         out.rmdir()  # new or empty: nothing to keep (check_ours refused anything else)
-    config_path = Path(model_dir) / "config.json" if model_dir else None
-    training_config = json.loads(config_path.read_text()) if config_path and config_path.is_file() else None
+    training_config, metrics = training_record(model_dir)
     card = model_card(model, base_checkpoint=(training_config or {}).get("model") or str(given),
-                      training_config=training_config, metrics=last_evaluation(model_dir) if model_dir else None)
+                      training_config=training_config, metrics=metrics)
     with atomic_directory(out, overwrite=overwrite) as staging:
         write_sentence_transformers(model, staging, card=card)
         write_marker(staging, kind)
@@ -197,6 +194,15 @@ def model_source(given, model_dir):
     kind = "training model_dir" if model_dir else ".keras file" if str(given).endswith(".keras") else \
         "pretrained checkpoint (untrained SDE)"
     return {"kind": kind, "model": os.path.abspath(given) if os.path.exists(given) else str(given)}
+
+
+def training_record(model_dir):
+    """(the run's config.json, its last evaluation) of a training `model_dir`; (None, None) for a model without one
+    (a .keras file, a pretrained checkpoint)."""
+    if not model_dir:
+        return None, None
+    config_path = Path(model_dir) / "config.json"
+    return (json.loads(config_path.read_text()) if config_path.is_file() else None), last_evaluation(model_dir)
 
 
 def last_evaluation(model_dir):

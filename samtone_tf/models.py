@@ -69,24 +69,15 @@ def load_encoder(path, version=None):
     """Anything with encode_queries/encode_documents: a training model_dir, a .keras file, an export
     directory (the version its manifest commits, or `version`), or a pretrained Hugging Face checkpoint (a
     directory, or a name under the models directory) as an untrained SDE: the zero-shot model."""
-    from samtone_tf.model.pretrained import resolve_checkpoint
-
-    path = Path(path)
-    if (path / "query_encoder").is_dir() or (path / "manifest.json").is_file():
+    if _is_export(Path(path)):
         from samtone_tf.serving import ExportedEncoder
 
-        return ExportedEncoder(path, version)
-    if path.suffix == ".keras":
-        return load_keras_file(path)
-    if (path / "vocab.txt").is_file() and not (path / "checkpoints").is_dir():
-        return dual_encoder_from_checkpoint(str(path), architecture="sde")
-    if path.is_dir():
-        return load_trained_model(path)
-    try:
-        return dual_encoder_from_checkpoint(str(resolve_checkpoint(str(path))), architecture="sde")
-    except FileNotFoundError:
-        pass
-    raise FileNotFoundError(f"{path}: not a model_dir, a .keras file, an export directory or a pretrained checkpoint")
+        return ExportedEncoder(Path(path), version)
+    return load_dual_encoder(path)[0]
+
+
+def _is_export(path):
+    return (path / "query_encoder").is_dir() or (path / "manifest.json").is_file()
 
 
 def load_dual_encoder(source, query_max_length=None, document_max_length=None):
@@ -100,7 +91,7 @@ def load_dual_encoder(source, query_max_length=None, document_max_length=None):
     path = Path(source)
     lengths = {k: v for k, v in (("query_max_length", query_max_length),
                                  ("document_max_length", document_max_length)) if v is not None}
-    if (path / "query_encoder").is_dir() or (path / "manifest.json").is_file():
+    if _is_export(path):
         raise ValueError(f"{path}: an export already (SavedModels); export a training model_dir, a .keras file or a "
                          "pretrained checkpoint")
     is_checkpoint = (path / "vocab.txt").is_file() and not (path / "checkpoints").is_dir()
@@ -111,10 +102,12 @@ def load_dual_encoder(source, query_max_length=None, document_max_length=None):
         if path.suffix == ".keras":
             return load_keras_file(path), None
         return load_trained_model(path), path
-    checkpoint = path if is_checkpoint else resolve_checkpoint(str(source))
+    try:
+        checkpoint = path if is_checkpoint else resolve_checkpoint(str(source))
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{path}: not a model_dir, a .keras file, an export directory or a pretrained "
+                                f"checkpoint ({error})") from None
     return dual_encoder_from_checkpoint(str(checkpoint), architecture="sde", **lengths), None
-
-
 
 
 def with_compute_dtype(model, compute_dtype, warn=print):

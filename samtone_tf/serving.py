@@ -109,12 +109,15 @@ class RetrieverModule(_TowerModule):
                                    dtype=tf.string, name="doc_ids")
         self.k = min(int(k), len(doc_ids))
 
+    def search(self, queries):
+        """Query embeddings [Q, D] -> (rows [Q, k], scores [Q, k]): what `serve` runs after encoding."""
+        top = tf.math.top_k(tf.matmul(queries, self.embeddings, transpose_b=True), k=self.k)
+        return top.indices, top.values
+
     @tf.function(input_signature=[_TEXT])
     def serve(self, text):
-        queries = self._encode(text)
-        scores = tf.matmul(queries, self.embeddings, transpose_b=True)
-        top = tf.math.top_k(scores, k=self.k)
-        return {"doc_ids": tf.gather(self.doc_ids, top.indices), "scores": top.values}
+        rows, scores = self.search(self._encode(text))
+        return {"doc_ids": tf.gather(self.doc_ids, rows), "scores": scores}
 
 
 class PartitionedRetrieverModule(_TowerModule):
@@ -191,19 +194,23 @@ class QuantizedRetrieverModule(_TowerModule):
         hamming = tf.map_fn(distances, query_words, fn_output_signature=tf.TensorSpec([None], tf.int32))
         return -tf.cast(hamming, tf.float32)
 
-    @tf.function(input_signature=[_TEXT])
-    def serve(self, text):
-        queries = self._encode(text)[:, :self.dims]
-        queries = tf.math.l2_normalize(queries, axis=1)
+    def search(self, queries):
+        """Full-dimension query embeddings [Q, D] -> (rows [Q, k], scores [Q, k]): what `serve` runs after
+        encoding."""
+        queries = tf.math.l2_normalize(queries[:, :self.dims], axis=1)
         scores = self._code_scores(queries)
         if self.rescore:
             shortlist = tf.math.top_k(scores, k=self.rescore).indices
             exact = tf.einsum("qd,qkd->qk", queries, tf.gather(self.prefix, shortlist))
             top = tf.math.top_k(exact, k=self.k)
-            rows = tf.gather(shortlist, top.indices, batch_dims=1)
-            return {"doc_ids": tf.gather(self.doc_ids, rows), "scores": top.values}
+            return tf.gather(shortlist, top.indices, batch_dims=1), top.values
         top = tf.math.top_k(scores, k=self.k)
-        return {"doc_ids": tf.gather(self.doc_ids, top.indices), "scores": top.values}
+        return top.indices, top.values
+
+    @tf.function(input_signature=[_TEXT])
+    def serve(self, text):
+        rows, scores = self.search(self._encode(text))
+        return {"doc_ids": tf.gather(self.doc_ids, rows), "scores": scores}
 
 
 def _lookup_tables(tower):

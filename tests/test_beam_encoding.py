@@ -227,6 +227,25 @@ def test_a_codes_index_from_shards_evaluates_as_evaluate_with_the_same_codes(enc
         assert prebuilt["metrics"][measure] == pytest.approx(value, abs=1e-3), measure
 
 
+def test_a_scann_index_on_a_prefix_evaluates_as_evaluate_with_the_same_options(encoded, model_and_export,
+                                                                               shared_data, tmp_path):
+    """index build --kind scann --dims D --rescore K: ScaNN on the prefix, re-ranked at the full dimension; searching
+    it gives the metrics of evaluate --index scann with the same options, and it passes evaluate's checks."""
+    from samtone_tf.evaluate import evaluate
+    from samtone_tf.index.__main__ import build_index
+
+    _, export_dir = model_and_export
+    manifest = build_index(encoded, tmp_path / "prefix", kind="scann", codes={"dims": 16, "rescore": 50})
+    assert (manifest["kind"], manifest["dims"], manifest["rescore"]) == ("scann", 16, 50)
+    direct = evaluate(export_dir, CORPUS, data_dir=shared_data, verbose=False, index="scann", dims=16, rescore=50)
+    prebuilt = evaluate(export_dir, CORPUS, data_dir=shared_data, verbose=False, index_dir=tmp_path / "prefix")
+    assert direct["scann_prefix"] == prebuilt["scann_prefix"] == {"dims": 16, "rescore": 50}
+    whole = evaluate(export_dir, CORPUS, data_dir=shared_data, verbose=False, index="scann")
+    assert "scann_prefix" not in whole
+    for measure, value in direct["metrics"].items():  # the shards' embeddings are the in-process ones to ~1e-6
+        assert prebuilt["metrics"][measure] == pytest.approx(value, abs=1e-3), measure
+
+
 def test_an_index_of_another_corpus_is_refused(encoded, model_and_export, shared_data, tmp_path):
     from samtone_tf.evaluate import evaluate
     from samtone_tf.index.__main__ import build_index

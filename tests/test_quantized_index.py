@@ -118,4 +118,4 @@ def test_evaluate_scores_a_model_with_codes_and_says_so(tmp_path, shared_data, t
     assert result["quantization"]["dims"] == 16 and result["quantization"]["rescore"] == 50
     assert evaluate_command.main(["--model", str(tiny_model_dir), "--dataset", "wikiqa", "--precision", "int8",
                                   "--index", "scann", "--out", str(tmp_path / "x.json")]) != 0
-    assert "not with --index scann" in capsys.readouterr().err
+    assert "with --index scann, --dims D [--rescore K]" in capsys.readouterr().err

@@ -33,7 +33,8 @@ def build_parser():
     build.add_argument("--out", required=True, help="the index directory to write")
     build.add_argument("--kind", choices=INDEX_KINDS, default="scann",
                        help="search: exact, ScaNN, or cheaper codes searched exactly (--dims, --precision, --rescore)")
-    add_code_options(build, scope="with --kind codes: ")
+    add_code_options(build, scope="with --kind codes (--dims and --rescore also with --kind scann: the searcher on "
+                                  "the prefix, its candidates re-ranked at the full dimension): ")
     build.add_argument("--k", type=positive_int, default=100,
                        help="neighbours a ScaNN search returns by default, and the k of --target_recall")
     build.add_argument("--target_recall", type=float, default=None,
@@ -72,6 +73,11 @@ def build_index(embeddings_dir, out, kind="scann", k=100, overwrite=False, targe
             codes = codes or {}
             QuantizedIndex(embeddings, doc_ids, codes.get("dims"), codes.get("precision", "float32"),
                            codes.get("rescore")).write_files(staging)
+        elif (codes or {}).get("dims"):
+            from samtone_tf.index.search import ScannIndex
+
+            # A prefix searcher: no TF-ops copy (index/N/scann_tf of an export holds full-dimension searchers).
+            ScannIndex(embeddings, doc_ids, k=k, dims=codes["dims"], rescore=codes.get("rescore")).write_files(staging)
         else:
             from samtone_tf.serving import save_index
 
@@ -106,8 +112,13 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     quiet_native_logs(args.verbose)
     try:
-        if args.kind != "codes" and (args.dims or args.precision != "float32" or args.rescore):
-            raise ValueError("--dims, --precision and --rescore are for --kind codes")
+        if args.kind == "exact" and (args.dims or args.precision != "float32" or args.rescore):
+            raise ValueError("--dims, --precision and --rescore are for --kind codes (--dims and --rescore also for "
+                             "--kind scann)")
+        if args.kind == "scann" and (args.precision != "float32" or (args.rescore and not args.dims)
+                                     or (args.dims and args.target_recall is not None)):
+            raise ValueError("with --kind scann, --dims D [--rescore K] (a searcher on the prefix, re-ranked at the "
+                             "full dimension) without --precision or --target_recall; ScaNN quantizes by itself")
         manifest = build_index(args.embeddings, args.out, args.kind, args.k, args.overwrite, args.target_recall,
                                codes={"dims": args.dims, "precision": args.precision, "rescore": args.rescore})
     except command_errors() as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from samtone_tf.index.quantized import normalized_prefix
 from samtone_tf.locations import file_inside, is_inside
 
 
@@ -150,6 +151,14 @@ def _merge(scores_a, rows_a, scores_b, rows_b, k):
     return values, tf.gather(rows, positions, batch_dims=1)
 
 
+def _reranked(queries, full, rows, k):
+    """(rows [Q, k], scores [Q, k]): candidate `rows` [Q, C] of `queries` [Q, D] re-ranked by their dot product with
+    the `full` [N, D] embeddings (stable: ties keep the candidates' order)."""
+    exact = np.einsum("qd,qkd->qk", queries, np.asarray(full[rows.reshape(-1)]).reshape(*rows.shape, -1))
+    order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(rows, order, 1), np.take_along_axis(exact, order, 1).astype(np.float32)
+
+
 SCANN_BRUTE_FORCE_BELOW = 20_000  # smaller corpora are searched exactly (in ScaNN's brute-force mode)
 # k-means points per leaf of a ScaNN tree. With 30 (a common rule) the leaves of a 1M corpus of clustered
 # embeddings split its clusters: recall@10 0.95 needed 40+ of 4,000 leaves searched; with 100, 12 (3.5x faster).
@@ -198,12 +207,18 @@ class ScannIndex:
     Settings default to `scann_defaults(N, D)`; pass `settings` to override any.
     `save(dir)` writes the searcher, the document ids and a manifest (atomically);
     `ScannIndex.load(dir)` answers identically.
+
+    With `dims` below the embeddings' dimension D, the searcher holds the first `dims` dimensions re-normalised
+    (a Matryoshka prefix: its trees and codes are that much smaller and faster), and its best `rescore`
+    candidates (default: the settings' `reorder`) are re-ranked at the full dimension D, whose float32
+    embeddings the index keeps (saved as full.npy, memory-mapped when loaded). Queries are always [Q, D].
     """
 
     MANIFEST = "manifest.json"
     DOC_IDS = "doc_ids.json"
+    FULL = "full.npy"
 
-    def __init__(self, embeddings, doc_ids, k=100, settings=None, _searcher=None):
+    def __init__(self, embeddings, doc_ids, k=100, settings=None, _searcher=None, dims=None, rescore=None):
         import scann
 
         embeddings = np.asarray(embeddings, dtype=np.float32)
@@ -211,12 +226,22 @@ class ScannIndex:
             raise ValueError(f"embeddings must be [N, D]; got shape {embeddings.shape}")
         if len(doc_ids) != embeddings.shape[0]:
             raise ValueError(f"{len(doc_ids)} doc_ids for {embeddings.shape[0]} embeddings")
+        if dims is not None and not 0 < int(dims) <= embeddings.shape[1]:
+            raise ValueError(f"dims must be in 1..{embeddings.shape[1]} (the embeddings'); got {dims}")
+        if rescore is not None and int(rescore) < 1:
+            raise ValueError(f"rescore must be a positive number of candidates; got {rescore}")
         self.doc_ids = np.asarray(doc_ids, dtype=object)
         self.dimension = embeddings.shape[1]
+        self.dims = int(dims) if dims is not None else self.dimension
         self.k = int(k)
-        self.settings = dict(scann_defaults(*embeddings.shape), **(settings or {}))
+        searched = normalized_prefix(embeddings, self.dims)
+        self.settings = dict(scann_defaults(*searched.shape), **(settings or {}))
+        # The full embeddings re-rank a prefix's candidates; at the full dimension ScaNN's own reordering is exact.
+        self.full = embeddings if self.dims < self.dimension else None
+        self.rescore = (int(rescore) if rescore else int(self.settings.get("reorder", 100))) if self.full is not None \
+            else None
         if _searcher is None:
-            builder = scann.scann_ops_pybind.builder(embeddings, self.k, "dot_product")
+            builder = scann.scann_ops_pybind.builder(searched, self.k, "dot_product")
             _searcher = _configure(builder, self.settings).build()
         self.searcher = _searcher
 
@@ -235,14 +260,17 @@ class ScannIndex:
         if queries.ndim != 2 or queries.shape[1] != self.dimension:
             raise ValueError(f"query embeddings must be [Q, {self.dimension}]; got shape {queries.shape}")
         k = min(int(k), len(self))
+        depth = max(k, min(self.rescore, len(self))) if self.full is not None else k
         extra = {}
         if self.settings["mode"] != "brute_force":
-            extra["pre_reorder_num_neighbors"] = max(int(reorder or self.settings["reorder"]), k)
+            extra["pre_reorder_num_neighbors"] = max(int(reorder or self.settings["reorder"]), depth)
             extra["leaves_to_search"] = int(leaves_to_search or self.settings["num_leaves_to_search"])
         search = self.searcher.search_batched_parallel if parallel else self.searcher.search_batched
-        rows, scores = search(queries, final_num_neighbors=k, **extra)
-        rows = np.asarray(rows, dtype=np.int64)
-        return (self.doc_ids[rows] if ids else rows), np.asarray(scores, dtype=np.float32)
+        rows, scores = search(normalized_prefix(queries, self.dims), final_num_neighbors=depth, **extra)
+        rows, scores = np.asarray(rows, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+        if self.full is not None:
+            rows, scores = _reranked(queries, self.full, rows, k)
+        return (self.doc_ids[rows] if ids else rows), scores
 
     def save(self, directory):
         """Writes the index to `directory` (which must not exist) via a temporary sibling."""
@@ -262,6 +290,9 @@ class ScannIndex:
         (directory / self.DOC_IDS).write_text(json.dumps([str(d) for d in self.doc_ids]), encoding="utf-8")
         manifest = dict(kind="scann", distance="dot_product", size=len(self), dimension=self.dimension,
                         k=self.k, settings=self.settings, doc_ids=self.DOC_IDS, searcher="scann")
+        if self.full is not None:
+            np.save(directory / self.FULL, self.full, allow_pickle=False)
+            manifest.update(dims=self.dims, rescore=self.rescore, full=self.FULL)
         (directory / self.MANIFEST).write_text(json.dumps(manifest, indent=1))
 
     @classmethod
@@ -306,9 +337,24 @@ class ScannIndex:
         index.k = int(manifest["k"])
         index.settings = manifest["settings"]
         index.searcher = searcher
+        index.dims, index.rescore, index.full = int(manifest.get("dims", index.dimension)), manifest.get("rescore"), None
+        if index.dims < index.dimension:
+            try:
+                index.full = np.load(file_inside(directory, manifest["full"], "full-dimension embeddings file"),
+                                     mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError, KeyError) as error:
+                raise ValueError(f"{directory}: a {index.dims}-dimension index without its full-dimension "
+                                 f"embeddings ({type(error).__name__}: {error})") from None
+            if index.full.shape != (len(index.doc_ids), index.dimension) or not index.rescore:
+                raise ValueError(f"{directory}: full-dimension embeddings of shape {index.full.shape} (rescore "
+                                 f"{index.rescore!r}) for {len(index.doc_ids)} documents of {index.dimension}")
         if len(index.doc_ids) != manifest["size"]:
             raise ValueError(f"{directory}: {len(index.doc_ids)} doc ids for an index of {manifest['size']}")
         return index
+
+    def describe(self):
+        """{"dims", "rescore"}: what a prefix index searches (None for the full dimension)."""
+        return {"dims": self.dims, "rescore": self.rescore} if self.full is not None else {}
 
     def tensorflow_searcher(self, embeddings):
         """The same configuration built with ScaNN's TensorFlow ops (`scann.scann_ops`): a
@@ -316,7 +362,7 @@ class ScannIndex:
         built with the ScaNN ops."""
         import scann
 
-        builder = scann.scann_ops.builder(np.asarray(embeddings, np.float32), self.k, "dot_product")
+        builder = scann.scann_ops.builder(normalized_prefix(embeddings, self.dims), self.k, "dot_product")
         return _configure(builder, self.settings).build()
 
 
