@@ -148,7 +148,11 @@ class QuantizedRetrieverModule(_TowerModule):
     the same ranking): a prefix of `dims` dimensions re-normalised, stored as float32, int8 codes (per-dimension
     ranges calibrated on the corpus; scored as the float query against the decoded codes) or binary codes (signs in
     64-bit words; Hamming distance by XOR and population count, one query at a time); with `rescore`, the best
-    `rescore` by the codes re-ranked by the float32 prefix. TensorFlow core ops only: stock TF Serving runs it."""
+    `rescore` by the codes re-ranked by the float32 prefix. TensorFlow core ops only: stock TF Serving runs it.
+
+    Binary codes are stored word by word (one int64 variable [N] per 64 dimensions): each op then runs over one long
+    contiguous vector, and the words' counts are summed elementwise, where an [N, words] matrix made TensorFlow
+    reduce rows of 6 (about half the speed at 1M documents; benchmarks/codes_at_scale.py)."""
 
     def __init__(self, query_tower, index, k):
         super().__init__(query_tower)
@@ -162,7 +166,9 @@ class QuantizedRetrieverModule(_TowerModule):
             words = -(-packed.shape[1] // 8)
             padded = np.zeros((packed.shape[0], words * 8), np.uint8)
             padded[:, :packed.shape[1]] = packed
-            self.codes = tf.Variable(padded.view(np.int64), trainable=False, name="codes")  # [N, words]
+            words = padded.view(np.int64)  # [N, words], as numpy's .view(int64) reads the packed bytes
+            self.code_words = [tf.Variable(np.ascontiguousarray(words[:, w]), trainable=False, name=f"codes_{w}")
+                               for w in range(words.shape[1])]
         else:
             self.codes = tf.Variable(index.codes, trainable=False, name="codes")
         if self.precision == "int8":
@@ -174,6 +180,7 @@ class QuantizedRetrieverModule(_TowerModule):
                 index.prefix, trainable=False, name="prefix")
 
     def _code_scores(self, queries):
+        """[Q, N] scores of the prefix `queries` [Q, dims]: float32, or for binary codes int32 -Hamming distances."""
         if self.precision == "float32":
             return tf.matmul(queries, self.codes, transpose_b=True)
         if self.precision == "int8":
@@ -181,18 +188,18 @@ class QuantizedRetrieverModule(_TowerModule):
             return tf.linalg.matvec(queries, self.low)[:, None] + tf.matmul(queries * self.step, decoded,
                                                                            transpose_b=True)
         bits = tf.cast(queries > 0, tf.int32)
-        bytes_ = tf.shape(self.codes)[1] * 8
+        bytes_ = len(self.code_words) * 8
         bits = tf.pad(bits, [[0, 0], [0, bytes_ * 8 - self.dims]])
         weights = tf.constant([128, 64, 32, 16, 8, 4, 2, 1], tf.int32)  # np.packbits' order: the first bit high
         packed = tf.cast(tf.reduce_sum(tf.reshape(bits, [-1, bytes_, 8]) * weights, axis=2), tf.uint8)
         query_words = tf.bitcast(tf.reshape(packed, [-1, bytes_ // 8, 8]), tf.int64)  # as numpy's .view(int64)
 
-        def distances(word):  # one query: [words] -> [N]
-            xor = tf.bitwise.bitwise_xor(self.codes, word[None, :])
-            return tf.reduce_sum(tf.cast(tf.raw_ops.PopulationCount(x=xor), tf.int32), axis=1)
+        def negative_distances(word):  # one query: [words] -> [N]
+            counts = [tf.cast(tf.raw_ops.PopulationCount(x=tf.bitwise.bitwise_xor(codes, word[w])), tf.int32)
+                      for w, codes in enumerate(self.code_words)]
+            return -tf.math.add_n(counts)
 
-        hamming = tf.map_fn(distances, query_words, fn_output_signature=tf.TensorSpec([None], tf.int32))
-        return -tf.cast(hamming, tf.float32)
+        return tf.map_fn(negative_distances, query_words, fn_output_signature=tf.TensorSpec([None], tf.int32))
 
     def search(self, queries):
         """Full-dimension query embeddings [Q, D] -> (rows [Q, k], scores [Q, k]): what `serve` runs after
@@ -205,7 +212,7 @@ class QuantizedRetrieverModule(_TowerModule):
             top = tf.math.top_k(exact, k=self.k)
             return tf.gather(shortlist, top.indices, batch_dims=1), top.values
         top = tf.math.top_k(scores, k=self.k)
-        return top.indices, top.values
+        return top.indices, tf.cast(top.values, tf.float32)
 
     @tf.function(input_signature=[_TEXT])
     def serve(self, text):
