@@ -152,7 +152,7 @@ class QuantizedRetrieverModule(_TowerModule):
 
     Binary codes are stored word by word (one int64 variable [N] per 64 dimensions): each op then runs over one long
     contiguous vector, and the words' counts are summed elementwise, where an [N, words] matrix made TensorFlow
-    reduce rows of 6 (about half the speed at 1M documents; benchmarks/codes_at_scale.py)."""
+    reduce rows of 6 (1.5-2x slower at 1M documents in a micro-benchmark)."""
 
     def __init__(self, query_tower, index, k):
         super().__init__(query_tower)
