@@ -70,7 +70,7 @@ def evaluate(model_path, dataset, split=None, index="exact", k=100, batch_size=6
         built.append(ScannIndex(embeddings, doc_ids, k=k, dims=dims, rescore=rescore))
         return built[-1]
 
-    factory = ExactIndex if index == "exact" and not quantized else quantized_index if index == "exact" else scann_index
+    factory = scann_index if index == "scann" else quantized_index if quantized else ExactIndex
     result = evaluate_encoder(encoder, data, DEFAULT_MEASURES, k=k, batch_size=batch_size, verbose=verbose,
                               index_factory=factory, ignore_identical_ids=ignore_identical_ids, keep_run=keep_run,
                               index=prebuilt)
@@ -80,7 +80,7 @@ def evaluate(model_path, dataset, split=None, index="exact", k=100, batch_size=6
         "metrics": {m: result[m] for m in DEFAULT_MEASURES},
         "queries": result["queries"], "documents": result["documents"], "seconds": result["seconds"],
     }
-    searched = built[-1] if built else prebuilt if prebuilt is not None and hasattr(prebuilt, "describe") else None
+    searched = built[-1] if built else prebuilt if hasattr(prebuilt, "describe") else None
     if hasattr(searched, "precision"):
         summary["quantization"] = searched.describe()  # dims, precision, rescore, the codes' bytes
     elif searched is not None and searched.describe():

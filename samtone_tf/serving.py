@@ -163,8 +163,8 @@ class QuantizedRetrieverModule(_TowerModule):
                                    dtype=tf.string, name="doc_ids")
         if self.precision == "binary":
             packed = index.codes  # uint8 [N, ceil(dims / 8)]
-            words = -(-packed.shape[1] // 8)
-            padded = np.zeros((packed.shape[0], words * 8), np.uint8)
+            word_count = -(-packed.shape[1] // 8)
+            padded = np.zeros((packed.shape[0], word_count * 8), np.uint8)
             padded[:, :packed.shape[1]] = packed
             words = padded.view(np.int64)  # [N, words], as numpy's .view(int64) reads the packed bytes
             self.code_words = [tf.Variable(np.ascontiguousarray(words[:, w]), trainable=False, name=f"codes_{w}")

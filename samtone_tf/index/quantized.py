@@ -53,6 +53,15 @@ def binary_codes(embeddings):
     return np.packbits(np.asarray(embeddings) > 0, axis=1)
 
 
+def reranked(queries, embeddings, rows, k):
+    """(rows [Q, k], float32 scores [Q, k]): candidate `rows` [Q, C] of `queries` [Q, D] re-ranked by their dot
+    product with `embeddings` [N, D] (memory-mapped is fine: only the candidates' rows are read); stable, so ties
+    keep the candidates' order."""
+    exact = np.einsum("qd,qkd->qk", queries, np.asarray(embeddings[rows.reshape(-1)]).reshape(*rows.shape, -1))
+    order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(rows, order, 1), np.take_along_axis(exact, order, 1).astype(np.float32)
+
+
 class QuantizedIndex:
     """Exact search over a prefix and a precision of corpus embeddings: `search(query_embeddings [Q, D], k) ->
     (doc_ids [Q, k], scores [Q, k])`, the scores the codes' (or, with `rescore`, the float32 prefix's)."""
@@ -170,9 +179,7 @@ class QuantizedIndex:
             batch = queries[first:first + self.query_batch]
             rows, scores = self._top(batch, depth)
             if self.rescore:
-                exact = np.einsum("qd,qkd->qk", batch, self.prefix[rows])
-                order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-                rows, scores = np.take_along_axis(rows, order, 1), np.take_along_axis(exact, order, 1)
+                rows, scores = reranked(batch, self.prefix, rows, k)
             rows_out.append(rows[:, :k])
             scores_out.append(scores[:, :k].astype(np.float32))
         rows = np.concatenate(rows_out) if rows_out else np.zeros((0, k), np.int64)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from samtone_tf.index.quantized import normalized_prefix
+from samtone_tf.index.quantized import normalized_prefix, reranked
 from samtone_tf.locations import file_inside, is_inside
 
 
@@ -151,14 +151,6 @@ def _merge(scores_a, rows_a, scores_b, rows_b, k):
     return values, tf.gather(rows, positions, batch_dims=1)
 
 
-def _reranked(queries, full, rows, k):
-    """(rows [Q, k], scores [Q, k]): candidate `rows` [Q, C] of `queries` [Q, D] re-ranked by their dot product with
-    the `full` [N, D] embeddings (stable: ties keep the candidates' order)."""
-    exact = np.einsum("qd,qkd->qk", queries, np.asarray(full[rows.reshape(-1)]).reshape(*rows.shape, -1))
-    order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(rows, order, 1), np.take_along_axis(exact, order, 1).astype(np.float32)
-
-
 SCANN_BRUTE_FORCE_BELOW = 20_000  # smaller corpora are searched exactly (in ScaNN's brute-force mode)
 # k-means points per leaf of a ScaNN tree. With 30 (a common rule) the leaves of a 1M corpus of clustered
 # embeddings split its clusters: recall@10 0.95 needed 40+ of 4,000 leaves searched; with 100, 12 (3.5x faster).
@@ -269,7 +261,7 @@ class ScannIndex:
         rows, scores = search(normalized_prefix(queries, self.dims), final_num_neighbors=depth, **extra)
         rows, scores = np.asarray(rows, dtype=np.int64), np.asarray(scores, dtype=np.float32)
         if self.full is not None:
-            rows, scores = _reranked(queries, self.full, rows, k)
+            rows, scores = reranked(queries, self.full, rows, k)
         return (self.doc_ids[rows] if ids else rows), scores
 
     def save(self, directory):
