@@ -86,6 +86,42 @@ def stop_signals_as_in_a_terminal():
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def command_in_process(module, *args):
+    """`python -m samtone_tf.<module> ARGS` through the command's own `main` in this process: its parser, code path,
+    exit status and printed lines, without a fresh interpreter's TensorFlow start-up (~6 s). -> a
+    subprocess.CompletedProcess (stdout and stderr as text). For a promise about processes (a lock held by the test
+    process, signals, a race, the environment or working directory of a user's shell), start the command instead."""
+    import contextlib
+    import importlib
+    import io
+    import warnings
+
+    name = f"samtone_tf.{module}"
+    try:
+        entry = importlib.import_module(f"{name}.__main__")
+    except ModuleNotFoundError as error:
+        if error.name != f"{name}.__main__":
+            raise
+        entry = importlib.import_module(name)
+    stdout, stderr = io.StringIO(), io.StringIO()
+
+    def show(message, category, filename, lineno, file=None, line=None):  # Python's default display, on stderr
+        stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), warnings.catch_warnings():
+        warnings.simplefilter("default")  # a fresh interpreter's filter: each warning shown once where raised
+        warnings.showwarning = show
+        try:
+            code = entry.main([str(a) for a in args])
+        except SystemExit as exit_info:  # argparse's refusals, and commands that exit rather than return
+            code = exit_info.code
+    if isinstance(code, str):  # sys.exit("message"): Python prints it and exits 1
+        stderr.write(code + "\n")
+        code = 1
+    code = 0 if code is None else code
+    return subprocess.CompletedProcess([name, *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
+
+
 class CommandInBackground:
     """A command started now and awaited later with `finish()` (a subprocess.CompletedProcess), its stdout and
     stderr going to files in `log_dir`: unread pipes would stall it on a full buffer while the test awaits

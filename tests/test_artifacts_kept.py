@@ -1,5 +1,10 @@
 """What a user keeps is never deleted, mixed or silently wrong (issue 41), tried on the command line as a careless or
-unlucky user would: each case is refused with one line, or handled with nothing lost."""
+unlucky user would: each case is refused with one line, or handled with nothing lost.
+
+Commands run through their own `main` in the test process (`run`: the same parser, code, exit status and lines);
+those whose case involves processes start one as a user's shell does (`typed`): a lock held by the test process,
+two exports at once, a working directory and environment of the user's, training (signal handlers and seeds are
+the process's), a disk filling up under a fresh process."""
 
 import json
 import os
@@ -7,7 +12,6 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -17,12 +21,17 @@ from samtone_tf.model.fingerprint import tower_fingerprint
 from samtone_tf.model.towers import tiny_dual_encoder
 from samtone_tf.provenance import document_digest
 from samtone_tf.training.run_dir import RunLock
-from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY, WORDS
+from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY, WORDS, command_in_process
 
 pytestmark = pytest.mark.slow
 
 
-def run(*args, cwd=REPOSITORY_ROOT, env=None):
+def run(module, *args):
+    """`python -m samtone_tf.X ARGS` through the command's `main`, in this process."""
+    return command_in_process(module.removeprefix("samtone_tf."), *args)
+
+
+def typed(*args, cwd=REPOSITORY_ROOT, env=None):
     """A samtone_tf command as a user types it (a fresh process)."""
     environment = dict(os.environ, PYTHONPATH=str(REPOSITORY_ROOT), **(env or {}))
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=environment, cwd=cwd,
@@ -124,7 +133,7 @@ def test_one_writer_per_export_directory(world, tmp_path):
     shutil.copytree(world["export"], export)
     before = snapshot(export)
     with RunLock(export, holder="export", advice="export to another --out"):
-        refused(run("samtone_tf.export", "--model_dir", str(world["a"]), "--out", str(export)),
+        refused(typed("samtone_tf.export", "--model_dir", str(world["a"]), "--out", str(export)),
                 "is in use by another export (pid")
     assert snapshot(export) == before
     (export / ".lock").write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": os.uname().nodename}))
@@ -291,7 +300,7 @@ def test_run_files_and_evaluation_output_of_a_checkpoint_name(world, tmp_path):
     work.mkdir()
     models = REPOSITORY_ROOT / "tests" / "fixtures"
     for attempt in range(2):
-        result = run("samtone_tf.evaluate", "--model", "tiny-bert", "--dataset", world["corpus"], cwd=work,
+        result = typed("samtone_tf.evaluate", "--model", "tiny-bert", "--dataset", world["corpus"], cwd=work,
                      env={"SAMTONE_MODELS": str(models)})
         assert result.returncode == 0, (attempt, result.stderr[-3000:])
     assert len(list((work / "evaluations" / "tiny-bert").glob("*-test.json"))) == 1
@@ -309,7 +318,7 @@ def test_damaged_exports_and_checkpoints_give_one_line_or_fall_back(world, tmp_p
     refused(run("samtone_tf.mine", "--model", str(broken), "--dataset", world["corpus"], "--split", "test",
                 "--out", str(tmp_path / "mined.jsonl")), "the SavedModel cannot be loaded")
     trained = tmp_path / "run"
-    result = run("samtone_tf.train", "--model", "tiny", "--dataset", world["corpus"], "--train_split", "test",
+    result = typed("samtone_tf.train", "--model", "tiny", "--dataset", world["corpus"], "--train_split", "test",
                  "--model_dir", str(trained), "--eval_datasets", "", "--steps", "4", "--batch_size", "4",
                  "--checkpoint_every", "2", "--no-export", "--no-unique_ids")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -377,7 +386,7 @@ def test_a_full_disk_during_training_is_one_line_and_keeps_the_earlier_checkpoin
         timeout=900)
     refused(result, "ResourceExhaustedError", "No space left on device")
     assert sorted(p.name for p in (model_dir / "checkpoints").glob("ckpt-*.index")) == ["ckpt-2.index"]
-    resumed = run("samtone_tf.train", "--model", "tiny", "--dataset", world["corpus"], "--train_split", "test",
+    resumed = typed("samtone_tf.train", "--model", "tiny", "--dataset", world["corpus"], "--train_split", "test",
                   "--model_dir", str(model_dir), "--eval_datasets", "", "--steps", "6", "--batch_size", "4",
                   "--checkpoint_every", "2", "--no-export", "--no-unique_ids")
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout + resumed.stderr, resumed.stderr[-2000:]

@@ -1,6 +1,6 @@
 """Corpus encoding on Apache Beam (DirectRunner), as users run it: `python -m samtone_tf.encode` on a real corpus
-of ../shared/data, in memory and with 2 worker processes; `python -m samtone_tf.index build` on its shards;
-`python -m samtone_tf.evaluate --index_dir` on that index."""
+of ../shared/data, in memory and with 2 worker processes (typed in a fresh process); `python -m samtone_tf.index
+build` on its shards; `python -m samtone_tf.evaluate --index_dir` on that index (through each command's `main`)."""
 
 import json
 import os
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from samtone_tf.locations import REPOSITORY_ROOT
-from tests.helpers import TINY_VOCABULARY
+from tests.helpers import TINY_VOCABULARY, command_in_process
 
 # Trains beyond a few steps, exports SavedModels or starts subprocesses: out of the fast loop.
 pytestmark = pytest.mark.slow
@@ -21,11 +21,15 @@ pytestmark = pytest.mark.slow
 CORPUS = "beir:medline"  # 1,033 real documents: small enough to encode three times in CI
 
 
-def run_command(*args, check=True):
-    """A samtone_tf command as a user types it (a fresh process), -> CompletedProcess."""
-    env = dict(os.environ, PYTHONPATH=str(REPOSITORY_ROOT))
-    result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env,
-                            cwd=REPOSITORY_ROOT, timeout=900)
+def run_command(*args, check=True, typed=False):
+    """`python -m samtone_tf.X ARGS` -> CompletedProcess: through the command's `main` in this process, or `typed`
+    as a user types it, in a fresh process (for Beam's worker processes)."""
+    if typed:
+        env = dict(os.environ, PYTHONPATH=str(REPOSITORY_ROOT))
+        result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env,
+                                cwd=REPOSITORY_ROOT, timeout=900)
+    else:
+        result = command_in_process(args[0].removeprefix("samtone_tf."), *args[1:])
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr[-4000:]}")
     return result
@@ -84,7 +88,7 @@ def test_two_worker_processes_give_the_same_embeddings(encoded, model_and_export
     out = tmp_path / "two-workers"
     result = run_command("samtone_tf.encode", "--model", str(export_dir), "--corpus", CORPUS, "--out", str(out),
                          "--data_dir", str(shared_data), "--direct_num_workers", "2",
-                         "--direct_running_mode", "multi_processing", "--num_shards", "3")
+                         "--direct_running_mode", "multi_processing", "--num_shards", "3", typed=True)
     assert "encoded 1033 documents" in result.stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["shards"]) == 3 and all(s["records"] > 0 for s in manifest["shards"])

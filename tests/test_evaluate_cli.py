@@ -8,15 +8,14 @@ import pytest
 
 from samtone_tf.models import load_trained_model
 from samtone_tf.serving import export
-from tests.helpers import REPOSITORY_ROOT
+from tests.helpers import REPOSITORY_ROOT, command_in_process
 
 MEASURES = ("P@1", "MRR@10", "nDCG@10", "Recall@10", "Recall@100")
 
 
 def evaluate(model, out, *extra):
-    result = subprocess.run(
-        [sys.executable, "-m", "samtone_tf.evaluate", "--model", str(model), "--dataset", "beir:medline",
-         "--out", str(out), *extra], cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=600)
+    """The command through its `main` in this process (test_missing_model_is_one_clear_error types it)."""
+    result = command_in_process("evaluate", "--model", model, "--dataset", "beir:medline", "--out", out, *extra)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout, json.loads(out.read_text())
 

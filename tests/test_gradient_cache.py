@@ -92,17 +92,22 @@ def _train(strategy, chunk, steps=3):
     return losses, [w.numpy() for w in model.trainable_weights]
 
 
-def test_three_cached_steps_train_the_same_weights_as_uncached():
-    default = tf.distribute.get_strategy()
-    cached_losses, cached = _train(default, 3)
-    plain_losses, plain = _train(default, None)
+@pytest.fixture(scope="module")
+def cached_on_one_device():
+    """Three cached steps (chunks of 3) on one device: (losses, weights), the reference of the two tests below."""
+    return _train(tf.distribute.get_strategy(), 3)
+
+
+def test_three_cached_steps_train_the_same_weights_as_uncached(cached_on_one_device):
+    cached_losses, cached = cached_on_one_device
+    plain_losses, plain = _train(tf.distribute.get_strategy(), None)
     np.testing.assert_allclose(cached_losses, plain_losses, atol=1e-5)
     for got, want in zip(cached, plain):
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-def test_two_replicas_equal_one_device():
-    one_losses, one = _train(tf.distribute.get_strategy(), 3)
+def test_two_replicas_equal_one_device(cached_on_one_device):
+    one_losses, one = cached_on_one_device
     two_losses, two = _train(mirrored_strategy(2), 3)
     np.testing.assert_allclose(two_losses, one_losses, atol=1e-5)
     for got, want in zip(two, one):

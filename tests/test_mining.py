@@ -12,7 +12,7 @@ from samtone_tf.data.flagembedding import flagembedding_training_pairs
 from samtone_tf.data.records import RetrievalData
 from samtone_tf.index.search import ScannIndex
 from samtone_tf.mining import MiningOptions, mine_hard_negatives
-from tests.helpers import REPOSITORY_ROOT
+from tests.helpers import REPOSITORY_ROOT, command_in_process
 from tests.test_data_validation import write_beir
 
 QUERY = "which cat sat"
@@ -110,9 +110,8 @@ def test_a_mined_file_trains_with_its_ids(tmp_path, tiny_model_dir):
     qrels = ["query-id\tcorpus-id\tscore", "q0\td0\t1", "q1\td7\t1", "q2\td3\t1"]
     root = write_beir(tmp_path / "toy", corpus=corpus, queries=queries, qrels=qrels)
     out = tmp_path / "mined.jsonl"
-    mined = subprocess.run([sys.executable, "-m", "samtone_tf.mine", "--model", str(tiny_model_dir), "--dataset",
-                            f"beir:{root}", "--split", "test", "--out", str(out), "--num_negatives", "2"],
-                           cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=600)
+    mined = command_in_process("mine", "--model", tiny_model_dir, "--dataset", f"beir:{root}", "--split", "test",
+                               "--out", out, "--num_negatives", "2")  # the command's main; `train` typed below
     assert mined.returncode == 0, mined.stderr[-3000:]
     assert "3 queries: 3 kept with 6 negatives" in mined.stdout
     records = [json.loads(line) for line in out.read_text().splitlines()]

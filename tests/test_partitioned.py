@@ -14,7 +14,7 @@ from samtone_tf.index.partitioned import (PartitionedIndex, build_partitions, de
 from samtone_tf.index.search import ExactIndex
 from samtone_tf.index.tuning import tune_partitions
 from samtone_tf.serving import run_like_tf_serving, run_tf2
-from tests.helpers import REPOSITORY_ROOT
+from tests.helpers import command_in_process
 from tests.test_index import clustered, unit
 
 
@@ -134,10 +134,10 @@ def test_the_tuned_partitioning_is_the_fastest_reaching_the_target_and_meets_it_
 @pytest.mark.slow
 def test_an_exported_partitioned_retriever_serves_alike_under_every_loader(tiny_model_dir, tmp_path, shared_data):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "samtone_tf.export", "--model_dir", str(tiny_model_dir), "--out", str(out),
-               "--corpus", "beir:scifact", "--data_dir", str(shared_data), "--retriever", "partitioned",
-               "--target_recall", "0.9", "--k", "10"]
-    result = subprocess.run(command, cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=900)
+    # The command through its main in this process; the consumer's hub.KerasLayer below in a fresh one.
+    result = command_in_process("export", "--model_dir", tiny_model_dir, "--out", out, "--corpus", "beir:scifact",
+                                "--data_dir", shared_data, "--retriever", "partitioned", "--target_recall", "0.9",
+                                "--k", "10")
     assert result.returncode == 0, result.stderr[-2000:]
     search = json.loads((out / "manifest.json").read_text())["models"]["retriever"]["search"]
     assert search["kind"] == "partitioned" and search["partitions"] in (72, 144, 288)  # sqrt(5183) x 1, 2, 4
@@ -150,8 +150,7 @@ def test_an_exported_partitioned_retriever_serves_alike_under_every_loader(tiny_
     np.testing.assert_array_equal(served["doc_ids"], reference["doc_ids"])
     np.testing.assert_allclose(served["scores"], reference["scores"], atol=1e-6)
     assert served["doc_ids"].shape == (3, 10) and np.isfinite(served["scores"]).all()
-    checked = subprocess.run([sys.executable, "-m", "samtone_tf.export", "--check", str(out)], cwd=REPOSITORY_ROOT,
-                             capture_output=True, text=True, timeout=600)
+    checked = command_in_process("export", "--check", out)
     assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
 
     script = f"""

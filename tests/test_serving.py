@@ -4,9 +4,6 @@ whole or absent, readers that follow the manifest, models.config for a server co
 import json
 import os
 import stat
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -17,7 +14,7 @@ from samtone_tf.model.fingerprint import tower_fingerprint
 from samtone_tf.model.towers import tiny_dual_encoder
 from samtone_tf.options import ARCHITECTURES
 from samtone_tf.serving import ExportedEncoder, check_export, export, run_like_tf_serving
-from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY
+from tests.helpers import TINY_VOCABULARY, command_in_process
 
 # Trains beyond a few steps, exports SavedModels or starts subprocesses: out of the fast loop.
 pytestmark = pytest.mark.slow
@@ -54,8 +51,7 @@ def test_export_check_command_reports_each_model(tmp_path):
     model = tiny_dual_encoder(TINY_VOCABULARY, "ade")
     out = tmp_path / "out"
     export(model, out, corpus=small_corpus(), k=3, verbose=False)
-    checked = subprocess.run([sys.executable, "-m", "samtone_tf.export", "--check", str(out)],
-                             cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=600)
+    checked = command_in_process("export", "--check", out)  # the command's main; test_served_codes types it
     assert checked.returncode == 0, checked.stderr[-3000:]
     for name in ("query_encoder", "document_encoder", "retriever"):
         assert any(line.startswith(name) and " OK " in line for line in checked.stdout.splitlines()), checked.stdout
@@ -63,8 +59,7 @@ def test_export_check_command_reports_each_model(tmp_path):
     # A model whose variables are damaged fails the check, by name.
     data = next((out / "document_encoder" / "1" / "variables").glob("variables.data-*"))
     data.write_bytes(data.read_bytes()[:100])
-    damaged = subprocess.run([sys.executable, "-m", "samtone_tf.export", "--check", str(out)],
-                             cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=600)
+    damaged = command_in_process("export", "--check", out)
     assert damaged.returncode == 1
     assert any(line.startswith("document_encoder") and "FAILED" in line for line in damaged.stdout.splitlines())
     assert any(line.startswith("query_encoder") and " OK " in line for line in damaged.stdout.splitlines())
@@ -247,8 +242,6 @@ def test_export_validates_before_writing(tmp_path):
     with pytest.raises(ValueError, match="no documents"):
         export(model, tmp_path / "out", corpus=empty, verbose=False)
     assert not [p for p in (tmp_path / "out").rglob("*")]
-    result = subprocess.run([sys.executable, "-m", "samtone_tf.export", "--model_dir", str(tmp_path),
-                             "--out", str(tmp_path / "o"), "--version", "-1"],
-                            cwd=REPOSITORY_ROOT, capture_output=True, text=True, timeout=300)
+    result = command_in_process("export", "--model_dir", tmp_path, "--out", tmp_path / "o", "--version", "-1")
     assert result.returncode == 2 and "--version: must be at least 1; got -1" in result.stderr
     assert "Traceback" not in result.stderr
