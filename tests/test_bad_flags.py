@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from samtone_tf.model.towers import tiny_dual_encoder
-from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY
+from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY, command_in_process
 
 
 def run(*args):
@@ -72,6 +72,12 @@ def test_a_bad_value_typed_as_a_user_types_it_is_one_line_without_a_traceback(ar
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert message in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "run").exists()
+    # The other tests' in-process runs of a command (tests.helpers.command_in_process) print what the user sees.
+    in_process = command_in_process(args[0].removeprefix("samtone_tf."), *args[1:],
+                                    *(["--model_dir", str(tmp_path / "run")] if args[0] == "samtone_tf.train" else []))
+    assert (in_process.returncode, in_process.stdout) == (result.returncode, result.stdout)
+    assert in_process.stderr.splitlines()[-1].partition("error:")[2] == result.stderr.splitlines()[-1].partition(
+        "error:")[2]
 
 
 @pytest.mark.slow
