@@ -98,7 +98,20 @@ class EncoderModule(_TowerModule):
         return {"embedding": self._encode(text)}
 
 
-class RetrieverModule(_TowerModule):
+class _SearchingModule(_TowerModule):
+    """A retriever whose `search` maps query embeddings [Q, D] to (rows [Q, k], scores [Q, k]) and whose variable
+    `doc_ids` names the rows: `serve` encodes the query text, searches and names what it found."""
+
+    def search(self, queries):
+        raise NotImplementedError
+
+    @tf.function(input_signature=[_TEXT])
+    def serve(self, text):
+        rows, scores = self.search(self._encode(text))
+        return {"doc_ids": tf.gather(self.doc_ids, rows), "scores": scores}
+
+
+class RetrieverModule(_SearchingModule):
     """Query text -> top-k document ids and scores by exact search over stored embeddings."""
 
     def __init__(self, query_tower, embeddings, doc_ids, k):
@@ -113,11 +126,6 @@ class RetrieverModule(_TowerModule):
         """Query embeddings [Q, D] -> (rows [Q, k], scores [Q, k]): what `serve` runs after encoding."""
         top = tf.math.top_k(tf.matmul(queries, self.embeddings, transpose_b=True), k=self.k)
         return top.indices, top.values
-
-    @tf.function(input_signature=[_TEXT])
-    def serve(self, text):
-        rows, scores = self.search(self._encode(text))
-        return {"doc_ids": tf.gather(self.doc_ids, rows), "scores": scores}
 
 
 class PartitionedRetrieverModule(_TowerModule):
@@ -142,8 +150,7 @@ class PartitionedRetrieverModule(_TowerModule):
         return {"doc_ids": tf.where(positions >= 0, ids, tf.constant("")), "scores": scores}
 
 
-
-class QuantizedRetrieverModule(_TowerModule):
+class QuantizedRetrieverModule(_SearchingModule):
     """Query text -> top-k document ids and scores over cheaper corpus codes (`index.quantized.QuantizedIndex`,
     the same ranking): a prefix of `dims` dimensions re-normalised, stored as float32, int8 codes (per-dimension
     ranges calibrated on the corpus; scored as the float query against the decoded codes) or binary codes (signs in
@@ -213,11 +220,6 @@ class QuantizedRetrieverModule(_TowerModule):
             return tf.gather(shortlist, top.indices, batch_dims=1), top.values
         top = tf.math.top_k(scores, k=self.k)
         return top.indices, tf.cast(top.values, tf.float32)
-
-    @tf.function(input_signature=[_TEXT])
-    def serve(self, text):
-        rows, scores = self.search(self._encode(text))
-        return {"doc_ids": tf.gather(self.doc_ids, rows), "scores": scores}
 
 
 def _lookup_tables(tower):
