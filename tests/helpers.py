@@ -87,7 +87,7 @@ def stop_signals_as_in_a_terminal():
 
 
 def command_in_process(module, *args):
-    """`python -m samtone_tf.<module> ARGS` through the command's own `main` in this process: its parser, code path,
+    """`python -m <module> ARGS` (a samtone_tf command) through the command's own `main` in this process: its parser, code path,
     exit status and printed lines, without a fresh interpreter's TensorFlow start-up (~6 s). -> a
     subprocess.CompletedProcess (stdout and stderr as text). For a promise about processes (a lock held by the test
     process, signals, a race, the environment or working directory of a user's shell), start the command instead."""
@@ -96,13 +96,12 @@ def command_in_process(module, *args):
     import io
     import warnings
 
-    name = f"samtone_tf.{module}"
     try:
-        entry = importlib.import_module(f"{name}.__main__")
+        entry = importlib.import_module(f"{module}.__main__")
     except ModuleNotFoundError as error:
-        if error.name != f"{name}.__main__":
+        if error.name != f"{module}.__main__":
             raise
-        entry = importlib.import_module(name)
+        entry = importlib.import_module(module)
     stdout, stderr = io.StringIO(), io.StringIO()
 
     def show(message, category, filename, lineno, file=None, line=None):  # Python's default display, on stderr
@@ -119,7 +118,7 @@ def command_in_process(module, *args):
         stderr.write(code + "\n")
         code = 1
     code = 0 if code is None else code
-    return subprocess.CompletedProcess([name, *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
+    return subprocess.CompletedProcess([module, *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
 
 
 class CommandInBackground:

@@ -26,9 +26,7 @@ from tests.helpers import REPOSITORY_ROOT, TINY_VOCABULARY, WORDS, command_in_pr
 pytestmark = pytest.mark.slow
 
 
-def run(module, *args):
-    """`python -m samtone_tf.X ARGS` through the command's `main`, in this process."""
-    return command_in_process(module.removeprefix("samtone_tf."), *args)
+run = command_in_process  # `python -m samtone_tf.X ARGS` through the command's `main`, in this process
 
 
 def typed(*args, cwd=REPOSITORY_ROOT, env=None):

@@ -37,30 +37,22 @@ OTHER_BAD_VALUES = [
 ]
 
 
-def refused_in_process(module_name, argv, capsys):
-    """The command's own `main` on `argv` in this process: -> (exit status, stderr). Argument checking runs before
-    anything else a command does, so the process a user starts adds nothing to it but TensorFlow's start-up time;
-    one case per command below is typed as a user types it, in a fresh process."""
-    import importlib
-
-    with pytest.raises(SystemExit) as exit_info:
-        importlib.import_module(module_name).main(list(argv))
-    return exit_info.value.code, capsys.readouterr().err
-
+# Argument checking runs before anything else a command does, so the process a user starts adds nothing to it but
+# TensorFlow's start-up time: the cases run each command's own `main` in this process (command_in_process); one case
+# per command below is typed as a user types it, in a fresh process.
 
 @pytest.mark.parametrize("flag,value,message", TRAIN_BAD_VALUES)
-def test_train_refuses_bad_values(tmp_path, flag, value, message, capsys):
-    status, error = refused_in_process("samtone_tf.train", ["--model", "tiny", "--model_dir", str(tmp_path / "run"),
-                                                            flag, value], capsys)
-    assert status == 2
-    assert f"argument {flag}: {message}" in error.strip().splitlines()[-1]  # the usage, then one line
+def test_train_refuses_bad_values(tmp_path, flag, value, message):
+    result = command_in_process("samtone_tf.train", "--model", "tiny", "--model_dir", tmp_path / "run", flag, value)
+    assert result.returncode == 2
+    assert f"argument {flag}: {message}" in result.stderr.strip().splitlines()[-1]  # the usage, then one line
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("args,message", OTHER_BAD_VALUES)
-def test_other_commands_refuse_bad_values(args, message, capsys):
-    status, error = refused_in_process(args[0], args[1:], capsys)
-    assert status == 2 and message in error.strip().splitlines()[-1]
+def test_other_commands_refuse_bad_values(args, message):
+    result = command_in_process(*args)
+    assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.slow
@@ -73,8 +65,8 @@ def test_a_bad_value_typed_as_a_user_types_it_is_one_line_without_a_traceback(ar
     assert message in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "run").exists()
     # The other tests' in-process runs of a command (tests.helpers.command_in_process) print what the user sees.
-    in_process = command_in_process(args[0].removeprefix("samtone_tf."), *args[1:],
-                                    *(["--model_dir", str(tmp_path / "run")] if args[0] == "samtone_tf.train" else []))
+    in_process = command_in_process(*args, *(["--model_dir", str(tmp_path / "run")] if args[0] == "samtone_tf.train"
+                                              else []))
     assert (in_process.returncode, in_process.stdout) == (result.returncode, result.stdout)
     assert in_process.stderr.splitlines()[-1].partition("error:")[2] == result.stderr.splitlines()[-1].partition(
         "error:")[2]

@@ -29,7 +29,7 @@ def run_command(*args, check=True, typed=False):
         result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env,
                                 cwd=REPOSITORY_ROOT, timeout=900)
     else:
-        result = command_in_process(args[0].removeprefix("samtone_tf."), *args[1:])
+        result = command_in_process(*args)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr[-4000:]}")
     return result

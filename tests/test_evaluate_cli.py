@@ -15,7 +15,7 @@ MEASURES = ("P@1", "MRR@10", "nDCG@10", "Recall@10", "Recall@100")
 
 def evaluate(model, out, *extra):
     """The command through its `main` in this process (test_missing_model_is_one_clear_error types it)."""
-    result = command_in_process("evaluate", "--model", model, "--dataset", "beir:medline", "--out", out, *extra)
+    result = command_in_process("samtone_tf.evaluate", "--model", model, "--dataset", "beir:medline", "--out", out, *extra)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout, json.loads(out.read_text())
 

@@ -173,7 +173,7 @@ def test_an_interrupted_export_leaves_no_version_directory(model_dir, tmp_path):
     assert not (out / "query_encoder" / "1").exists() and not (out / "document_encoder").exists()
     assert not (out / "manifest.json").exists()
     # Started again, it removes the leftover staging directory and completes.
-    again = command_in_process("export", *export_command(model_dir, out)[3:])
+    again = command_in_process(*export_command(model_dir, out)[2:])
     assert again.returncode == 0, again.stderr[-2000:]
     assert (out / "query_encoder" / "1" / "saved_model.pb").is_file()
     assert not list(out.glob(".incomplete-*"))
@@ -203,14 +203,14 @@ def test_export_builds_its_index_to_a_recall_target(model_dir, tmp_path, shared_
     from samtone_tf.index.search import ScannIndex
 
     out = tmp_path / "out"
-    result = command_in_process("export", *export_command(model_dir, out, "--corpus", "beir:scifact", "--data_dir",
-                                                          str(shared_data), "--target_recall", "0.95", "--k", "10")[3:])
+    result = command_in_process(*export_command(model_dir, out, "--corpus", "beir:scifact", "--data_dir",
+                                                str(shared_data), "--target_recall", "0.95", "--k", "10")[2:])
     assert result.returncode == 0, result.stderr[-2000:]
     tuning = json.loads((out / "manifest.json").read_text())["corpus"]["index_tuning"]
     # SciFact's 5,183 documents are below ScaNN's tree size: searched exactly, so the target is met exactly.
     assert tuning["target_recall"] == 0.95 and tuning["reached"] and tuning["held_out_recall"] == 1.0
     index = ScannIndex.load(out / "index" / "1")
     assert index.settings["tuning"]["queries"] + index.settings["tuning"]["held_out_queries"] == 300  # real queries
-    refused = command_in_process("export", *export_command(model_dir, tmp_path / "other", "--corpus", "beir:scifact",
-                                                           "--target_recall", "1.5")[3:])
+    refused = command_in_process(*export_command(model_dir, tmp_path / "other", "--corpus", "beir:scifact",
+                                                 "--target_recall", "1.5")[2:])
     assert refused.returncode == 2 and "target_recall 1.5: needs a corpus and a value in (0, 1]" in refused.stderr

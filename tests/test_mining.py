@@ -110,7 +110,7 @@ def test_a_mined_file_trains_with_its_ids(tmp_path, tiny_model_dir):
     qrels = ["query-id\tcorpus-id\tscore", "q0\td0\t1", "q1\td7\t1", "q2\td3\t1"]
     root = write_beir(tmp_path / "toy", corpus=corpus, queries=queries, qrels=qrels)
     out = tmp_path / "mined.jsonl"
-    mined = command_in_process("mine", "--model", tiny_model_dir, "--dataset", f"beir:{root}", "--split", "test",
+    mined = command_in_process("samtone_tf.mine", "--model", tiny_model_dir, "--dataset", f"beir:{root}", "--split", "test",
                                "--out", out, "--num_negatives", "2")  # the command's main; `train` typed below
     assert mined.returncode == 0, mined.stderr[-3000:]
     assert "3 queries: 3 kept with 6 negatives" in mined.stdout

@@ -135,7 +135,7 @@ def test_the_tuned_partitioning_is_the_fastest_reaching_the_target_and_meets_it_
 def test_an_exported_partitioned_retriever_serves_alike_under_every_loader(tiny_model_dir, tmp_path, shared_data):
     out = tmp_path / "out"
     # The command through its main in this process; the consumer's hub.KerasLayer below in a fresh one.
-    result = command_in_process("export", "--model_dir", tiny_model_dir, "--out", out, "--corpus", "beir:scifact",
+    result = command_in_process("samtone_tf.export", "--model_dir", tiny_model_dir, "--out", out, "--corpus", "beir:scifact",
                                 "--data_dir", shared_data, "--retriever", "partitioned", "--target_recall", "0.9",
                                 "--k", "10")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -150,7 +150,7 @@ def test_an_exported_partitioned_retriever_serves_alike_under_every_loader(tiny_
     np.testing.assert_array_equal(served["doc_ids"], reference["doc_ids"])
     np.testing.assert_allclose(served["scores"], reference["scores"], atol=1e-6)
     assert served["doc_ids"].shape == (3, 10) and np.isfinite(served["scores"]).all()
-    checked = command_in_process("export", "--check", out)
+    checked = command_in_process("samtone_tf.export", "--check", out)
     assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
 
     script = f"""

@@ -51,7 +51,7 @@ def test_export_check_command_reports_each_model(tmp_path):
     model = tiny_dual_encoder(TINY_VOCABULARY, "ade")
     out = tmp_path / "out"
     export(model, out, corpus=small_corpus(), k=3, verbose=False)
-    checked = command_in_process("export", "--check", out)  # the command's main; test_served_codes types it
+    checked = command_in_process("samtone_tf.export", "--check", out)  # the command's main; test_served_codes types it
     assert checked.returncode == 0, checked.stderr[-3000:]
     for name in ("query_encoder", "document_encoder", "retriever"):
         assert any(line.startswith(name) and " OK " in line for line in checked.stdout.splitlines()), checked.stdout
@@ -59,7 +59,7 @@ def test_export_check_command_reports_each_model(tmp_path):
     # A model whose variables are damaged fails the check, by name.
     data = next((out / "document_encoder" / "1" / "variables").glob("variables.data-*"))
     data.write_bytes(data.read_bytes()[:100])
-    damaged = command_in_process("export", "--check", out)
+    damaged = command_in_process("samtone_tf.export", "--check", out)
     assert damaged.returncode == 1
     assert any(line.startswith("document_encoder") and "FAILED" in line for line in damaged.stdout.splitlines())
     assert any(line.startswith("query_encoder") and " OK " in line for line in damaged.stdout.splitlines())
@@ -242,6 +242,6 @@ def test_export_validates_before_writing(tmp_path):
     with pytest.raises(ValueError, match="no documents"):
         export(model, tmp_path / "out", corpus=empty, verbose=False)
     assert not [p for p in (tmp_path / "out").rglob("*")]
-    result = command_in_process("export", "--model_dir", tmp_path, "--out", tmp_path / "o", "--version", "-1")
+    result = command_in_process("samtone_tf.export", "--model_dir", tmp_path, "--out", tmp_path / "o", "--version", "-1")
     assert result.returncode == 2 and "--version: must be at least 1; got -1" in result.stderr
     assert "Traceback" not in result.stderr
